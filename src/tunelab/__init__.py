@@ -1,0 +1,2 @@
+"""tunelab: run, measure and compare fine-tuning methods."""
+__version__ = "0.1.0"

@@ -1,0 +1,152 @@
+"""The ``tunelab`` command: parse, call, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tunelab.errors import TunelabError
+
+# convenience flags -> dotted config keys
+FLAGS = {
+    "model": "model.name", "dataset": "data.dataset", "text_column": "data.text_column",
+    "text_pair_column": "data.text_pair_column", "label_column": "data.label_column",
+    "max_train_examples": "data.max_train_examples", "epochs": "train.epochs",
+    "out": "out_dir", "tracker": "tracker",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.lr=3e-4 method.r=16 (a leading "
+                        "*.yaml argument is read as the config file)")
+    p.add_argument("--config", help="YAML config file with overrides of the defaults")
+    p.add_argument("--model", help="built-in name (minilm), HF model id or local folder")
+    p.add_argument("--dataset", help="rotten-tomatoes, an HF dataset id or a local file")
+    p.add_argument("--text-column")
+    p.add_argument("--text-pair-column")
+    p.add_argument("--label-column")
+    p.add_argument("--max-train-examples", help="use only the first N training examples")
+    p.add_argument("--epochs")
+    p.add_argument("--tracker", help="tensorboard (default), wandb, mlflow, none")
+    p.add_argument("--out", help="folder for run folders (default runs)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing runs")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs, skip done")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tunelab", description="Run, measure and compare "
+                                 "fine-tuning methods on transformer classifiers.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="train one method, write a run folder")
+    _common(p)
+    p = sub.add_parser("compare", help="run several methods on the same data and tabulate")
+    _common(p)
+    p.add_argument("--methods", default="full,llrd,lora,prompt", help="comma-separated")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per method (mean ± std)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    sub.add_parser("methods", help="list methods, their knobs and defaults")
+    p = sub.add_parser("config", help="print every config key with its default and meaning")
+    p = sub.add_parser("predict", help="classify texts with a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="+")
+    p = sub.add_parser("report", help="build report.html + report.md from run records")
+    p.add_argument("runs_dir")
+    p.add_argument("-o", "--output", help="HTML path (default RUNS_DIR/report.html)")
+    return ap
+
+
+def _load(args):
+    from tunelab.config import load_config
+
+    overrides = list(args.overrides)
+    path = args.config
+    if overrides and overrides[0].endswith((".yaml", ".yml")) and "=" not in overrides[0]:
+        path = overrides.pop(0)
+    for flag, key in FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(path, overrides)
+
+
+def cmd_methods() -> None:
+    from tunelab.methods import METHODS, knobs
+
+    for name, cls in METHODS.items():
+        m = cls()
+        kn = ", ".join(f"{k}={v}" for k, v in knobs(m).items())
+        print(f"{name:8s} {cls.description}\n{'':8s} defaults: {kn}")
+
+
+def cmd_config() -> None:
+    from tunelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, field_docs
+
+    for section, cls in (("", RunConfig), ("data.", DataConfig), ("model.", ModelConfig),
+                         ("train.", TrainConfig)):
+        obj = cls()
+        for key, doc in field_docs(cls).items():
+            print(f"{section}{key} = {getattr(obj, key)!r}\n    {doc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.cmd == "methods":
+            cmd_methods()
+        elif args.cmd == "config":
+            cmd_config()
+        elif args.cmd == "run":
+            from tunelab.train import run, run_dir_for
+
+            cfg = _load(args)
+            rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
+            print(f"{rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
+                  f"macro-F1 {100 * rec['test']['macro_f1']:.2f}%, train "
+                  f"{rec['timing']['train_s']:.1f}s -> {run_dir_for(cfg)}")
+        elif args.cmd == "compare":
+            from pathlib import Path
+
+            from tunelab.compare import compare, parse_methods, summarize
+
+            cfg = _load(args)
+            methods = parse_methods(args.methods)
+            compare(cfg, methods, args.seeds, overwrite=args.overwrite, resume=args.resume,
+                    on_run=lambda r: print(f"  {r['name']}: test acc "
+                                           f"{100 * r['test']['accuracy']:.2f}%", flush=True))
+            md, _ = summarize(Path(cfg.out_dir))
+            print(md)
+            print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
+            if not args.no_report:
+                from tunelab.report import build_report
+
+                html, mdr = build_report(Path(cfg.out_dir))
+                print(f"report: {html} (and {mdr.name})")
+        elif args.cmd == "predict":
+            from tunelab.predict import predict
+
+            for row in predict(args.run_dir, args.texts):
+                print(json.dumps(row))
+        elif args.cmd == "report":
+            from pathlib import Path
+
+            from tunelab.report import build_report
+
+            html, mdr = build_report(Path(args.runs_dir), Path(args.output) if args.output
+                                     else None)
+            print(f"report: {html} (and {mdr.name})")
+    except TunelabError as e:
+        print(f"tunelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunelab: interrupted; continue with the same command and --resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Errors that reach the user as one line (CLI exit code 2), never as a traceback."""
+
+
+class TunelabError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+class ConfigError(TunelabError):
+    """A bad key or value in a config file or a command-line override."""
+
+
+class DataError(TunelabError):
+    """A dataset that cannot be used as asked (missing column, one class, empty, ...)."""
+
+
+class TrainingDiverged(TunelabError):
+    """The loss became NaN or infinite; the run is recorded as failed."""

@@ -1,0 +1,113 @@
+"""What a run costs: parameters, memory, FLOPs, bytes on disk, and the environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+import torch
+from torch import nn
+
+from tunelab.methods.base import depth, num_layers
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab")
+
+
+def count_params(model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameter counts (peft's copies of the head counted once each)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
+
+
+def flops_per_token(model: nn.Module) -> dict[str, int]:
+    """Training FLOPs per real token, by the 6N rule split into its parts (Kaplan et al. 2020).
+
+    forward 2N (N = non-embedding weights: embeddings are lookups); backward through
+    activations 2N' where N' counts the weights at or above the lowest trainable layer
+    (nothing below it needs a gradient); weight gradients 2T for T trainable non-embedding
+    weights. Attention-score FLOPs (4 L s d per token) are left out: under 2% for the short
+    sequences here.
+    """
+    n_layers = num_layers(model)
+    named = [(name, p, depth(name, n_layers)) for name, p in model.named_parameters()]
+    lowest = min((d for _, p, d in named if p.requires_grad), default=n_layers + 1)
+    n = bwd = trainable = 0
+    for _, p, d in named:
+        if d == 0:  # embedding tables and soft prompts: lookups, no matmul
+            continue
+        n += p.numel()
+        bwd += p.numel() if d >= lowest else 0
+        trainable += p.numel() if p.requires_grad else 0
+    return {"forward": 2 * n, "backward": 2 * bwd + 2 * trainable,
+            "total": 2 * n + 2 * bwd + 2 * trainable}
+
+
+class PeakMemory:
+    """Peak memory of a stretch of work: CUDA max_memory_allocated, or the process's peak RSS
+    sampled every 20 ms by a thread (RSS peaks inside backward, between our own steps)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            proc = psutil.Process()
+            self.peak = proc.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.wait(0.02):
+                    self.peak = max(self.peak, proc.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        elif self._thread:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.cuda else "process_rss"
+
+
+def weights_bytes(folder: Path) -> int:
+    """Bytes of the weight files a method must save (adapter or whole model), not tokenizer."""
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.exists() else 0
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"packages": versions, "python": platform.python_version(), "device": str(device),
+            "gpu": gpu, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "git_commit": git_commit()}

@@ -1,0 +1,23 @@
+"""BitFit: only the bias terms and the task head train (Ben Zaken et al., 2022, "BitFit",
+arXiv:2106.10199).
+
+Default lr 1e-3: the paper searched {1e-4, 4e-4, 7e-4, 1e-3} and found the larger rates best
+for the small bias-only parameter set.
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from tunelab.methods.base import Method, is_head, set_trainable
+
+
+@dataclass
+class BitFit(Method):
+    name = "bitfit"
+    description = "only bias terms and the classification head train"
+    lr: float = 1e-3
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        set_trainable(model, lambda name: name.endswith(".bias") or is_head(name))
+        return model

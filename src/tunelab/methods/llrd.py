@@ -1,0 +1,41 @@
+"""Layer-wise learning-rate decay (Howard & Ruder, 2018, "ULMFiT", arXiv:1801.06146;
+Clark et al., 2020, "ELECTRA", arXiv:2003.10555).
+
+Every parameter trains, but lower layers move less: block i (1-based) gets
+``lr * decay ** (L + 1 - i)``, the embeddings ``lr * decay ** (L + 1)``, the pooler and head
+``lr``. The rate is stored per parameter group, so the warmup/decay schedule multiplies it.
+Defaults lr 1e-4, decay 0.8 follow ELECTRA-base (a higher peak is safe because the lower
+layers see much less of it).
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from tunelab.methods.base import Method, adamw_groups, depth, num_layers
+
+
+@dataclass
+class LLRD(Method):
+    name = "llrd"
+    description = "all parameters train; lr of layer i = lr * decay^(L+1-i), head at lr"
+    lr: float = 1e-4
+    decay: float = 0.8
+    """Multiplier per layer going down from the head (0 < decay <= 1)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decay <= 1:
+            from tunelab.errors import ConfigError
+
+            raise ConfigError(f"method.decay must be in (0, 1], got {self.decay!r}")
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        n = num_layers(model)
+        by_depth: dict[int, list] = {}
+        for name, p in model.named_parameters():
+            by_depth.setdefault(depth(name, n), []).append((name, p))
+        groups = []
+        for d, named in sorted(by_depth.items()):
+            layer_lr = lr * self.decay ** (n + 1 - d)
+            groups += adamw_groups(named, layer_lr, weight_decay, depth=d)
+        return groups

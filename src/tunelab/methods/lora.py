@@ -1,0 +1,37 @@
+"""LoRA: frozen weights plus trainable low-rank updates W + (alpha/r) B A (Hu et al., 2021,
+"LoRA", arXiv:2106.09685), through peft.
+
+Defaults r=8, alpha=16, dropout 0.1 on query/value are the article's; lr 5e-4 is the LoRA
+paper's RoBERTa-base GLUE setting (4e-4 to 5e-4). The classification head trains fully.
+"""
+
+from dataclasses import dataclass
+
+from peft import LoraConfig, TaskType, get_peft_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+from torch import nn
+
+from tunelab.methods.base import Method
+
+
+@dataclass
+class LoRA(Method):
+    name = "lora"
+    description = "low-rank adapters on attention projections (peft); head trains"
+    uses_peft = True
+    lr: float = 5e-4
+    r: int = 8
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.1
+    """Dropout on the adapter input."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; unset = query/value for the architecture (peft's table),
+    else every linear layer."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        targets = self.target_modules or TARGETS.get(model.config.model_type, "all-linear")
+        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.r, lora_alpha=self.alpha,
+                         lora_dropout=self.dropout, target_modules=targets, bias="none")
+        return get_peft_model(model, cfg)

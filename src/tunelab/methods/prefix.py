@@ -1,0 +1,45 @@
+"""Prefix tuning: trainable key/value prefixes in every attention layer (Li & Liang, 2021,
+"Prefix-Tuning", arXiv:2101.00190), through peft. The classification head trains too.
+
+Default lr 1e-2 and 20 virtual tokens follow P-tuning v2's classification settings. peft
+passes the prefixes as ``past_key_values``; models whose forward no longer accepts them
+(BERT and Llama in transformers 5.x renamed it ``cache``) are refused with a clear message.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+from peft import PrefixTuningConfig, TaskType, get_peft_model
+from torch import nn
+
+from tunelab.errors import TunelabError
+from tunelab.methods.base import Method
+
+
+def accepts_past_key_values(model: nn.Module) -> bool:
+    """Whether the model (or its backbone) takes ``past_key_values``, which peft needs."""
+    modules = [model, getattr(model, model.base_model_prefix, None)]
+    return any(m is not None and "past_key_values" in inspect.signature(m.forward).parameters
+               for m in modules)
+
+
+@dataclass
+class Prefix(Method):
+    name = "prefix"
+    description = "trainable key/value prefixes in every attention layer (peft); head trains"
+    uses_peft = True
+    lr: float = 1e-2
+    num_virtual_tokens: int = 20
+    """Number of prefix positions per layer."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        if not accepts_past_key_values(model):
+            import transformers
+
+            raise TunelabError(
+                f"prefix tuning needs a model whose forward accepts past_key_values; "
+                f"{type(model).__name__} under transformers {transformers.__version__} does not "
+                f"(peft cannot inject prefixes). Use method prompt or lora instead.")
+        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS,
+                                 num_virtual_tokens=self.num_virtual_tokens)
+        return get_peft_model(model, cfg)

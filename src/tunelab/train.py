@@ -1,0 +1,370 @@
+"""ONE explicit, method-agnostic training loop (on accelerate: CPU, CUDA, several GPUs).
+
+Read top to bottom: ``run`` loads data and model, lets the method ``prepare`` the model and
+give its ``param_groups``, trains with AdamW + warmup/decay, validates regularly, keeps the
+best checkpoint, tests it, saves it, and writes the run record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from tunelab import data as D
+from tunelab.config import RunConfig, to_dict
+from tunelab.errors import TrainingDiverged, TunelabError
+from tunelab.measure import PeakMemory, count_params, environment, flops_per_token, weights_bytes
+from tunelab.methods import build_method, knobs
+from tunelab.models import load_model, load_tokenizer
+from tunelab.results import RESULT, append_metrics, read_result, write_json
+
+STATE = "state.pt"  # resumable training state, removed when the run finishes
+
+
+@dataclass
+class Prepared:
+    """Data shared by the runs of a comparison: loaded, split and tokenized once."""
+
+    splits: D.Splits
+    tokenizer: object
+    train: D.Encoded
+    validation: D.Encoded
+    test: D.Encoded
+
+
+_CACHE: dict[tuple, Prepared] = {}
+
+
+def prepare_data(cfg: RunConfig) -> Prepared:
+    """Load + tokenize (cached per data config, model and max length within the process)."""
+    key = (tuple(sorted(vars(cfg.data).items())), cfg.model.name)
+    if key not in _CACHE:
+        splits = D.load_splits(cfg.data)
+        tok = load_tokenizer(cfg.model.name)
+        enc = [D.encode(s, tok, cfg.data.max_length)
+               for s in (splits.train, splits.validation, splits.test)]
+        _CACHE[key] = Prepared(splits, tok, *enc)
+    return _CACHE[key]
+
+
+def metrics(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (mean over classes of 2PR/(P+R), 0 for a class never hit)."""
+    acc = (preds == labels).float().mean().item()
+    f1s = []
+    for c in range(n_classes):
+        tp = ((preds == c) & (labels == c)).sum().item()
+        fp = ((preds == c) & (labels != c)).sum().item()
+        fn = ((preds != c) & (labels == c)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"accuracy": acc, "macro_f1": sum(f1s) / n_classes}
+
+
+@torch.inference_mode()
+def evaluate(model, enc: D.Encoded, batch_size: int, pad_id: int, device, n_classes: int
+             ) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 on a split; batches sorted by length, no autograd."""
+    was_training = model.training
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for batch in D.iterate(enc, D.eval_batches(enc.lengths, batch_size), pad_id):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        loss_sum += out.loss.float().item() * len(batch["labels"])
+        preds.append((batch["labels"], out.logits.argmax(-1)))
+    model.train(was_training)
+    labels = torch.cat([p[0] for p in preds]).cpu()
+    pred = torch.cat([p[1] for p in preds]).cpu()
+    return {"loss": loss_sum / len(enc), **metrics(pred, labels, n_classes)}
+
+
+def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    kind = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+    warmup = int(cfg.train.warmup * total_steps)
+    return get_scheduler(kind[cfg.train.schedule], optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps)
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / (cfg.name or f"{cfg.method_name}-seed{cfg.train.seed}")
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber a run unless told to overwrite; resume keeps it."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise TunelabError(f"output folder {str(run_dir)!r} already holds a run; pass "
+                               f"--overwrite to replace it, --resume to continue it, or pick "
+                               f"another --out / name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class Progress:
+    """Everything the loop must carry across an interruption."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_time: float = 0.0
+    eval_time: float = 0.0
+    examples: int = 0
+    tokens: int = 0
+    best: dict = field(default_factory=dict)
+    best_step: int = -1
+    evals_since_best: int = 0
+    curve: list = field(default_factory=list)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
+    """Train, validate, test and save one run; return its record (also in result.json)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    run_dir = run_dir_for(cfg)
+    done = read_result(run_dir) if resume else None
+    if done and done.get("status") == "ok":
+        return done
+    method = build_method(cfg.method)  # bad method names/knobs fail before touching disk
+    claim_run_dir(run_dir, overwrite, resume)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tc = cfg.train
+    lr = tc.lr if tc.lr is not None else method.lr
+
+    mp = tc.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    trackers = None if cfg.tracker == "none" else cfg.tracker
+    acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir))
+    set_seed(tc.seed)
+    data = prepare_data(cfg)
+    pad_id = data.tokenizer.pad_token_id
+    n_classes = len(data.splits.label_names)
+    model = load_model(cfg.model.name, data.splits.label_names, pad_id)
+    model = method.prepare(model)
+    params = count_params(model)
+    flops = flops_per_token(model)
+    optimizer = torch.optim.AdamW(method.param_groups(model, lr, tc.weight_decay), lr=lr,
+                                  foreach=True)
+    per_epoch = math.ceil(len(data.train) / (tc.batch_size * acc.num_processes)) // tc.grad_accum
+    per_epoch = max(per_epoch, 1)
+    total_steps = tc.max_steps or max(1, int(per_epoch * tc.epochs))
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    eval_every = tc.eval_every or max(1, per_epoch // tc.evals_per_epoch)
+
+    pg = Progress()
+    if resume and (run_dir / STATE).exists():
+        pg = _load_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler)
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if trackers:
+        acc.init_trackers("tb", config=_flat(to_dict(cfg)))
+
+    record = {"name": run_dir.name, "status": "running", "method": method.name,
+              "method_knobs": knobs(method), "lr": lr, "config": to_dict(cfg),
+              "params": params, "flops_per_token": flops,
+              "data": {"dataset": data.splits.source, "labels": data.splits.label_names,
+                       "train": len(data.train), "validation": len(data.validation),
+                       "test": len(data.test)},
+              "env": environment(acc.device)}
+
+    def validate() -> bool:
+        """Validate, track the best checkpoint; return True when patience ran out."""
+        t0 = time.perf_counter()
+        val = evaluate(model, data.validation, tc.eval_batch_size, pad_id, acc.device, n_classes)
+        pg.eval_time += time.perf_counter() - t0
+        point = {"step": pg.step, "epoch": pg.step / per_epoch, "train_time_s": pg.train_time,
+                 **{f"val_{k}": v for k, v in val.items()}}
+        pg.curve.append(point)
+        append_metrics(run_dir, point)
+        acc.log({f"val/{k}": v for k, v in val.items()}, step=pg.step)
+        if not pg.best or val[tc.metric] > pg.best[tc.metric]:
+            pg.best, pg.best_step, pg.evals_since_best = val, pg.step, 0
+            best_state.clear()
+            best_state.update(trainable_state(acc.unwrap_model(model)))
+        else:
+            pg.evals_since_best += 1
+        if pg.step < total_steps:
+            _save_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler, pg,
+                        best_state)
+        return tc.patience > 0 and pg.evals_since_best >= tc.patience
+
+    best_state: dict[str, torch.Tensor] = {}
+    if pg.step and (run_dir / STATE).exists():
+        best_state.update(torch.load(run_dir / STATE, weights_only=False)["best_state"])
+    bar = tqdm(total=total_steps, initial=pg.step, desc=run_dir.name, unit="step",
+               disable=not (sys.stderr.isatty() and acc.is_main_process), dynamic_ncols=True)
+    model.train()
+    # Loss and accuracy accumulate on the device and are read only at logging steps: reading
+    # them every step would force a host sync and stall the pipeline.
+    loss_sum = torch.zeros((), device=acc.device)
+    hits = torch.zeros((), device=acc.device)
+    seen = n_micro = 0
+    bad = torch.zeros((), dtype=torch.bool, device=acc.device)
+    stop = False
+    with PeakMemory(acc.device) as mem:
+        t_seg = time.perf_counter()
+        seg_examples = seg_tokens = 0
+        while pg.step < total_steps and not stop:
+            batches = D.train_batches(data.train.lengths, tc.batch_size, tc.seed, pg.epoch)
+            batches = batches[acc.process_index::acc.num_processes]
+            steps = [batches[i:i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
+            steps = [s for s in steps if len(s) == tc.grad_accum]
+            while pg.batch_in_epoch < len(steps) and pg.step < total_steps and not stop:
+                micro = steps[pg.batch_in_epoch]
+                for j, idx in enumerate(micro):
+                    batch = {k: v.to(acc.device, non_blocking=True)
+                             for k, v in D.collate(data.train, idx, pad_id).items()}
+                    sync = j == len(micro) - 1
+                    ctx = acc.no_sync(model) if not sync else contextlib.nullcontext()
+                    with ctx:
+                        out = model(**batch)
+                        loss = out.loss / tc.grad_accum
+                        acc.backward(loss)
+                    loss_sum += loss.detach()
+                    bad |= ~torch.isfinite(loss.detach())
+                    hits += (out.logits.detach().argmax(-1) == batch["labels"]).sum()
+                    seen += len(idx)
+                    n_micro += 1
+                    seg_examples += len(idx)
+                    seg_tokens += int(batch["attention_mask"].sum())
+                if tc.grad_clip > 0:
+                    acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                pg.step += 1
+                pg.batch_in_epoch += 1
+                bar.update(1)
+                end_of_epoch = pg.batch_in_epoch == len(steps)
+                log_now = pg.step % tc.log_every == 0 or pg.step == total_steps
+                eval_now = pg.step % eval_every == 0 or end_of_epoch or pg.step == total_steps
+                if log_now or eval_now:
+                    if bad.item():
+                        bar.close()
+                        _fail(run_dir, record, pg, f"loss became NaN/inf at step {pg.step}; "
+                              f"lower train.lr (now {lr:g}) or enable train.grad_clip")
+                    if acc.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    now = time.perf_counter()
+                    pg.train_time += now - t_seg
+                    pg.examples += seg_examples
+                    pg.tokens += seg_tokens
+                    row = {"step": pg.step, "epoch": pg.step / per_epoch,
+                           "train_loss": loss_sum.item() * tc.grad_accum / max(1, n_micro),
+                           "train_accuracy": hits.item() / max(1, seen),
+                           "lr": scheduler.get_last_lr()[-1],
+                           "examples_per_s": seg_examples / max(now - t_seg, 1e-9),
+                           "tokens_per_s": seg_tokens / max(now - t_seg, 1e-9),
+                           "train_time_s": pg.train_time}
+                    append_metrics(run_dir, row)
+                    acc.log({f"train/{k}": v for k, v in row.items() if k != "step"},
+                            step=pg.step)
+                    bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+                    loss_sum.zero_()
+                    hits.zero_()
+                    seen = n_micro = seg_examples = seg_tokens = 0
+                    if eval_now:
+                        stop = validate()
+                    t_seg = time.perf_counter()
+            if pg.batch_in_epoch >= len(steps):
+                pg.epoch += 1
+                pg.batch_in_epoch = 0
+    bar.close()
+
+    # The best validation checkpoint, never the last one, is what gets tested and saved.
+    unwrapped = acc.unwrap_model(model)
+    load_trainable(unwrapped, best_state)
+    t0 = time.perf_counter()
+    test = evaluate(model, data.test, tc.eval_batch_size, pad_id, acc.device, n_classes)
+    test_time = time.perf_counter() - t0
+    model_dir = run_dir / "model"
+    if tc.save_model and acc.is_main_process:
+        save_model(unwrapped, data.tokenizer, model_dir)
+    record.update({
+        "status": "ok", "stopped_early": stop, "steps": pg.step, "epochs": pg.step / per_epoch,
+        "timing": {"train_s": pg.train_time, "eval_s": pg.eval_time, "test_s": test_time,
+                   "examples_per_s": pg.examples / max(pg.train_time, 1e-9),
+                   "tokens_per_s": pg.tokens / max(pg.train_time, 1e-9),
+                   "train_examples_seen": pg.examples, "train_tokens_seen": pg.tokens},
+        "memory": {"peak_bytes": mem.peak, "kind": mem.kind},
+        "flops": {"train_total": flops["total"] * pg.tokens,
+                  "per_s": flops["total"] * pg.tokens / max(pg.train_time, 1e-9)},
+        "saved_bytes": weights_bytes(model_dir),
+        "curve": pg.curve, "best_step": pg.best_step,
+        "best_validation": pg.best, "test": test,
+    })
+    write_json(run_dir / RESULT, record)
+    (run_dir / STATE).unlink(missing_ok=True)
+    if trackers:
+        acc.end_training()
+    return record
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """Standard formats: PEFT adapter (+ the base config with labels) or a full HF model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.save_pretrained(folder)  # id2label + num_labels for loading the adapter back
+    tokenizer.save_pretrained(folder)
+
+
+def _fail(run_dir: Path, record: dict, pg: Progress, reason: str) -> None:
+    record.update({"status": "failed", "reason": reason, "steps": pg.step, "curve": pg.curve})
+    write_json(run_dir / RESULT, record)
+    raise TrainingDiverged(f"run {run_dir.name} failed: {reason}")
+
+
+def _save_state(path: Path, model, optimizer, scheduler, pg: Progress, best_state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "progress": vars(pg),
+                "best_state": best_state, "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, model, optimizer, scheduler) -> Progress:
+    st = torch.load(path, weights_only=False)
+    load_trainable(model, st["trainable"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    torch.set_rng_state(st["rng"])
+    return Progress(**st["progress"])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Flatten nested config for tracker hyperparameters (scalars only)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{key}."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
