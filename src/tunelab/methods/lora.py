@@ -1,8 +1,10 @@
 """LoRA: frozen weights plus trainable low-rank updates W + (alpha/r) B A (Hu et al., 2021,
 "LoRA", arXiv:2106.09685), through peft.
 
-Defaults r=8, alpha=16, dropout 0.1 on query/value are the article's; lr 5e-4 is the LoRA
-paper's RoBERTa-base GLUE setting (4e-4 to 5e-4). The classification head trains fully.
+Defaults r=8, alpha=16, dropout 0.1 on query/value are the article's. The LoRA paper used
+4e-4 to 5e-4 for RoBERTa-base over many epochs; on a one-epoch budget that barely leaves the
+majority class (measured here: MiniLM, 2,000 Rotten Tomatoes snippets, 5e-4 -> 57.8% test
+accuracy; 4,000 snippets, 2e-3 -> 78.0%), so the default is 2e-3. The head trains fully.
 """
 
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ class LoRA(Method):
     name = "lora"
     description = "low-rank adapters on attention projections (peft); head trains"
     uses_peft = True
-    lr: float = 5e-4
+    lr: float = 2e-3
     r: int = 8
     """Rank of the update matrices."""
     alpha: int = 16
