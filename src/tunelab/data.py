@@ -141,6 +141,13 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
                  labels), label_names
 
 
+def _rows_in(path: Path) -> int:
+    """Data rows of a text file (a csv/tsv header does not count)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = sum(1 for line in f if line.strip())
+    return max(0, lines - 1) if path.suffix in (".csv", ".tsv") else lines
+
+
 def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
     import datasets
 
@@ -150,6 +157,9 @@ def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
             if not path.is_file():
                 raise DataError(f"data file {cfg.dataset!r} does not exist")
             kw = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+            if path.suffix != ".parquet" and _rows_in(path) == 0:
+                raise DataError(f"dataset {cfg.dataset!r} has no labelled training examples "
+                                f"(the file holds no data rows)")
             dd = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), **kw)
         else:
             name, _, subset = cfg.dataset.partition("/")

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved as a local model folder (fast), and a
+small learnable toy dataset as a local CSV file."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POS = ["good", "great", "fine", "lovely", "superb", "brilliant"]
+NEG = ["bad", "awful", "poor", "boring", "dull", "terrible"]
+FILLER = ["the", "movie", "film", "was", "plot", "actors", "story", "and", "very", "quite"]
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict]:
+    """Sentences whose label is carried by one sentiment word among filler: easy to learn."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.choices(FILLER, k=rng.randint(3, 12))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if label else NEG))
+        rows.append({"review": " ".join(words), "sentiment": "pos" if label else "neg"})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 BERT with random weights and the MiniLM tokenizer, on disk."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from tunelab.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory) -> str:
+    return str(write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(400)))
+
+
+def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
+    """Overrides for a fast run of the tiny model on the toy data."""
+    base = {"model.name": model, "data.dataset": data, "out_dir": str(out), "tracker": "none",
+            "train.epochs": 3, "train.batch_size": 16, "train.log_every": 5,
+            "train.evals_per_epoch": 1}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

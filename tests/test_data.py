@@ -1,0 +1,63 @@
+"""Splits are deterministic, stratified and disjoint; batches pad per batch by length."""
+
+from collections import Counter
+
+from conftest import toy_rows, write_csv
+
+from tunelab.config import DataConfig
+from tunelab.data import collate, encode, eval_batches, load_splits, train_batches
+from tunelab.models import load_tokenizer
+
+
+def test_rotten_tomatoes_builtin_split():
+    s = load_splits(DataConfig())
+    assert (len(s.train), len(s.validation), len(s.test)) == (10202, 1275, 1275)
+    assert s.label_names == ["negative", "positive"]
+    texts = [set(p.texts) for p in (s.train, s.validation, s.test)]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    # stratified: positive share equal across splits within a fraction of a point
+    shares = [sum(p.labels) / len(p) for p in (s.train, s.validation, s.test)]
+    assert max(shares) - min(shares) < 0.005
+    again = load_splits(DataConfig())
+    assert again.test.texts == s.test.texts  # deterministic
+
+
+def test_local_csv_labels_named_from_data_and_head(tmp_path):
+    path = write_csv(tmp_path / "d.csv", toy_rows(100))
+    s = load_splits(DataConfig(dataset=str(path), max_train_examples=20))
+    assert s.label_names == ["neg", "pos"]
+    assert len(s.train) == 20 and len(s.validation) == 10 and len(s.test) == 10
+
+
+def test_jsonl_with_explicit_columns(tmp_path):
+    import json
+
+    rows = toy_rows(60)
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"body": r["review"], "y": r["sentiment"]})
+                              for r in rows))
+    s = load_splits(DataConfig(dataset=str(path), text_column="body", label_column="y"))
+    assert len(s.train) + len(s.validation) + len(s.test) == 60
+
+
+def test_length_grouped_batches_cover_everything_once():
+    lengths = [(i * 37) % 50 + 1 for i in range(1000)]
+    batches = train_batches(lengths, 32, seed=1, epoch=0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    assert batches == train_batches(lengths, 32, seed=1, epoch=0)
+    assert batches != train_batches(lengths, 32, seed=1, epoch=1)
+    # padding far below random batching
+    pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    assert pad < 0.1 * sum(lengths)
+    assert Counter(len(b) for b in eval_batches(lengths, 100))[100] == 10
+
+
+def test_collate_pads_to_the_batch_not_a_global_max():
+    tok = load_tokenizer("minilm")
+    from tunelab.data import Split
+
+    enc = encode(Split(["a b", "a much longer sentence here", "x"], None, [0, 1, 0]), tok, 128)
+    batch = collate(enc, [0, 2], tok.pad_token_id)
+    assert batch["input_ids"].shape[1] == max(enc.lengths[0], enc.lengths[2])
+    assert batch["attention_mask"].sum().item() == enc.lengths[0] + enc.lengths[2]
