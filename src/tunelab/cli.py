@@ -91,6 +91,14 @@ def cmd_config() -> None:
             print(f"{section}{key} = {getattr(obj, key)!r}\n    {doc}")
 
 
+def _print_run(rec: dict) -> None:
+    if rec.get("status") == "ok":
+        print(f"  {rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
+              f"train {rec['timing']['train_s']:.1f}s", flush=True)
+    else:
+        print(f"  {rec['name']}: FAILED: {rec.get('reason')}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -114,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _load(args)
             methods = parse_methods(args.methods)
-            compare(cfg, methods, args.seeds, overwrite=args.overwrite, resume=args.resume,
-                    on_run=lambda r: print(f"  {r['name']}: test acc "
-                                           f"{100 * r['test']['accuracy']:.2f}%", flush=True))
+            recs = compare(cfg, methods, args.seeds, overwrite=args.overwrite,
+                           resume=args.resume, on_run=_print_run)
             md, _ = summarize(Path(cfg.out_dir))
             print(md)
             print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 html, mdr = build_report(Path(cfg.out_dir))
                 print(f"report: {html} (and {mdr.name})")
+            if all(r.get("status") != "ok" for r in recs):
+                raise TunelabError("every run of the comparison failed (reasons above)")
         elif args.cmd == "predict":
             from tunelab.predict import predict
 

@@ -197,7 +197,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.train.lr is not None and cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr!r}")
     if not 0 <= cfg.train.warmup < 1:
-        raise ConfigError(f"train.warmup is a fraction of steps in [0, 1), got {cfg.train.warmup!r}")
+        raise ConfigError(f"train.warmup is a fraction of steps in [0, 1), "
+                          f"got {cfg.train.warmup!r}")
     return cfg
 
 

@@ -13,5 +13,10 @@ class DataError(TunelabError):
     """A dataset that cannot be used as asked (missing column, one class, empty, ...)."""
 
 
-class TrainingDiverged(TunelabError):
+class RunFailed(TunelabError):
+    """One run failed for a reason of its own (recorded in its result.json); a comparison
+    records it and goes on with the other runs."""
+
+
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite; the run is recorded as failed."""

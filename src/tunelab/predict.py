@@ -39,7 +39,8 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict]:
     model, tok = load_run_model(run_dir)
     enc = tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
     probs = model(**enc).logits.softmax(-1)
-    id2label = (model.get_base_model() if hasattr(model, "get_base_model") else model).config.id2label
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    id2label = base.config.id2label
     out = []
     for text, p in zip(texts, probs, strict=True):
         i = int(p.argmax())

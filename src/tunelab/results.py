@@ -13,12 +13,18 @@ METRICS = "metrics.jsonl"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file + rename, so readers never see half a file."""
+    """Write JSON atomically (see write_text)."""
+    write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temporary file + rename, so readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files

@@ -8,6 +8,7 @@ best checkpoint, tests it, saves it, and writes the run record.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import sys
@@ -21,11 +22,19 @@ from tqdm.auto import tqdm
 
 from tunelab import data as D
 from tunelab.config import RunConfig, to_dict
-from tunelab.errors import TrainingDiverged, TunelabError
+from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.measure import PeakMemory, count_params, environment, flops_per_token, weights_bytes
 from tunelab.methods import build_method, knobs
 from tunelab.models import load_model, load_tokenizer
-from tunelab.results import RESULT, append_metrics, read_result, write_json
+from tunelab.results import (
+    METRICS,
+    RESULT,
+    append_metrics,
+    read_metrics,
+    read_result,
+    write_json,
+    write_text,
+)
 
 STATE = "state.pt"  # resumable training state, removed when the run finishes
 
@@ -101,8 +110,10 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     """Refuse to clobber a run unless told to overwrite; resume keeps it."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
+    if (run_dir / RESULT).exists() or (run_dir / STATE).exists():
+        if resume and (run_dir / STATE).exists():
+            (run_dir / RESULT).unlink(missing_ok=True)  # an "interrupted" record goes on
+        elif overwrite:
             shutil.rmtree(run_dir)
         elif not resume:
             raise TunelabError(f"output folder {str(run_dir)!r} already holds a run; pass "
@@ -140,12 +151,28 @@ def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t)
 
 
-def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
-    """Train, validate, test and save one run; return its record (also in result.json)."""
+def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, on_eval=None) -> dict:
+    """Train, validate, test and save one run; return its record (also in result.json).
+
+    ``on_eval(progress)`` is called after each validation (after the resumable state is
+    saved), e.g. to watch a run or stop it.
+    """
+    run_dir = run_dir_for(cfg)
+    try:
+        return _run(cfg, run_dir, overwrite, resume, on_eval)
+    except KeyboardInterrupt:
+        if (run_dir / STATE).exists() and not (run_dir / RESULT).exists():
+            write_json(run_dir / RESULT, {
+                "name": run_dir.name, "method": cfg.method_name, "config": to_dict(cfg),
+                "status": "interrupted",
+                "reason": "interrupted; continue it with the same command and --resume"})
+        raise
+
+
+def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    run_dir = run_dir_for(cfg)
     done = read_result(run_dir) if resume else None
     if done and done.get("status") == "ok":
         return done
@@ -165,7 +192,11 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
     pad_id = data.tokenizer.pad_token_id
     n_classes = len(data.splits.label_names)
     model = load_model(cfg.model.name, data.splits.label_names, pad_id)
-    model = method.prepare(model)
+    try:
+        model = method.prepare(model)
+    except TunelabError as e:
+        _fail(run_dir, {"name": run_dir.name, "method": method.name, "config": to_dict(cfg)},
+              Progress(), str(e), RunFailed)
     params = count_params(model)
     flops = flops_per_token(model)
     optimizer = torch.optim.AdamW(method.param_groups(model, lr, tc.weight_decay), lr=lr,
@@ -180,6 +211,9 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
     pg = Progress()
     if resume and (run_dir / STATE).exists():
         pg = _load_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler)
+        # rows logged after the saved state will be logged again
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= pg.step]
+        write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if trackers:
@@ -212,6 +246,8 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
         if pg.step < total_steps:
             _save_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler, pg,
                         best_state)
+        if on_eval:
+            on_eval(pg)
         return tc.patience > 0 and pg.evals_since_best >= tc.patience
 
     best_state: dict[str, torch.Tensor] = {}
@@ -335,10 +371,12 @@ def save_model(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _fail(run_dir: Path, record: dict, pg: Progress, reason: str) -> None:
+def _fail(run_dir: Path, record: dict, pg: Progress, reason: str,
+          error: type[RunFailed] = TrainingDiverged) -> None:
+    """Record the run as failed (a complete result.json) and stop it."""
     record.update({"status": "failed", "reason": reason, "steps": pg.step, "curve": pg.curve})
     write_json(run_dir / RESULT, record)
-    raise TrainingDiverged(f"run {run_dir.name} failed: {reason}")
+    raise error(f"run {run_dir.name} failed: {reason}")
 
 
 def _save_state(path: Path, model, optimizer, scheduler, pg: Progress, best_state) -> None:
