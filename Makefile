@@ -24,7 +24,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; browser test will skip"
 
 demo: setup
-	$(BIN)/tunelab compare --methods full,llrd,lora,prompt --out runs/demo --overwrite
+	$(BIN)/tunelab compare --config configs/demo.yaml --methods full,llrd,lora,prompt --out runs/demo --overwrite
 
 test: setup browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -48,12 +48,29 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
             "total": 2 * n + 2 * bwd + 2 * trainable}
 
 
-class PeakMemory:
-    """Peak memory of a stretch of work: CUDA max_memory_allocated, or the process's peak RSS
-    sampled every 20 ms by a thread (RSS peaks inside backward, between our own steps)."""
+def settled_rss() -> int:
+    """Process RSS after returning freed memory to the OS (so earlier runs in the same process
+    do not hide or inflate this run's memory)."""
+    import ctypes
+    import gc
 
-    def __init__(self, device: torch.device):
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """Peak memory of a run: CUDA max_memory_allocated, or on CPU the process's peak RSS,
+    sampled every 20 ms by a thread (RSS peaks inside backward), minus ``baseline`` (the RSS
+    before the model was loaded), so weights, gradients, optimizer state and activations count
+    and the data and libraries do not."""
+
+    def __init__(self, device: torch.device, baseline: int = 0):
         self.cuda = device.type == "cuda"
+        self.baseline = baseline
         self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,8 +98,12 @@ class PeakMemory:
             self._thread.join()
 
     @property
+    def used(self) -> int:
+        return self.peak if self.cuda else self.peak - self.baseline
+
+    @property
     def kind(self) -> str:
-        return "cuda_max_allocated" if self.cuda else "process_rss"
+        return "cuda_max_allocated" if self.cuda else "process_rss_above_baseline"
 
 
 def weights_bytes(folder: Path) -> int:

@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from tunelab import data as D
 from tunelab.config import RunConfig, to_dict
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
-from tunelab.measure import PeakMemory, count_params, environment, flops_per_token, weights_bytes
+from tunelab.measure import (
+    PeakMemory,
+    count_params,
+    environment,
+    flops_per_token,
+    settled_rss,
+    weights_bytes,
+)
 from tunelab.methods import build_method, knobs
 from tunelab.models import load_model, load_tokenizer
 from tunelab.results import (
@@ -191,6 +198,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     data = prepare_data(cfg)
     pad_id = data.tokenizer.pad_token_id
     n_classes = len(data.splits.label_names)
+    rss_before_model = settled_rss()
     model = load_model(cfg.model.name, data.splits.label_names, pad_id)
     try:
         model = method.prepare(model)
@@ -263,7 +271,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     seen = n_micro = 0
     bad = torch.zeros((), dtype=torch.bool, device=acc.device)
     stop = False
-    with PeakMemory(acc.device) as mem:
+    with PeakMemory(acc.device, rss_before_model) as mem:
         t_seg = time.perf_counter()
         seg_examples = seg_tokens = 0
         while pg.step < total_steps and not stop:
@@ -348,7 +356,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                    "examples_per_s": pg.examples / max(pg.train_time, 1e-9),
                    "tokens_per_s": pg.tokens / max(pg.train_time, 1e-9),
                    "train_examples_seen": pg.examples, "train_tokens_seen": pg.tokens},
-        "memory": {"peak_bytes": mem.peak, "kind": mem.kind},
+        "memory": {"peak_bytes": mem.used, "process_peak_bytes": mem.peak, "kind": mem.kind},
         "flops": {"train_total": flops["total"] * pg.tokens,
                   "per_s": flops["total"] * pg.tokens / max(pg.train_time, 1e-9)},
         "saved_bytes": weights_bytes(model_dir),

@@ -1,0 +1,73 @@
+"""The plain recipe tunelab is measured against: Hugging Face `Trainer` (+ peft), written the
+way a careful user would (dynamic padding, length-grouped sampling, no evaluation during
+training). Same data split, model, method setup and hyperparameters as the tunelab run.
+
+Usage: python bench/hf_baseline.py METHOD N_TRAIN LR OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+T0 = time.perf_counter()  # end-to-end wall clock starts before the heavy imports
+
+import numpy as np  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import (  # noqa: E402
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging  # noqa: E402
+
+from tunelab.config import DataConfig  # noqa: E402
+from tunelab.data import load_splits  # noqa: E402
+from tunelab.methods import build_method  # noqa: E402
+from tunelab.models import load_model, load_tokenizer  # noqa: E402
+
+BATCH, EPOCHS, MAX_LEN, SEED = 32, 1, 128, 0
+
+
+def main(method_name: str, n_train: int, lr: float, out: str) -> None:
+    logging.set_verbosity_error()
+    splits = load_splits(DataConfig(max_train_examples=n_train))
+    tok = load_tokenizer("minilm")
+
+    def to_ds(split):
+        ds = Dataset.from_dict({"text": split.texts, "label": split.labels})
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=MAX_LEN),
+                      batched=True, remove_columns=["text"])
+
+    train, test = to_ds(splits.train), to_ds(splits.test)
+    model = load_model("minilm", splits.label_names, tok.pad_token_id)
+    method = build_method({"name": method_name})
+    model = method.prepare(model)
+    # the same AdamW parameter groups tunelab uses (LLRD needs them; others: decay split)
+    from torch.optim import AdamW
+
+    optimizer = AdamW(method.param_groups(model, lr, 0.01), lr=lr)
+    args = TrainingArguments(
+        output_dir="/tmp/hf-baseline", per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=256, learning_rate=lr, num_train_epochs=EPOCHS,
+        weight_decay=0.01, warmup_steps=0.06, lr_scheduler_type="linear", max_grad_norm=1.0,
+        train_sampling_strategy="group_by_length", eval_strategy="no", save_strategy="no",
+        logging_steps=20, report_to="none", disable_tqdm=True, seed=SEED)
+    trainer = Trainer(model=model, args=args, train_dataset=train,
+                      data_collator=DataCollatorWithPadding(tok), optimizers=(optimizer, None))
+    t = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t
+    pred = trainer.predict(test)
+    acc = float((np.argmax(pred.predictions, -1) == np.array(splits.test.labels)).mean())
+    tokens = sum(len(x) for x in train["input_ids"]) * EPOCHS
+    result = {"method": method_name, "train_s": train_s, "examples": len(train) * EPOCHS,
+              "examples_per_s": len(train) * EPOCHS / train_s, "tokens_per_s": tokens / train_s,
+              "test_accuracy": acc, "wall_s": time.perf_counter() - T0}
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
