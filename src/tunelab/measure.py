@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -72,6 +73,7 @@ class PeakMemory:
         self.cuda = device.type == "cuda"
         self.baseline = baseline
         self.peak = 0
+        self._paused = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,15 +86,31 @@ class PeakMemory:
 
             def sample() -> None:
                 while not self._stop.wait(0.02):
-                    self.peak = max(self.peak, proc.memory_info().rss)
+                    if not self._paused:
+                        self.peak = max(self.peak, proc.memory_info().rss)
 
             self._thread = threading.Thread(target=sample, daemon=True)
             self._thread.start()
         return self
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave a stretch (validation) out of the peak: it measures training only."""
+        if self.cuda:
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+        self._paused = True
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            else:
+                settled_rss()  # give evaluation's buffers back before sampling again
+            self._paused = False
+
     def __exit__(self, *exc) -> None:
         if self.cuda:
-            self.peak = torch.cuda.max_memory_allocated()
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated())
         elif self._thread:
             self._stop.set()
             self._thread.join()

@@ -364,8 +364,9 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
              f"{html.escape(str(root))}. Every number below is read from those files.</p>",
              "<h2>Comparison</h2>", table_html(rows) if rows else "<p>No successful runs.</p>",
              "<p class='muted'>Mean ± 95% confidence interval over seeds (Student t); "
-             "green: best in column. Peak memory: on CPU the process RSS peak above its level "
-             "before the model was loaded; on CUDA max allocated."
+             "green: best in column. Peak memory of the training steps (validation excluded): "
+             "on CPU the process RSS peak above its level before the model was loaded; on "
+             "CUDA max allocated."
              "</p>",
              "<h2>Verdicts</h2><ul id='verdicts'>"
              + "".join(f"<li>{html.escape(v)}</li>" for v in verdict) + "</ul>"]

@@ -334,7 +334,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                     hits.zero_()
                     seen = n_micro = seg_examples = seg_tokens = 0
                     if eval_now:
-                        stop = validate()
+                        with mem.paused():
+                            stop = validate()
                     t_seg = time.perf_counter()
             if pg.batch_in_epoch >= len(steps):
                 pg.epoch += 1
