@@ -99,7 +99,7 @@ def verdicts(rows: list[dict]) -> list[str]:
             diff = acc - ref["test_acc"][0]
             parts.append(f"{abs(diff):.1f} pt {'below' if diff < 0 else 'above'} {ref_name}")
             for key, noun in (("peak_mb", "memory"), ("train_s", "training time"),
-                              ("saved_mb", "bytes to store")):
+                              ("saved_mb", "disk space")):
                 parts += _relative(r[key][0], ref[key][0], noun)
             ci = r["test_acc"][1] + ref["test_acc"][1]
             if ci and abs(diff) < ci:

@@ -223,7 +223,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     total_steps = tc.max_steps or max(1, int(per_epoch * tc.epochs))
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     model, optimizer = acc.prepare(model, optimizer)
-    eval_every = tc.eval_every or max(1, per_epoch // tc.evals_per_epoch)
+    # ceil: the last in-epoch validation lands on the epoch end, not one step before it
+    eval_every = tc.eval_every or max(1, math.ceil(per_epoch / tc.evals_per_epoch))
 
     pg = Progress()
     if resume and (run_dir / STATE).exists():
