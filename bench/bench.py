@@ -101,8 +101,9 @@ def main() -> None:
                "mfu_tunelab": fpt * tl["tokens_per_s"] / peak,
                "mfu_hf": fpt * hf["tokens_per_s"] / peak}
         rows.append(row)
-        print(f"{method:7s} tunelab {tl['examples_per_s']:6.1f} ex/s  hf {hf['examples_per_s']:6.1f}"
-              f" ex/s  x{row['speedup']:.2f}  acc {100 * tl['test_accuracy']:.2f} vs "
+        print(f"{method:7s} tunelab {tl['examples_per_s']:6.1f} ex/s  "
+              f"hf {hf['examples_per_s']:6.1f} ex/s  x{row['speedup']:.2f}  "
+              f"acc {100 * tl['test_accuracy']:.2f} vs "
               f"{100 * hf['test_accuracy']:.2f}", flush=True)
     e2e = None
     if not args.skip_e2e and all(m in args.methods.split(",") for m in ARTICLE):
