@@ -47,28 +47,48 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 def sh(cmd: list[str]) -> float:
     """Run a command, fail loudly, return its wall-clock seconds."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"},
+    )
     if proc.returncode:
         sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t
 
 
 def tunelab_run(method: str, n: int, out: Path) -> dict:
-    wall = sh([sys.executable, "-m", "tunelab", "run", f"method={method}",
-               f"data.max_train_examples={n}", f"out_dir={out}", "tracker=none",
-               "train.save_model=false", "--overwrite"])
+    wall = sh(
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "run",
+            f"method={method}",
+            f"data.max_train_examples={n}",
+            f"out_dir={out}",
+            "tracker=none",
+            "train.save_model=false",
+            "--overwrite",
+        ]
+    )
     rec = json.loads((out / f"{method}-seed0" / "result.json").read_text())
-    return {"examples_per_s": rec["timing"]["examples_per_s"],
-            "tokens_per_s": rec["timing"]["tokens_per_s"], "train_s": rec["timing"]["train_s"],
-            "test_accuracy": rec["test"]["accuracy"], "lr": rec["lr"], "wall_s": wall,
-            "flops_per_token": rec["flops_per_token"]["total"]}
+    return {
+        "examples_per_s": rec["timing"]["examples_per_s"],
+        "tokens_per_s": rec["timing"]["tokens_per_s"],
+        "train_s": rec["timing"]["train_s"],
+        "test_accuracy": rec["test"]["accuracy"],
+        "lr": rec["lr"],
+        "wall_s": wall,
+        "flops_per_token": rec["flops_per_token"]["total"],
+    }
 
 
 def hf_run(method: str, n: int, lr: float, out: Path) -> dict:
     path = out / f"hf-{method}.json"
-    wall = sh([sys.executable, str(HERE / "hf_baseline.py"), method, str(n), repr(lr),
-               str(path)])
+    wall = sh([sys.executable, str(HERE / "hf_baseline.py"), method, str(n), repr(lr), str(path)])
     return {**json.loads(path.read_text()), "wall_s": wall}
 
 
@@ -96,32 +116,64 @@ def main() -> None:
             hf = hf_run(method, args.train_examples, lr, out)
             tl = tunelab_run(method, args.train_examples, out / "tl")
         fpt = tl["flops_per_token"]
-        row = {"method": method, "lr": lr, "tunelab": tl, "hf": hf,
-               "speedup": tl["examples_per_s"] / hf["examples_per_s"],
-               "mfu_tunelab": fpt * tl["tokens_per_s"] / peak,
-               "mfu_hf": fpt * hf["tokens_per_s"] / peak}
+        row = {
+            "method": method,
+            "lr": lr,
+            "tunelab": tl,
+            "hf": hf,
+            "speedup": tl["examples_per_s"] / hf["examples_per_s"],
+            "mfu_tunelab": fpt * tl["tokens_per_s"] / peak,
+            "mfu_hf": fpt * hf["tokens_per_s"] / peak,
+        }
         rows.append(row)
-        print(f"{method:7s} tunelab {tl['examples_per_s']:6.1f} ex/s  "
-              f"hf {hf['examples_per_s']:6.1f} ex/s  x{row['speedup']:.2f}  "
-              f"acc {100 * tl['test_accuracy']:.2f} vs "
-              f"{100 * hf['test_accuracy']:.2f}", flush=True)
+        print(
+            f"{method:7s} tunelab {tl['examples_per_s']:6.1f} ex/s  "
+            f"hf {hf['examples_per_s']:6.1f} ex/s  x{row['speedup']:.2f}  "
+            f"acc {100 * tl['test_accuracy']:.2f} vs "
+            f"{100 * hf['test_accuracy']:.2f}",
+            flush=True,
+        )
     e2e = None
     if not args.skip_e2e and all(m in args.methods.split(",") for m in ARTICLE):
-        wall = sh([sys.executable, "-m", "tunelab", "compare", "--methods", ",".join(ARTICLE),
-                   "--max-train-examples", str(args.train_examples), "--out",
-                   str(out / "compare"), "--tracker", "none", "--no-report",
-                   "train.save_model=false", "--overwrite"])
+        wall = sh(
+            [
+                sys.executable,
+                "-m",
+                "tunelab",
+                "compare",
+                "--methods",
+                ",".join(ARTICLE),
+                "--max-train-examples",
+                str(args.train_examples),
+                "--out",
+                str(out / "compare"),
+                "--tracker",
+                "none",
+                "--no-report",
+                "train.save_model=false",
+                "--overwrite",
+            ]
+        )
         hf_wall = sum(r["hf"]["wall_s"] for r in rows if r["method"] in ARTICLE)
         e2e = {"tunelab_s": wall, "hf_s": hf_wall, "speedup": hf_wall / wall}
-        print(f"end-to-end 4-method comparison: tunelab {wall:.0f}s, plain recipe "
-              f"{hf_wall:.0f}s, x{e2e['speedup']:.2f}", flush=True)
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-              "machine": f"{platform.processor() or platform.machine()}, "
-                         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-              "packages": {p: metadata.version(p) for p in
-                           ("torch", "transformers", "peft", "accelerate", "datasets")},
-              "train_examples": args.train_examples, "peak_flops": peak, "rows": rows,
-              "e2e": e2e}
+        print(
+            f"end-to-end 4-method comparison: tunelab {wall:.0f}s, plain recipe "
+            f"{hf_wall:.0f}s, x{e2e['speedup']:.2f}",
+            flush=True,
+        )
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "packages": {
+            p: metadata.version(p)
+            for p in ("torch", "transformers", "peft", "accelerate", "datasets")
+        },
+        "train_examples": args.train_examples,
+        "peak_flops": peak,
+        "rows": rows,
+        "e2e": e2e,
+    }
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     (HERE / "RESULTS.md").write_text(results_md(result))
     print(f"\nwrote {HERE / 'RESULTS.md'}")
@@ -130,16 +182,20 @@ def main() -> None:
 def results_md(r: dict) -> str:
     geo = math.exp(sum(math.log(x["speedup"]) for x in r["rows"]) / len(r["rows"]))
     lines = [
-        "# Benchmark: tunelab vs the plain Hugging Face recipe", "",
+        "# Benchmark: tunelab vs the plain Hugging Face recipe",
+        "",
         f"Measured {r['date']} on {r['machine']}; "
-        + ", ".join(f"{k} {v}" for k, v in r["packages"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in r["packages"].items())
+        + ".",
         f"MiniLM-L6 on {r['train_examples']} Rotten Tomatoes training snippets, batch 32, "
         "1 epoch, max length 128, seed 0, each method at its own default lr (the same on both "
         "sides). fp32 matmul peak of this machine: "
-        f"{r['peak_flops'] / 1e9:.1f} GFLOP/s.", "",
+        f"{r['peak_flops'] / 1e9:.1f} GFLOP/s.",
+        "",
         "| method | lr | tunelab ex/s | HF ex/s | speedup | tunelab tok/s | HF tok/s | "
         "tunelab MFU | HF MFU | tunelab test acc | HF test acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for x in r["rows"]:
         tl, hf = x["tunelab"], x["hf"]
         lines.append(
@@ -147,15 +203,22 @@ def results_md(r: dict) -> str:
             f"{hf['examples_per_s']:.1f} | {x['speedup']:.2f}x | {tl['tokens_per_s']:.0f} | "
             f"{hf['tokens_per_s']:.0f} | {100 * x['mfu_tunelab']:.0f}% | "
             f"{100 * x['mfu_hf']:.0f}% | {100 * tl['test_accuracy']:.2f} | "
-            f"{100 * hf['test_accuracy']:.2f} |")
+            f"{100 * hf['test_accuracy']:.2f} |"
+        )
     lines += ["", f"Geometric mean speedup: {geo:.2f}x."]
     if r["e2e"]:
         e = r["e2e"]
-        lines.append(f"End-to-end four-method comparison (full, llrd, lora, prompt; process "
-                     f"start to finish): tunelab {e['tunelab_s']:.0f}s vs plain recipe "
-                     f"{e['hf_s']:.0f}s: {e['speedup']:.2f}x.")
-    lines += ["", "MFU = training FLOPs per real token (6N-rule estimate, see "
-              "`tunelab.measure.flops_per_token`) x real tokens/s / matmul peak.", ""]
+        lines.append(
+            f"End-to-end four-method comparison (full, llrd, lora, prompt; process "
+            f"start to finish): tunelab {e['tunelab_s']:.0f}s vs plain recipe "
+            f"{e['hf_s']:.0f}s: {e['speedup']:.2f}x."
+        )
+    lines += [
+        "",
+        "MFU = training FLOPs per real token (6N-rule estimate, see "
+        "`tunelab.measure.flops_per_token`) x real tokens/s / matmul peak.",
+        "",
+    ]
     return "\n".join(lines)
 
 

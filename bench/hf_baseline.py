@@ -37,8 +37,11 @@ def main(method_name: str, n_train: int, lr: float, out: str) -> None:
 
     def to_ds(split):
         ds = Dataset.from_dict({"text": split.texts, "label": split.labels})
-        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=MAX_LEN),
-                      batched=True, remove_columns=["text"])
+        return ds.map(
+            lambda b: tok(b["text"], truncation=True, max_length=MAX_LEN),
+            batched=True,
+            remove_columns=["text"],
+        )
 
     train, test = to_ds(splits.train), to_ds(splits.test)
     model = load_model("minilm", splits.label_names, tok.pad_token_id)
@@ -49,13 +52,30 @@ def main(method_name: str, n_train: int, lr: float, out: str) -> None:
 
     optimizer = AdamW(method.param_groups(model, lr, 0.01), lr=lr)
     args = TrainingArguments(
-        output_dir="/tmp/hf-baseline", per_device_train_batch_size=BATCH,
-        per_device_eval_batch_size=256, learning_rate=lr, num_train_epochs=EPOCHS,
-        weight_decay=0.01, warmup_steps=0.06, lr_scheduler_type="linear", max_grad_norm=1.0,
-        train_sampling_strategy="group_by_length", eval_strategy="no", save_strategy="no",
-        logging_steps=20, report_to="none", disable_tqdm=True, seed=SEED)
-    trainer = Trainer(model=model, args=args, train_dataset=train,
-                      data_collator=DataCollatorWithPadding(tok), optimizers=(optimizer, None))
+        output_dir="/tmp/hf-baseline",
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=256,
+        learning_rate=lr,
+        num_train_epochs=EPOCHS,
+        weight_decay=0.01,
+        warmup_steps=0.06,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=20,
+        report_to="none",
+        disable_tqdm=True,
+        seed=SEED,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DataCollatorWithPadding(tok),
+        optimizers=(optimizer, None),
+    )
     t = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t
@@ -64,9 +84,15 @@ def main(method_name: str, n_train: int, lr: float, out: str) -> None:
     # length order, so score them against pred.label_ids, never against the split's order
     acc = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
     tokens = sum(len(x) for x in train["input_ids"]) * EPOCHS
-    result = {"method": method_name, "train_s": train_s, "examples": len(train) * EPOCHS,
-              "examples_per_s": len(train) * EPOCHS / train_s, "tokens_per_s": tokens / train_s,
-              "test_accuracy": acc, "wall_s": time.perf_counter() - T0}
+    result = {
+        "method": method_name,
+        "train_s": train_s,
+        "examples": len(train) * EPOCHS,
+        "examples_per_s": len(train) * EPOCHS / train_s,
+        "tokens_per_s": tokens / train_s,
+        "test_accuracy": acc,
+        "wall_s": time.perf_counter() - T0,
+    }
     with open(out, "w") as f:
         json.dump(result, f)
 

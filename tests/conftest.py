@@ -49,8 +49,14 @@ def tiny_model(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
     load_tokenizer("minilm").save_pretrained(folder)
     return str(folder)
@@ -63,8 +69,15 @@ def toy_csv(tmp_path_factory) -> str:
 
 def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
     """Overrides for a fast run of the tiny model on the toy data."""
-    base = {"model.name": model, "data.dataset": data, "out_dir": str(out), "tracker": "none",
-            "train.epochs": 3, "train.batch_size": 16, "train.log_every": 5,
-            "train.evals_per_epoch": 1}
+    base = {
+        "model.name": model,
+        "data.dataset": data,
+        "out_dir": str(out),
+        "tracker": "none",
+        "train.epochs": 3,
+        "train.batch_size": 16,
+        "train.log_every": 5,
+        "train.evals_per_epoch": 1,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

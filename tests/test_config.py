@@ -12,8 +12,9 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["train.lr=3e-4", "method.name=lora", "method.r=16",
-                             "data.max_train_examples=100"])
+    cfg = load_config(
+        None, ["train.lr=3e-4", "method.name=lora", "method.r=16", "data.max_train_examples=100"]
+    )
     assert cfg.train.lr == 3e-4 and cfg.data.max_train_examples == 100
     assert build_method(cfg.method).r == 16
 
@@ -31,16 +32,19 @@ def test_every_shipped_config_parses(path):
     build_method(cfg.method)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.lrr=1"], "unknown config key 'train.lrr'"),
-    (["trian.lr=1"], "unknown config key 'trian'"),
-    (["train.lr=fast"], "train.lr must be a number, got 'fast'"),
-    (["train.batch_size=2.5"], "train.batch_size must be an integer"),
-    (["train.batch_size=0"], "train.batch_size must be > 0"),
-    (["train.schedule=step"], "train.schedule must be one of linear, cosine, constant"),
-    (["train.lr=nan"], "must be a finite number"),
-    (["lr"], "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["trian.lr=1"], "unknown config key 'trian'"),
+        (["train.lr=fast"], "train.lr must be a number, got 'fast'"),
+        (["train.batch_size=2.5"], "train.batch_size must be an integer"),
+        (["train.batch_size=0"], "train.batch_size must be > 0"),
+        (["train.schedule=step"], "train.schedule must be one of linear, cosine, constant"),
+        (["train.lr=nan"], "must be a finite number"),
+        (["lr"], "must look like key=value"),
+    ],
+)
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, overrides)

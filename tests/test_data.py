@@ -34,8 +34,7 @@ def test_jsonl_with_explicit_columns(tmp_path):
 
     rows = toy_rows(60)
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"body": r["review"], "y": r["sentiment"]})
-                              for r in rows))
+    path.write_text("\n".join(json.dumps({"body": r["review"], "y": r["sentiment"]}) for r in rows))
     s = load_splits(DataConfig(dataset=str(path), text_column="body", label_column="y"))
     assert len(s.train) + len(s.validation) + len(s.test) == 60
 

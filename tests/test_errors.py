@@ -15,8 +15,13 @@ from conftest import tiny_overrides, toy_rows, write_csv
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def assert_one_line_error(proc, *needles: str) -> str:
@@ -47,12 +52,18 @@ def _header_only(path: Path) -> Path:
 
 CASES = {
     "unknown method": (["method=lorax"], ["unknown method 'lorax'", "full"]),
-    "unknown model": (["model.name=no-such-org/no-such-model"], ["cannot load model",
-                                                                 "built-in name"]),
-    "unknown dataset": (["data.dataset=no-such-dataset-xyz"], ["cannot load dataset",
-                                                               "rotten-tomatoes"]),
-    "missing text column": (["data.dataset={ok}", "data.text_column=body"],
-                            ["text column 'body' not found", "review"]),
+    "unknown model": (
+        ["model.name=no-such-org/no-such-model"],
+        ["cannot load model", "built-in name"],
+    ),
+    "unknown dataset": (
+        ["data.dataset=no-such-dataset-xyz"],
+        ["cannot load dataset", "rotten-tomatoes"],
+    ),
+    "missing text column": (
+        ["data.dataset={ok}", "data.text_column=body"],
+        ["text column 'body' not found", "review"],
+    ),
     "missing label column": (["data.dataset={no_label}"], ["no label column", "--label-column"]),
     "one class": (["data.dataset={one_class}"], ["only one class"]),
     "empty dataset": (["data.dataset={empty}"], ["no labelled training examples"]),
@@ -71,16 +82,22 @@ def test_bad_input(case, files, tiny_model, tmp_path):
 
 
 def test_nan_loss_fails_the_run_and_says_so(files, tiny_model, tmp_path):
-    proc = cli("run", *tiny_overrides(tiny_model, str(files["ok"]), tmp_path, **{
-        "train.lr": 1e12, "train.grad_clip": 0, "train.warmup": 0, "train.log_every": 1}))
+    proc = cli(
+        "run",
+        *tiny_overrides(
+            tiny_model,
+            str(files["ok"]),
+            tmp_path,
+            **{"train.lr": 1e12, "train.grad_clip": 0, "train.warmup": 0, "train.log_every": 1},
+        ),
+    )
     assert_one_line_error(proc, "NaN", "train.lr")
     rec = json.loads(next(tmp_path.rglob("result.json")).read_text())
     assert rec["status"] == "failed" and "NaN" in rec["reason"]
 
 
 def test_existing_run_is_not_overwritten(files, tiny_model, tmp_path):
-    args = ["run", *tiny_overrides(tiny_model, str(files["ok"]), tmp_path, **{
-        "train.epochs": 1})]
+    args = ["run", *tiny_overrides(tiny_model, str(files["ok"]), tmp_path, **{"train.epochs": 1})]
     assert cli(*args).returncode == 0
     before = (tmp_path / "full-seed0" / "result.json").read_text()
     assert_one_line_error(cli(*args), "already holds a run", "--overwrite")
@@ -89,5 +106,6 @@ def test_existing_run_is_not_overwritten(files, tiny_model, tmp_path):
 
 
 def test_unknown_method_in_compare(tmp_path):
-    assert_one_line_error(cli("compare", "--methods", "full,lorra", "--out", str(tmp_path)),
-                          "lorra", "lora")
+    assert_one_line_error(
+        cli("compare", "--methods", "full,lorra", "--out", str(tmp_path)), "lorra", "lora"
+    )

@@ -15,9 +15,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    rc = main(["compare", "--methods", "full,llrd,lora,prompt", "--out", str(out),
-               "--max-train-examples", "320", "data.max_eval_examples=200",
-               "train.evals_per_epoch=2", "train.log_every=2"])
+    rc = main(
+        [
+            "compare",
+            "--methods",
+            "full,llrd,lora,prompt",
+            "--out",
+            str(out),
+            "--max-train-examples",
+            "320",
+            "data.max_eval_examples=200",
+            "train.evals_per_epoch=2",
+            "train.log_every=2",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -32,8 +43,12 @@ def test_compare_writes_table_records_and_report(compared, capsys):
         assert 0 < rec["params"]["trainable"] <= rec["params"]["total"]
         assert rec["timing"]["examples_per_s"] > 0 and rec["memory"]["peak_bytes"] > 2**20
         assert len(rec["curve"]) == 2 and rec["env"]["packages"]["torch"]
-    pct = {m: json.loads((compared / f"{m}-seed0" / "result.json").read_text())["params"]
-           ["trainable_pct"] for m in ("full", "lora", "prompt")}
+    pct = {
+        m: json.loads((compared / f"{m}-seed0" / "result.json").read_text())["params"][
+            "trainable_pct"
+        ]
+        for m in ("full", "lora", "prompt")
+    }
     assert pct["full"] == 100 and pct["lora"] < 2 and pct["prompt"] < pct["lora"]
     assert (compared / "report.html").exists() and (compared / "comparison.csv").exists()
 
@@ -70,8 +85,17 @@ def test_saved_adapter_loads_with_peft(compared):
 
 
 def test_predict_command(compared, capsys):
-    assert main(["predict", str(compared / "full-seed0"), "a wonderful, moving film",
-                 "dull and lifeless"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(compared / "full-seed0"),
+                "a wonderful, moving film",
+                "dull and lifeless",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["a wonderful, moving film", "dull and lifeless"]
     assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)

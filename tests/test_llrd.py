@@ -15,12 +15,23 @@ def lr_of(groups, p):
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_group_lrs_follow_the_formula(arch):
     if arch == "bert":
-        cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=32)
+        cfg = BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
     else:
-        cfg = LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3,
-                          num_attention_heads=2, num_key_value_heads=2, intermediate_size=32,
-                          pad_token_id=0)
+        cfg = LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=32,
+            pad_token_id=0,
+        )
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(cfg)
     method = build_method({"name": "llrd", "decay": 0.5})
@@ -49,9 +60,15 @@ def test_scheduler_scales_every_group_alike():
     from tunelab.config import load_config
     from tunelab.train import make_scheduler
 
-    model = AutoModelForSequenceClassification.from_config(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32))
+    model = AutoModelForSequenceClassification.from_config(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
     groups = build_method({"name": "llrd"}).param_groups(model, 1e-3, 0.0)
     opt = torch.optim.AdamW(groups)
     sched = make_scheduler(opt, load_config(None, ["train.warmup=0.1"]), 100)

@@ -74,8 +74,10 @@ def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "prefix"])
 def test_method_learns_saves_and_reloads(name, tiny_model, toy_csv, tmp_path):
-    cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path,
-                                           **{"method.name": name, "train.epochs": 6}))
+    cfg = load_config(
+        None,
+        tiny_overrides(tiny_model, toy_csv, tmp_path, **{"method.name": name, "train.epochs": 6}),
+    )
     rec = run(cfg)
     losses = [r["train_loss"] for r in _rows(tmp_path / f"{name}-seed0") if "train_loss" in r]
     assert losses[-1] < losses[0], f"{name}: loss did not fall: {losses}"
@@ -95,16 +97,31 @@ def _rows(run_dir):
 
 
 def test_full_finetuning_learns_the_toy_task(tiny_model, toy_csv, tmp_path):
-    cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **{
-        "method.name": "full", "train.epochs": 8, "train.lr": 1e-3}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_model,
+            toy_csv,
+            tmp_path,
+            **{"method.name": "full", "train.epochs": 8, "train.lr": 1e-3},
+        ),
+    )
     rec = run(cfg)
     assert rec["test"]["accuracy"] > 0.8, rec["test"]
 
 
 def test_same_seed_same_numbers(tiny_model, toy_csv, tmp_path):
-    recs = [run(load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path / str(i), **{
-        "method.name": "lora"}))) for i in range(2)]
+    recs = [
+        run(
+            load_config(
+                None,
+                tiny_overrides(tiny_model, toy_csv, tmp_path / str(i), **{"method.name": "lora"}),
+            )
+        )
+        for i in range(2)
+    ]
     assert recs[0]["curve"] == [
         {**p, "train_time_s": recs[0]["curve"][j]["train_time_s"]}
-        for j, p in enumerate(recs[1]["curve"])]
+        for j, p in enumerate(recs[1]["curve"])
+    ]
     assert recs[0]["test"] == recs[1]["test"]

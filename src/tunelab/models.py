@@ -42,9 +42,11 @@ def load_model(name: str, label_names: list[str], pad_token_id: int | None = Non
     path = resolve(name)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(label_names),
+            path,
+            num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)})
+            label2id={n: i for i, n in enumerate(label_names)},
+        )
     except Exception as e:
         raise TunelabError(_explain(name, e)) from None
     if model.config.pad_token_id is None and pad_token_id is not None:
@@ -55,6 +57,8 @@ def load_model(name: str, label_names: list[str], pad_token_id: int | None = Non
 def _explain(name: str, e: Exception) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     where = "local folder" if Path(name).exists() else "Hugging Face model id"
-    return (f"cannot load model {name!r} (as a {where}): {first}. Use a built-in name "
-            f"({', '.join(BUILTIN)}), a Hub id such as bert-base-uncased (needs internet), or a "
-            f"folder with config.json and weights")
+    return (
+        f"cannot load model {name!r} (as a {where}): {first}. Use a built-in name "
+        f"({', '.join(BUILTIN)}), a Hub id such as bert-base-uncased (needs internet), or a "
+        f"folder with config.json and weights"
+    )

@@ -15,8 +15,10 @@ def load_run_model(run_dir: str | Path):
 
     folder = Path(run_dir) / "model"
     if not (folder / "config.json").exists():
-        raise TunelabError(f"{str(run_dir)!r} holds no saved model (expected {folder}/config.json);"
-                           f" is it a finished run folder?")
+        raise TunelabError(
+            f"{str(run_dir)!r} holds no saved model (expected {folder}/config.json);"
+            f" is it a finished run folder?"
+        )
     tok = AutoTokenizer.from_pretrained(folder)
     if (folder / "adapter_config.json").exists():
         from peft import PeftConfig, PeftModel
@@ -26,8 +28,10 @@ def load_run_model(run_dir: str | Path):
         try:
             base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config)
         except Exception as e:
-            raise TunelabError(f"cannot load the adapter's base model {base_path!r}: "
-                               f"{str(e).splitlines()[0][:200]}") from None
+            raise TunelabError(
+                f"cannot load the adapter's base model {base_path!r}: "
+                f"{str(e).splitlines()[0][:200]}"
+            ) from None
         model = PeftModel.from_pretrained(base, folder)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(folder)

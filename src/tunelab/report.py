@@ -19,8 +19,21 @@ from tunelab.errors import TunelabError
 from tunelab.results import find_runs, read_metrics, read_result, write_text
 
 # two-sided 95% Student-t critical values by degrees of freedom (n - 1)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-       9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 # (key, title, how to read it from a record, better: "max"/"min", digits)
 COLUMNS = [
@@ -88,18 +101,24 @@ def verdicts(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     ref = next((r for r in rows if r["method"] == "full"), None) or max(
-        rows, key=lambda r: r["test_acc"][0])
+        rows, key=lambda r: r["test_acc"][0]
+    )
     ref_name = "full fine-tuning" if ref["method"] == "full" else ref["method"]
     lines = []
     for r in rows:
         acc = r["test_acc"][0]
-        parts = [f"{r['trainable_pct'][0]:.3g}% of the parameters trained",
-                 f"test accuracy {acc:.1f}%"]
+        parts = [
+            f"{r['trainable_pct'][0]:.3g}% of the parameters trained",
+            f"test accuracy {acc:.1f}%",
+        ]
         if r is not ref:
             diff = acc - ref["test_acc"][0]
             parts.append(f"{abs(diff):.1f} pt {'below' if diff < 0 else 'above'} {ref_name}")
-            for key, noun in (("peak_mb", "memory"), ("train_s", "training time"),
-                              ("saved_mb", "disk space")):
+            for key, noun in (
+                ("peak_mb", "memory"),
+                ("train_s", "training time"),
+                ("saved_mb", "disk space"),
+            ):
                 parts += _relative(r[key][0], ref[key][0], noun)
             ci = r["test_acc"][1] + ref["test_acc"][1]
             if ci and abs(diff) < ci:
@@ -115,13 +134,20 @@ def _relative(value: float, base: float, noun: str) -> list[str]:
     if base <= 0 or value <= 0 or abs(value - base) / base < 0.01:
         return []
     if value < base:
-        return [f"{base / value:.0f}x less {noun}" if value < base / 3
-                else f"{100 * (1 - value / base):.0f}% less {noun}"]
-    return [f"{value / base:.1f}x more {noun}" if value > 2 * base
-            else f"{100 * (value / base - 1):.0f}% more {noun}"]
+        return [
+            f"{base / value:.0f}x less {noun}"
+            if value < base / 3
+            else f"{100 * (1 - value / base):.0f}% less {noun}"
+        ]
+    return [
+        f"{value / base:.1f}x more {noun}"
+        if value > 2 * base
+        else f"{100 * (value / base - 1):.0f}% more {noun}"
+    ]
 
 
 # ---------------------------------------------------------------- learning-curve helpers
+
 
 def eval_points(rec: dict) -> list[dict]:
     return [m for m in rec["_metrics"] if "val_accuracy" in m]
@@ -146,8 +172,15 @@ def gap_series(rec: dict) -> list[dict]:
     for p in eval_points(rec):
         tr = train_acc_between(rec, prev, p["step"])
         if tr is not None:
-            out.append({"step": p["step"], "train_time_s": p["train_time_s"], "train": tr,
-                        "val": p["val_accuracy"], "gap": tr - p["val_accuracy"]})
+            out.append(
+                {
+                    "step": p["step"],
+                    "train_time_s": p["train_time_s"],
+                    "train": tr,
+                    "val": p["val_accuracy"],
+                    "gap": tr - p["val_accuracy"],
+                }
+            )
         prev = p["step"]
     return out
 
@@ -157,8 +190,13 @@ def overfit_flags(rec: dict) -> list[int]:
     and already exceeded it (the train-validation gap widens)."""
     flags, best_val, last = [], None, None
     for g in gap_series(rec):
-        if (best_val is not None and last is not None and g["val"] <= best_val
-                and g["train"] > last["train"] and g["gap"] > max(last["gap"], 0.02)):
+        if (
+            best_val is not None
+            and last is not None
+            and g["val"] <= best_val
+            and g["train"] > last["train"]
+            and g["gap"] > max(last["gap"], 0.02)
+        ):
             flags.append(g["step"])
         best_val = g["val"] if best_val is None else max(best_val, g["val"])
         last = g
@@ -167,6 +205,7 @@ def overfit_flags(rec: dict) -> list[int]:
 
 # ---------------------------------------------------------------- plots (inline SVG)
 
+
 def _svg(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -174,7 +213,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog so it can sit inside HTML
+    return svg[svg.index("<svg") :]  # drop the XML prolog so it can sit inside HTML
 
 
 def _figure():
@@ -202,12 +241,26 @@ def pareto_plot(rows: list[dict], cost: str, xlabel: str, metric: str, log: bool
     for i, r in enumerate(rows):
         x, y = r[cost][0], r[metric][0]
         pts.append((x, y))
-        ax.errorbar(x, y, yerr=r[metric][1] or None, fmt="o", color=COLORS[i % len(COLORS)],
-                    capsize=3, label=r["method"])
+        ax.errorbar(
+            x,
+            y,
+            yerr=r[metric][1] or None,
+            fmt="o",
+            color=COLORS[i % len(COLORS)],
+            capsize=3,
+            label=r["method"],
+        )
         ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = pareto_front(pts)
-    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#888",
-            linestyle="--", linewidth=1, label="Pareto front")
+    ax.step(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        where="post",
+        color="#888",
+        linestyle="--",
+        linewidth=1,
+        label="Pareto front",
+    )
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -217,8 +270,15 @@ def pareto_plot(rows: list[dict], cost: str, xlabel: str, metric: str, log: bool
     return _svg(fig)
 
 
-def curve_plot(runs: list[dict], methods: list[str], x: str, y: str, ylabel: str,
-               train: bool = False, flags: bool = False) -> str:
+def curve_plot(
+    runs: list[dict],
+    methods: list[str],
+    x: str,
+    y: str,
+    ylabel: str,
+    train: bool = False,
+    flags: bool = False,
+) -> str:
     """One line per method (mean over seeds), seeds as a min-max band."""
     fig, ax = _figure()
     for i, method in enumerate(methods):
@@ -231,11 +291,15 @@ def curve_plot(runs: list[dict], methods: list[str], x: str, y: str, ylabel: str
         xs = [statistics.fmean(s[j][x] for s in series) for j in range(n)]
         ys = [[s[j][y] * (100 if "accuracy" in y else 1) for s in series] for j in range(n)]
         color = COLORS[i % len(COLORS)]
-        ax.plot(xs, [statistics.fmean(v) for v in ys], marker="." if n < 30 else None,
-                color=color, label=method)
+        ax.plot(
+            xs,
+            [statistics.fmean(v) for v in ys],
+            marker="." if n < 30 else None,
+            color=color,
+            label=method,
+        )
         if len(series) > 1:
-            ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color,
-                            alpha=0.2)
+            ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color, alpha=0.2)
         if flags:
             for r in recs:
                 for step in overfit_flags(r):
@@ -279,15 +343,21 @@ def table_html(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cells = "".join(_cell(r, k, d, best) for k, _, _, _, d in COLUMNS)
-        body.append(f'<tr data-method="{r["method"]}"><td>{r["method"]}</td><td>{r["n"]}</td>'
-                    f"{cells}</tr>")
-    return (f'<table id="comparison"><tr><th>method</th><th>runs</th>{head}</tr>'
-            + "".join(body) + "</table>")
+        body.append(
+            f'<tr data-method="{r["method"]}"><td>{r["method"]}</td><td>{r["n"]}</td>{cells}</tr>'
+        )
+    return (
+        f'<table id="comparison"><tr><th>method</th><th>runs</th>{head}</tr>'
+        + "".join(body)
+        + "</table>"
+    )
 
 
 def _figure_html(fid: str, svg: str, caption: str) -> str:
-    return (f'<figure class="plot" id="{fid}">{svg}<figcaption>{html.escape(caption)}'
-            f"</figcaption></figure>")
+    return (
+        f'<figure class="plot" id="{fid}">{svg}<figcaption>{html.escape(caption)}'
+        f"</figcaption></figure>"
+    )
 
 
 def setup_html(runs: list[dict]) -> str:
@@ -298,19 +368,28 @@ def setup_html(runs: list[dict]) -> str:
     items = [
         ("model", first["config"]["model"]["name"]),
         ("dataset", f"{d.get('dataset')} (labels: {', '.join(d.get('labels', []))})"),
-        ("splits", f"train {d.get('train')}, validation {d.get('validation')}, "
-                   f"test {d.get('test')}; best checkpoint chosen on validation only"),
-        ("hardware", f"{env.get('device')} {env.get('gpu') or ''} {env.get('cpu')}, "
-                     f"{env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads"),
+        (
+            "splits",
+            f"train {d.get('train')}, validation {d.get('validation')}, "
+            f"test {d.get('test')}; best checkpoint chosen on validation only",
+        ),
+        (
+            "hardware",
+            f"{env.get('device')} {env.get('gpu') or ''} {env.get('cpu')}, "
+            f"{env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads",
+        ),
         ("packages", f"python {env.get('python')}, {pk}"),
         ("code", env.get("git_commit") or "unknown"),
     ]
-    rows = "".join(f"<tr><td>{k}</td><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
-                   for k, v in items)
+    rows = "".join(
+        f"<tr><td>{k}</td><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+        for k, v in items
+    )
     configs = "".join(
         f"<details><summary>{html.escape(r['name'])} config</summary><pre>"
         f"{html.escape(yaml.safe_dump(r['config'], sort_keys=False))}</pre></details>"
-        for r in runs)
+        for r in runs
+    )
     return f'<table id="setup">{rows}</table>{configs}'
 
 
@@ -319,8 +398,10 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
     root = Path(root)
     runs = load_runs(root)
     if not runs:
-        raise TunelabError(f"no run records (result.json) under {str(root)!r}; run "
-                           f"`tunelab compare --out {root}` first")
+        raise TunelabError(
+            f"no run records (result.json) under {str(root)!r}; run "
+            f"`tunelab compare --out {root}` first"
+        )
     rows = summarize_methods(runs)
     methods = [r["method"] for r in rows]
     ok_runs = [r for r in runs if r.get("status") == "ok"]
@@ -329,59 +410,108 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
     plots = []
     if rows:
         plots = [
-            _figure_html("pareto-params", pareto_plot(rows, "trainable", "trainable parameters "
-                         "(log)", "test_acc", True), "Test accuracy vs trainable parameters; "
-                         "dashed: Pareto front (nothing else is both smaller and better)."),
-            _figure_html("pareto-time", pareto_plot(rows, "train_s", "training seconds",
-                         "test_acc", False), "Test accuracy vs training time."),
-            _figure_html("pareto-memory", pareto_plot(rows, "peak_mb", "peak memory (MB)",
-                         "test_acc", False), "Test accuracy vs peak memory."),
+            _figure_html(
+                "pareto-params",
+                pareto_plot(rows, "trainable", "trainable parameters (log)", "test_acc", True),
+                "Test accuracy vs trainable parameters; "
+                "dashed: Pareto front (nothing else is both smaller and better).",
+            ),
+            _figure_html(
+                "pareto-time",
+                pareto_plot(rows, "train_s", "training seconds", "test_acc", False),
+                "Test accuracy vs training time.",
+            ),
+            _figure_html(
+                "pareto-memory",
+                pareto_plot(rows, "peak_mb", "peak memory (MB)", "test_acc", False),
+                "Test accuracy vs peak memory.",
+            ),
         ]
         curves = [
-            _figure_html("curve-val-step", curve_plot(ok_runs, methods, "step", "val_accuracy",
-                         "validation accuracy %"), "Validation accuracy by step (band: seeds)."),
-            _figure_html("curve-val-time", curve_plot(ok_runs, methods, "train_time_s",
-                         "val_accuracy", "validation accuracy %"),
-                         "Validation accuracy by training wall-clock seconds."),
-            _figure_html("curve-train-loss", curve_plot(ok_runs, methods, "step", "train_loss",
-                         "training loss", train=True), "Training loss by step."),
+            _figure_html(
+                "curve-val-step",
+                curve_plot(ok_runs, methods, "step", "val_accuracy", "validation accuracy %"),
+                "Validation accuracy by step (band: seeds).",
+            ),
+            _figure_html(
+                "curve-val-time",
+                curve_plot(
+                    ok_runs, methods, "train_time_s", "val_accuracy", "validation accuracy %"
+                ),
+                "Validation accuracy by training wall-clock seconds.",
+            ),
+            _figure_html(
+                "curve-train-loss",
+                curve_plot(ok_runs, methods, "step", "train_loss", "training loss", train=True),
+                "Training loss by step.",
+            ),
         ]
-        gap_runs = [{**r, "_metrics": [{"step": g["step"], "train_time_s": g["train_time_s"],
-                                        "val_accuracy": g["gap"]} for g in gap_series(r)]}
-                    for r in ok_runs]
+        gap_runs = [
+            {
+                **r,
+                "_metrics": [
+                    {"step": g["step"], "train_time_s": g["train_time_s"], "val_accuracy": g["gap"]}
+                    for g in gap_series(r)
+                ],
+            }
+            for r in ok_runs
+        ]
         for g, r in zip(gap_runs, ok_runs, strict=True):
             g["_flags"] = overfit_flags(r)
-        overfit = _figure_html("overfit-gap", _gap_plot(gap_runs, methods),
-                               "Training minus validation accuracy (points); dotted lines: "
-                               "validation stopped improving while training accuracy rose.")
-    flagged = [f"{r['name']}: from step {overfit_flags(r)[0]}" for r in ok_runs
-               if overfit_flags(r)]
+        overfit = _figure_html(
+            "overfit-gap",
+            _gap_plot(gap_runs, methods),
+            "Training minus validation accuracy (points); dotted lines: "
+            "validation stopped improving while training accuracy rose.",
+        )
+    flagged = [f"{r['name']}: from step {overfit_flags(r)[0]}" for r in ok_runs if overfit_flags(r)]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tunelab report: "
-             f"{html.escape(root.name)}</title><style>{CSS}</style></head><body>",
-             f"<h1>Fine-tuning comparison: {html.escape(root.name)}</h1>",
-             f"<p class='muted'>Built {stamp} from {len(runs)} run records in "
-             f"{html.escape(str(root))}. Every number below is read from those files.</p>",
-             "<h2>Comparison</h2>", table_html(rows) if rows else "<p>No successful runs.</p>",
-             "<p class='muted'>Mean ± 95% confidence interval over seeds (Student t); "
-             "green: best in column. Peak memory of the training steps (validation excluded): "
-             "on CPU the process RSS peak above its level before the model was loaded; on "
-             "CUDA max allocated."
-             "</p>",
-             "<h2>Verdicts</h2><ul id='verdicts'>"
-             + "".join(f"<li>{html.escape(v)}</li>" for v in verdict) + "</ul>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>tunelab report: "
+        f"{html.escape(root.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Fine-tuning comparison: {html.escape(root.name)}</h1>",
+        f"<p class='muted'>Built {stamp} from {len(runs)} run records in "
+        f"{html.escape(str(root))}. Every number below is read from those files.</p>",
+        "<h2>Comparison</h2>",
+        table_html(rows) if rows else "<p>No successful runs.</p>",
+        "<p class='muted'>Mean ± 95% confidence interval over seeds (Student t); "
+        "green: best in column. Peak memory of the training steps (validation excluded): "
+        "on CPU the process RSS peak above its level before the model was loaded; on "
+        "CUDA max allocated."
+        "</p>",
+        "<h2>Verdicts</h2><ul id='verdicts'>"
+        + "".join(f"<li>{html.escape(v)}</li>" for v in verdict)
+        + "</ul>",
+    ]
     if failed:
-        parts.append("<h2>Failed or stopped runs</h2><ul id='failed'>" + "".join(
-            f"<li class='failed'>{html.escape(r['name'])}: {html.escape(r.get('status', '?'))}"
-            f" — {html.escape(r.get('reason', 'no reason recorded'))}</li>" for r in failed)
-            + "</ul>")
+        parts.append(
+            "<h2>Failed or stopped runs</h2><ul id='failed'>"
+            + "".join(
+                f"<li class='failed'>{html.escape(r['name'])}: {html.escape(r.get('status', '?'))}"
+                f" — {html.escape(r.get('reason', 'no reason recorded'))}</li>"
+                for r in failed
+            )
+            + "</ul>"
+        )
     if rows:
-        parts += ["<h2>Cost vs accuracy (Pareto)</h2><div class='plots'>", *plots, "</div>",
-                  "<h2>Learning curves</h2><div class='plots'>", *curves, "</div>",
-                  "<h2>Overfitting signal</h2><div class='plots'>", overfit, "</div>",
-                  "<p id='overfit-flags'>" + (html.escape("; ".join(flagged)) if flagged else
-                                              "No run showed validation stalling while "
-                                              "training accuracy kept rising.") + "</p>"]
+        parts += [
+            "<h2>Cost vs accuracy (Pareto)</h2><div class='plots'>",
+            *plots,
+            "</div>",
+            "<h2>Learning curves</h2><div class='plots'>",
+            *curves,
+            "</div>",
+            "<h2>Overfitting signal</h2><div class='plots'>",
+            overfit,
+            "</div>",
+            "<p id='overfit-flags'>"
+            + (
+                html.escape("; ".join(flagged))
+                if flagged
+                else "No run showed validation stalling while training accuracy kept rising."
+            )
+            + "</p>",
+        ]
     parts += ["<h2>Setup</h2>", setup_html(runs), "</body></html>"]
     out = Path(output) if output else root / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -397,8 +527,13 @@ def _gap_plot(gap_runs: list[dict], methods: list[str]) -> str:
         color = COLORS[i % len(COLORS)]
         for j, r in enumerate(g for g in gap_runs if g["method"] == method):
             pts = r["_metrics"]
-            ax.plot([p["step"] for p in pts], [100 * p["val_accuracy"] for p in pts],
-                    marker="o", color=color, label=method if j == 0 else None)
+            ax.plot(
+                [p["step"] for p in pts],
+                [100 * p["val_accuracy"] for p in pts],
+                marker="o",
+                color=color,
+                label=method if j == 0 else None,
+            )
             for step in r["_flags"]:
                 ax.axvline(step, color=color, linestyle=":", alpha=0.7)
     ax.axhline(0, color="#999", linewidth=0.8)
@@ -412,15 +547,16 @@ def _gap_plot(gap_runs: list[dict], methods: list[str]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """The comparison table in Markdown: mean ± 95% CI, best of each column in bold."""
     best = best_of(rows)
-    lines = ["| method | runs | " + " | ".join(t for _, t, *_ in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| method | runs | " + " | ".join(t for _, t, *_ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for r in rows:
         cells = []
         for key, _, _, _, d in COLUMNS:
             mean, half = r[key]
             text = f"{mean:,.{d}f}" + (f" ± {half:,.{d}f}" if half else "")
-            cells.append(f"**{text}**" if len(rows) > 1 and math.isclose(mean, best[key])
-                         else text)
+            cells.append(f"**{text}**" if len(rows) > 1 and math.isclose(mean, best[key]) else text)
         lines.append(f"| {r['method']} | {r['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -435,12 +571,19 @@ def csv_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(root: Path, rows: list[dict], verdict: list[str], failed: list[dict],
-             flagged: list[str]) -> str:
+def markdown(
+    root: Path, rows: list[dict], verdict: list[str], failed: list[dict], flagged: list[str]
+) -> str:
     lines = [f"# Fine-tuning comparison: {root.name}", ""]
     if rows:
-        lines += [markdown_table(rows), "", "Mean ± 95% CI over seeds; bold: best in column.",
-                  "", "## Verdicts", ""]
+        lines += [
+            markdown_table(rows),
+            "",
+            "Mean ± 95% CI over seeds; bold: best in column.",
+            "",
+            "## Verdicts",
+            "",
+        ]
         lines += [f"- {v}" for v in verdict]
     if failed:
         lines += ["", "## Failed or stopped runs", ""]
@@ -448,5 +591,3 @@ def markdown(root: Path, rows: list[dict], verdict: list[str], failed: list[dict
     lines += ["", "## Overfitting signal", ""]
     lines += [f"- {f}" for f in flagged] or ["- none detected"]
     return "\n".join(lines) + "\n"
-
-

@@ -66,8 +66,10 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     if key not in _CACHE:
         splits = D.load_splits(cfg.data)
         tok = load_tokenizer(cfg.model.name)
-        enc = [D.encode(s, tok, cfg.data.max_length)
-               for s in (splits.train, splits.validation, splits.test)]
+        enc = [
+            D.encode(s, tok, cfg.data.max_length)
+            for s in (splits.train, splits.validation, splits.test)
+        ]
         _CACHE[key] = Prepared(splits, tok, *enc)
     return _CACHE[key]
 
@@ -85,8 +87,9 @@ def metrics(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[s
 
 
 @torch.inference_mode()
-def evaluate(model, enc: D.Encoded, batch_size: int, pad_id: int, device, n_classes: int
-             ) -> dict[str, float]:
+def evaluate(
+    model, enc: D.Encoded, batch_size: int, pad_id: int, device, n_classes: int
+) -> dict[str, float]:
     """Loss, accuracy and macro-F1 on a split; batches sorted by length, no autograd."""
     was_training = model.training
     model.eval()
@@ -117,8 +120,9 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
 
     kind = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
     warmup = int(cfg.train.warmup * total_steps)
-    return get_scheduler(kind[cfg.train.schedule], optimizer, num_warmup_steps=warmup,
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        kind[cfg.train.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+    )
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
@@ -133,9 +137,11 @@ def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
         elif overwrite:
             shutil.rmtree(run_dir)
         elif not resume:
-            raise TunelabError(f"output folder {str(run_dir)!r} already holds a run; pass "
-                               f"--overwrite to replace it, --resume to continue it, or pick "
-                               f"another --out / name")
+            raise TunelabError(
+                f"output folder {str(run_dir)!r} already holds a run; pass "
+                f"--overwrite to replace it, --resume to continue it, or pick "
+                f"another --out / name"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -157,8 +163,9 @@ class Progress:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
-            if p.requires_grad}
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
@@ -179,10 +186,16 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, on_eval=N
         return _run(cfg, run_dir, overwrite, resume, on_eval)
     except KeyboardInterrupt:
         if (run_dir / STATE).exists() and not (run_dir / RESULT).exists():
-            write_json(run_dir / RESULT, {
-                "name": run_dir.name, "method": cfg.method_name, "config": to_dict(cfg),
-                "status": "interrupted",
-                "reason": "interrupted; continue it with the same command and --resume"})
+            write_json(
+                run_dir / RESULT,
+                {
+                    "name": run_dir.name,
+                    "method": cfg.method_name,
+                    "config": to_dict(cfg),
+                    "status": "interrupted",
+                    "reason": "interrupted; continue it with the same command and --resume",
+                },
+            )
         raise
 
 
@@ -213,8 +226,13 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     try:
         model = method.prepare(model)
     except TunelabError as e:
-        _fail(run_dir, {"name": run_dir.name, "method": method.name, "config": to_dict(cfg)},
-              Progress(), str(e), RunFailed)
+        _fail(
+            run_dir,
+            {"name": run_dir.name, "method": method.name, "config": to_dict(cfg)},
+            Progress(),
+            str(e),
+            RunFailed,
+        )
     params = count_params(model)
     flops = flops_per_token(model)
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
@@ -237,21 +255,36 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     if trackers:
         acc.init_trackers("tb", config=_flat(to_dict(cfg)))
 
-    record = {"name": run_dir.name, "status": "running", "method": method.name,
-              "method_knobs": knobs(method), "lr": lr, "config": to_dict(cfg),
-              "params": params, "flops_per_token": flops,
-              "data": {"dataset": data.splits.source, "labels": data.splits.label_names,
-                       "train": len(data.train), "validation": len(data.validation),
-                       "test": len(data.test)},
-              "env": environment(acc.device)}
+    record = {
+        "name": run_dir.name,
+        "status": "running",
+        "method": method.name,
+        "method_knobs": knobs(method),
+        "lr": lr,
+        "config": to_dict(cfg),
+        "params": params,
+        "flops_per_token": flops,
+        "data": {
+            "dataset": data.splits.source,
+            "labels": data.splits.label_names,
+            "train": len(data.train),
+            "validation": len(data.validation),
+            "test": len(data.test),
+        },
+        "env": environment(acc.device),
+    }
 
     def validate() -> bool:
         """Validate, track the best checkpoint; return True when patience ran out."""
         t0 = time.perf_counter()
         val = evaluate(model, data.validation, tc.eval_batch_size, pad_id, acc.device, n_classes)
         pg.eval_time += time.perf_counter() - t0
-        point = {"step": pg.step, "epoch": pg.step / per_epoch, "train_time_s": pg.train_time,
-                 **{f"val_{k}": v for k, v in val.items()}}
+        point = {
+            "step": pg.step,
+            "epoch": pg.step / per_epoch,
+            "train_time_s": pg.train_time,
+            **{f"val_{k}": v for k, v in val.items()},
+        }
         pg.curve.append(point)
         append_metrics(run_dir, point)
         acc.log({f"val/{k}": v for k, v in val.items()}, step=pg.step)
@@ -262,8 +295,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
         else:
             pg.evals_since_best += 1
         if pg.step < total_steps:
-            _save_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler, pg,
-                        best_state)
+            _save_state(
+                run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler, pg, best_state
+            )
         if on_eval:
             on_eval(pg)
         return tc.patience > 0 and pg.evals_since_best >= tc.patience
@@ -271,8 +305,14 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     best_state: dict[str, torch.Tensor] = {}
     if pg.step and (run_dir / STATE).exists():
         best_state.update(torch.load(run_dir / STATE, weights_only=False)["best_state"])
-    bar = tqdm(total=total_steps, initial=pg.step, desc=run_dir.name, unit="step",
-               disable=not (sys.stderr.isatty() and acc.is_main_process), dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=pg.step,
+        desc=run_dir.name,
+        unit="step",
+        disable=not (sys.stderr.isatty() and acc.is_main_process),
+        dynamic_ncols=True,
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     lengths = data.train.lengths
     model.train()
@@ -288,14 +328,16 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
         seg_examples = seg_tokens = 0
         while pg.step < total_steps and not stop:
             batches = D.train_batches(lengths, tc.batch_size, tc.seed, pg.epoch)
-            batches = batches[acc.process_index::acc.num_processes]
-            steps = [batches[i:i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
+            batches = batches[acc.process_index :: acc.num_processes]
+            steps = [batches[i : i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
             steps = [s for s in steps if len(s) == tc.grad_accum]
             while pg.batch_in_epoch < len(steps) and pg.step < total_steps and not stop:
                 micro = steps[pg.batch_in_epoch]
                 for j, idx in enumerate(micro):
-                    batch = {k: v.to(acc.device, non_blocking=True)
-                             for k, v in D.collate(data.train, idx, pad_id).items()}
+                    batch = {
+                        k: v.to(acc.device, non_blocking=True)
+                        for k, v in D.collate(data.train, idx, pad_id).items()
+                    }
                     sync = j == len(micro) - 1
                     ctx = acc.no_sync(model) if not sync else contextlib.nullcontext()
                     with ctx:
@@ -326,24 +368,31 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                 if log_now or eval_now:
                     if bad.item():
                         bar.close()
-                        _fail(run_dir, record, pg, f"loss became NaN/inf at step {pg.step}; "
-                              f"lower train.lr (now {lr:g}) or enable train.grad_clip")
+                        _fail(
+                            run_dir,
+                            record,
+                            pg,
+                            f"loss became NaN/inf at step {pg.step}; "
+                            f"lower train.lr (now {lr:g}) or enable train.grad_clip",
+                        )
                     if acc.device.type == "cuda":
                         torch.cuda.synchronize()
                     now = time.perf_counter()
                     pg.train_time += now - t_seg
                     pg.examples += seg_examples
                     pg.tokens += seg_tokens
-                    row = {"step": pg.step, "epoch": pg.step / per_epoch,
-                           "train_loss": loss_sum.item() * tc.grad_accum / max(1, n_micro),
-                           "train_accuracy": hits.item() / max(1, seen),
-                           "lr": scheduler.get_last_lr()[-1],
-                           "examples_per_s": seg_examples / max(now - t_seg, 1e-9),
-                           "tokens_per_s": seg_tokens / max(now - t_seg, 1e-9),
-                           "train_time_s": pg.train_time}
+                    row = {
+                        "step": pg.step,
+                        "epoch": pg.step / per_epoch,
+                        "train_loss": loss_sum.item() * tc.grad_accum / max(1, n_micro),
+                        "train_accuracy": hits.item() / max(1, seen),
+                        "lr": scheduler.get_last_lr()[-1],
+                        "examples_per_s": seg_examples / max(now - t_seg, 1e-9),
+                        "tokens_per_s": seg_tokens / max(now - t_seg, 1e-9),
+                        "train_time_s": pg.train_time,
+                    }
                     append_metrics(run_dir, row)
-                    acc.log({f"train/{k}": v for k, v in row.items() if k != "step"},
-                            step=pg.step)
+                    acc.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=pg.step)
                     bar.set_postfix(loss=f"{row['train_loss']:.4f}")
                     loss_sum.zero_()
                     hits.zero_()
@@ -366,19 +415,33 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     model_dir = run_dir / "model"
     if tc.save_model and acc.is_main_process:
         save_model(unwrapped, data.tokenizer, model_dir)
-    record.update({
-        "status": "ok", "stopped_early": stop, "steps": pg.step, "epochs": pg.step / per_epoch,
-        "timing": {"train_s": pg.train_time, "eval_s": pg.eval_time, "test_s": test_time,
-                   "examples_per_s": pg.examples / max(pg.train_time, 1e-9),
-                   "tokens_per_s": pg.tokens / max(pg.train_time, 1e-9),
-                   "train_examples_seen": pg.examples, "train_tokens_seen": pg.tokens},
-        "memory": {"peak_bytes": mem.used, "process_peak_bytes": mem.peak, "kind": mem.kind},
-        "flops": {"train_total": flops["total"] * pg.tokens,
-                  "per_s": flops["total"] * pg.tokens / max(pg.train_time, 1e-9)},
-        "saved_bytes": weights_bytes(model_dir),
-        "curve": pg.curve, "best_step": pg.best_step,
-        "best_validation": pg.best, "test": test,
-    })
+    record.update(
+        {
+            "status": "ok",
+            "stopped_early": stop,
+            "steps": pg.step,
+            "epochs": pg.step / per_epoch,
+            "timing": {
+                "train_s": pg.train_time,
+                "eval_s": pg.eval_time,
+                "test_s": test_time,
+                "examples_per_s": pg.examples / max(pg.train_time, 1e-9),
+                "tokens_per_s": pg.tokens / max(pg.train_time, 1e-9),
+                "train_examples_seen": pg.examples,
+                "train_tokens_seen": pg.tokens,
+            },
+            "memory": {"peak_bytes": mem.used, "process_peak_bytes": mem.peak, "kind": mem.kind},
+            "flops": {
+                "train_total": flops["total"] * pg.tokens,
+                "per_s": flops["total"] * pg.tokens / max(pg.train_time, 1e-9),
+            },
+            "saved_bytes": weights_bytes(model_dir),
+            "curve": pg.curve,
+            "best_step": pg.best_step,
+            "best_validation": pg.best,
+            "test": test,
+        }
+    )
     write_json(run_dir / RESULT, record)
     (run_dir / STATE).unlink(missing_ok=True)
     if trackers:
@@ -395,8 +458,13 @@ def save_model(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _fail(run_dir: Path, record: dict, pg: Progress, reason: str,
-          error: type[RunFailed] = TrainingDiverged) -> None:
+def _fail(
+    run_dir: Path,
+    record: dict,
+    pg: Progress,
+    reason: str,
+    error: type[RunFailed] = TrainingDiverged,
+) -> None:
     """Record the run as failed (a complete result.json) and stop it."""
     record.update({"status": "failed", "reason": reason, "steps": pg.step, "curve": pg.curve})
     write_json(run_dir / RESULT, record)
@@ -405,9 +473,17 @@ def _fail(run_dir: Path, record: dict, pg: Progress, reason: str,
 
 def _save_state(path: Path, model, optimizer, scheduler, pg: Progress, best_state) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "progress": vars(pg),
-                "best_state": best_state, "rng": torch.get_rng_state()}, tmp)
+    torch.save(
+        {
+            "trainable": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "progress": vars(pg),
+            "best_state": best_state,
+            "rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 

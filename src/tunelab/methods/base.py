@@ -48,8 +48,9 @@ def no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim < 2
 
 
-def adamw_groups(named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-                 **extra: Any) -> list[dict]:
+def adamw_groups(
+    named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, **extra: Any
+) -> list[dict]:
     """Split parameters into a decayed and an undecayed group at one learning rate."""
     decay = [p for n, p in named if p.requires_grad and not no_decay(n, p)]
     plain = [p for n, p in named if p.requires_grad and no_decay(n, p)]

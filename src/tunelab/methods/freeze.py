@@ -25,7 +25,8 @@ class Freeze(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         n = num_layers(model)
         if not 0 <= self.k <= n:
-            raise ConfigError(f"method.k must be between 0 and the model's {n} layers, "
-                              f"got {self.k}")
+            raise ConfigError(
+                f"method.k must be between 0 and the model's {n} layers, got {self.k}"
+            )
         set_trainable(model, lambda name: depth(name, n) > n - self.k)
         return model

@@ -34,6 +34,12 @@ class LoRA(Method):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         targets = self.target_modules or TARGETS.get(model.config.model_type, "all-linear")
-        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.r, lora_alpha=self.alpha,
-                         lora_dropout=self.dropout, target_modules=targets, bias="none")
+        cfg = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            bias="none",
+        )
         return get_peft_model(model, cfg)

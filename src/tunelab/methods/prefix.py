@@ -19,8 +19,10 @@ from tunelab.methods.base import Method
 def accepts_past_key_values(model: nn.Module) -> bool:
     """Whether the model (or its backbone) takes ``past_key_values``, which peft needs."""
     modules = [model, getattr(model, model.base_model_prefix, None)]
-    return any(m is not None and "past_key_values" in inspect.signature(m.forward).parameters
-               for m in modules)
+    return any(
+        m is not None and "past_key_values" in inspect.signature(m.forward).parameters
+        for m in modules
+    )
 
 
 @dataclass
@@ -39,7 +41,9 @@ class Prefix(Method):
             raise TunelabError(
                 f"prefix tuning needs a model whose forward accepts past_key_values; "
                 f"{type(model).__name__} under transformers {transformers.__version__} does not "
-                f"(peft cannot inject prefixes). Use method prompt or lora instead.")
-        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS,
-                                 num_virtual_tokens=self.num_virtual_tokens)
+                f"(peft cannot inject prefixes). Use method prompt or lora instead."
+            )
+        cfg = PrefixTuningConfig(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+        )
         return get_peft_model(model, cfg)

@@ -34,9 +34,12 @@ class Prompt(Method):
             raise ConfigError(f"method.init must be random or text, got {self.init!r}")
         kwargs = {}
         if self.init == "text":
-            kwargs = dict(prompt_tuning_init=PromptTuningInit.TEXT,
-                          prompt_tuning_init_text=self.init_text,
-                          tokenizer_name_or_path=model.config._name_or_path)
-        cfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS,
-                                 num_virtual_tokens=self.num_virtual_tokens, **kwargs)
+            kwargs = dict(
+                prompt_tuning_init=PromptTuningInit.TEXT,
+                prompt_tuning_init_text=self.init_text,
+                tokenizer_name_or_path=model.config._name_or_path,
+            )
+        cfg = PromptTuningConfig(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens, **kwargs
+        )
         return get_peft_model(model, cfg)
