@@ -39,17 +39,11 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer, hidden-32 BERT with random weights and the MiniLM tokenizer, on disk."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig
+def tiny_bert_config(**kw):
+    """A 2-layer, hidden-32 BERT config (random weights are built from it)."""
+    from transformers import BertConfig
 
-    from tunelab.models import load_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(
+    base = dict(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -57,6 +51,20 @@ def tiny_model(tmp_path_factory) -> str:
         intermediate_size=64,
         max_position_embeddings=128,
     )
+    return BertConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 BERT with random weights and the MiniLM tokenizer, on disk."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = tiny_bert_config()
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
     load_tokenizer("minilm").save_pretrained(folder)
     return str(folder)

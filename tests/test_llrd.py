@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig
+from conftest import tiny_bert_config
+from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from tunelab.methods import build_method
 from tunelab.methods.base import depth, num_layers
@@ -15,13 +16,7 @@ def lr_of(groups, p):
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_group_lrs_follow_the_formula(arch):
     if arch == "bert":
-        cfg = BertConfig(
-            vocab_size=50,
-            hidden_size=16,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
+        cfg = tiny_bert_config(vocab_size=50, num_hidden_layers=3)
     else:
         cfg = LlamaConfig(
             vocab_size=50,
@@ -60,15 +55,7 @@ def test_scheduler_scales_every_group_alike():
     from tunelab.config import load_config
     from tunelab.train import make_scheduler
 
-    model = AutoModelForSequenceClassification.from_config(
-        BertConfig(
-            vocab_size=50,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    )
+    model = AutoModelForSequenceClassification.from_config(tiny_bert_config(vocab_size=50))
     groups = build_method({"name": "llrd"}).param_groups(model, 1e-3, 0.0)
     opt = torch.optim.AdamW(groups)
     sched = make_scheduler(opt, load_config(None, ["train.warmup=0.1"]), 100)

@@ -245,8 +245,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     eval_every = tc.eval_every or max(1, math.ceil(per_epoch / tc.evals_per_epoch))
 
     pg = Progress()
+    best_state: dict[str, torch.Tensor] = {}  # trainable weights of the best validation so far
     if resume and (run_dir / STATE).exists():
-        pg = _load_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler)
+        pg, best_state = _load_state(run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler)
         # rows logged after the saved state will be logged again
         kept = [r for r in read_metrics(run_dir) if r["step"] <= pg.step]
         write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
@@ -302,9 +303,6 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
             on_eval(pg)
         return tc.patience > 0 and pg.evals_since_best >= tc.patience
 
-    best_state: dict[str, torch.Tensor] = {}
-    if pg.step and (run_dir / STATE).exists():
-        best_state.update(torch.load(run_dir / STATE, weights_only=False)["best_state"])
     bar = tqdm(
         total=total_steps,
         initial=pg.step,
@@ -487,13 +485,14 @@ def _save_state(path: Path, model, optimizer, scheduler, pg: Progress, best_stat
     tmp.replace(path)
 
 
-def _load_state(path: Path, model, optimizer, scheduler) -> Progress:
+def _load_state(path: Path, model, optimizer, scheduler) -> tuple[Progress, dict]:
+    """Restore model, optimizer, scheduler and RNG; return the progress and best weights."""
     st = torch.load(path, weights_only=False)
     load_trainable(model, st["trainable"])
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     torch.set_rng_state(st["rng"])
-    return Progress(**st["progress"])
+    return Progress(**st["progress"]), st["best_state"]
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
