@@ -287,7 +287,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
             **{f"val_{k}": v for k, v in val.items()},
         }
         pg.curve.append(point)
-        append_metrics(run_dir, point)
+        if acc.is_main_process:  # one writer for the run folder under several processes
+            append_metrics(run_dir, point)
         acc.log({f"val/{k}": v for k, v in val.items()}, step=pg.step)
         if not pg.best or val[tc.metric] > pg.best[tc.metric]:
             pg.best, pg.best_step, pg.evals_since_best = val, pg.step, 0
@@ -295,7 +296,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
             best_state.update(trainable_state(acc.unwrap_model(model)))
         else:
             pg.evals_since_best += 1
-        if pg.step < total_steps:
+        if pg.step < total_steps and acc.is_main_process:
             _save_state(
                 run_dir / STATE, acc.unwrap_model(model), optimizer, scheduler, pg, best_state
             )
@@ -389,7 +390,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                         "tokens_per_s": seg_tokens / max(now - t_seg, 1e-9),
                         "train_time_s": pg.train_time,
                     }
-                    append_metrics(run_dir, row)
+                    if acc.is_main_process:
+                        append_metrics(run_dir, row)
                     acc.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=pg.step)
                     bar.set_postfix(loss=f"{row['train_loss']:.4f}")
                     loss_sum.zero_()
@@ -440,8 +442,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
             "test": test,
         }
     )
-    write_json(run_dir / RESULT, record)
-    (run_dir / STATE).unlink(missing_ok=True)
+    if acc.is_main_process:
+        write_json(run_dir / RESULT, record)
+        (run_dir / STATE).unlink(missing_ok=True)
     if trackers:
         acc.end_training()
     return record
@@ -479,6 +482,7 @@ def _save_state(path: Path, model, optimizer, scheduler, pg: Progress, best_stat
             "progress": vars(pg),
             "best_state": best_state,
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
         tmp,
     )
@@ -492,6 +496,8 @@ def _load_state(path: Path, model, optimizer, scheduler) -> tuple[Progress, dict
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     torch.set_rng_state(st["rng"])
+    if st.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
     return Progress(**st["progress"]), st["best_state"]
 
 
