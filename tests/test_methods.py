@@ -125,3 +125,27 @@ def test_same_seed_same_numbers(tiny_model, toy_csv, tmp_path):
         for j, p in enumerate(recs[1]["curve"])
     ]
     assert recs[0]["test"] == recs[1]["test"]
+
+
+def test_prompt_text_initialisation_copies_token_embeddings(tiny_model):
+    from tunelab.models import load_tokenizer
+
+    model = load_model(tiny_model, ["neg", "pos"])
+    words = model.get_input_embeddings().weight.detach().clone()
+    method = build_method({"name": "prompt", "init": "text", "init_text": "great movie"})
+    peft_model = method.prepare(model)
+    prompt = peft_model.prompt_encoder["default"].embedding.weight.detach()
+    ids = load_tokenizer(tiny_model)("great movie")["input_ids"]  # peft keeps [CLS]/[SEP]
+    assert prompt.shape[0] == 10
+    for i in range(10):  # the text's ids, repeated to fill the virtual tokens
+        assert torch.equal(prompt[i], words[ids[i % len(ids)]]), i
+
+
+def test_methods_command_lists_every_method_with_defaults(capsys):
+    from tunelab.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in METHODS:
+        assert f"\n{name}" in "\n" + out
+    assert "r=8" in out and "alpha=16" in out and "num_virtual_tokens=10" in out
