@@ -60,3 +60,40 @@ def test_collate_pads_to_the_batch_not_a_global_max():
     batch = collate(enc, [0, 2], tok.pad_token_id)
     assert batch["input_ids"].shape[1] == max(enc.lengths[0], enc.lengths[2])
     assert batch["attention_mask"].sum().item() == enc.lengths[0] + enc.lengths[2]
+
+
+def test_glue_like_folder_pairs_classlabel_hidden_test(tmp_path):
+    """A dataset folder like GLUE's: sentence pairs, ClassLabel names, a test split whose labels
+    are hidden (-1). Its validation split becomes the test split; validation is carved from
+    train, never from test."""
+    import datasets
+
+    feats = datasets.Features(
+        {
+            "sentence1": datasets.Value("string"),
+            "sentence2": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["no", "maybe", "yes"]),
+        }
+    )
+
+    def part(n, prefix, labels):
+        return datasets.Dataset.from_dict(
+            {
+                "sentence1": [f"{prefix} a {i}" for i in range(n)],
+                "sentence2": [f"{prefix} b {i}" for i in range(n)],
+                "label": labels,
+            },
+            features=feats if labels[0] != -1 else None,
+        )
+
+    part(90, "tr", [i % 3 for i in range(90)]).to_parquet(tmp_path / "train.parquet")
+    part(12, "va", [i % 3 for i in range(12)]).to_parquet(tmp_path / "validation.parquet")
+    part(5, "te", [-1] * 5).to_parquet(tmp_path / "test.parquet")
+    s = load_splits(DataConfig(dataset=str(tmp_path)))
+    assert s.label_names == ["no", "maybe", "yes"]
+    assert s.test.texts[0].startswith("va") and len(s.test) == 12
+    assert all(t.startswith("tr") for t in s.validation.texts) and len(s.validation) == 9
+    assert s.train.pairs is not None and s.train.pairs[0].startswith("tr b")
+    tok = load_tokenizer("minilm")
+    enc = encode(s.train, tok, 32)
+    assert enc.token_type_ids is not None and 1 in enc.token_type_ids[0]

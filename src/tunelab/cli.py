@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except TunelabError as e:
         print(f"tunelab: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("tunelab: interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130

@@ -135,42 +135,39 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
     """Convert a datasets.Dataset to a Split, mapping labels to ids 0..K-1."""
     cols = list(ds.column_names)
     text_col = _pick(cols, cfg.text_column, TEXT_GUESSES, "text", "--text-column")
-    pair_col = (
-        _pick(
-            cols,
-            cfg.text_pair_column,
-            PAIR_GUESSES,
-            "second text",
-            "--text-pair-column",
-            required=False,
-        )
-        if text_col != "question"
-        else None
+    pair_col = _pick(
+        cols,
+        cfg.text_pair_column,
+        PAIR_GUESSES,
+        "second text",
+        "--text-pair-column",
+        required=False,
     )
     label_col = _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column")
     raw = ds[label_col]
-    feature = ds.features.get(label_col)
     keep = [i for i, y in enumerate(raw) if y is not None and y != -1]  # -1 = hidden test label
+    class_names = getattr(ds.features.get(label_col), "names", None)
+    if class_names is not None:  # a ClassLabel column: values are already ids 0..K-1
+        return _rows(ds, text_col, pair_col, keep, [raw[i] for i in keep]), list(class_names)
     if label_names is None:
-        if hasattr(feature, "names"):
-            label_names = list(feature.names)
-        else:
-            label_names = [str(v) for v in sorted({raw[i] for i in keep}, key=str)]
+        label_names = [str(v) for v in sorted({raw[i] for i in keep}, key=str)]
     lookup = {name: i for i, name in enumerate(label_names)}
-    if hasattr(feature, "names"):
-        lookup = {i: i for i in range(len(label_names))}
     try:
-        labels = [lookup[raw[i] if hasattr(feature, "names") else str(raw[i])] for i in keep]
+        labels = [lookup[str(raw[i])] for i in keep]
     except KeyError as e:
         raise DataError(
             f"label {e.args[0]!r} in column {label_col!r} was not seen in the "
             f"training data (labels: {', '.join(label_names)})"
         ) from None
+    return _rows(ds, text_col, pair_col, keep, labels), label_names
+
+
+def _rows(ds, text_col: str, pair_col: str | None, keep: list[int], labels: list[int]) -> Split:
     texts = ds[text_col]
     pairs = ds[pair_col] if pair_col else None
     return Split(
         [str(texts[i]) for i in keep], [str(pairs[i]) for i in keep] if pairs else None, labels
-    ), label_names
+    )
 
 
 def _rows_in(path: Path) -> int:
