@@ -315,16 +315,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     trainable = [p for p in model.parameters() if p.requires_grad]
     lengths = data.train.lengths
     model.train()
-    # Loss and accuracy accumulate on the device and are read only at logging steps: reading
-    # them every step would force a host sync and stall the pipeline.
-    loss_sum = torch.zeros((), device=acc.device)
-    hits = torch.zeros((), device=acc.device)
-    seen = n_micro = 0
-    bad = torch.zeros((), dtype=torch.bool, device=acc.device)
     stop = False
     with PeakMemory(acc.device, rss_before_model) as mem:
-        t_seg = time.perf_counter()
-        seg_examples = seg_tokens = 0
+        win = Window(acc.device)
         while pg.step < total_steps and not stop:
             batches = D.train_batches(lengths, tc.batch_size, tc.seed, pg.epoch)
             batches = batches[acc.process_index :: acc.num_processes]
@@ -337,19 +330,12 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                         k: v.to(acc.device, non_blocking=True)
                         for k, v in D.collate(data.train, idx, pad_id).items()
                     }
-                    sync = j == len(micro) - 1
-                    ctx = acc.no_sync(model) if not sync else contextlib.nullcontext()
-                    with ctx:
+                    last = j == len(micro) - 1  # gradients are all-reduced on the last only
+                    with contextlib.nullcontext() if last else acc.no_sync(model):
                         out = model(**batch)
                         loss = out.loss / tc.grad_accum
                         acc.backward(loss)
-                    loss_sum += loss.detach()
-                    bad |= ~torch.isfinite(loss.detach())
-                    hits += (out.logits.detach().argmax(-1) == batch["labels"]).sum()
-                    seen += len(idx)
-                    n_micro += 1
-                    seg_examples += len(idx)
-                    seg_tokens += sum(lengths[i] for i in idx)  # host-side: no device sync
+                    win.add(out.loss, out.logits, batch["labels"], sum(lengths[i] for i in idx))
                 if tc.grad_clip > 0:
                     # foreach: one fused norm over all gradients (torch's CPU default is a
                     # Python loop per tensor, ~5% of a MiniLM step); grads are already reduced
@@ -365,7 +351,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                 log_now = pg.step % tc.log_every == 0 or pg.step == total_steps
                 eval_now = pg.step % eval_every == 0 or end_of_epoch or pg.step == total_steps
                 if log_now or eval_now:
-                    if bad.item():
+                    if win.bad.item():
                         bar.close()
                         _fail(
                             run_dir,
@@ -374,33 +360,25 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
                             f"loss became NaN/inf at step {pg.step}; "
                             f"lower train.lr (now {lr:g}) or enable train.grad_clip",
                         )
-                    if acc.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    now = time.perf_counter()
-                    pg.train_time += now - t_seg
-                    pg.examples += seg_examples
-                    pg.tokens += seg_tokens
+                    stats = win.summary()
+                    pg.train_time += stats.pop("seconds")
+                    pg.examples += win.examples
+                    pg.tokens += win.tokens
                     row = {
                         "step": pg.step,
                         "epoch": pg.step / per_epoch,
-                        "train_loss": loss_sum.item() * tc.grad_accum / max(1, n_micro),
-                        "train_accuracy": hits.item() / max(1, seen),
+                        **stats,
                         "lr": scheduler.get_last_lr()[-1],
-                        "examples_per_s": seg_examples / max(now - t_seg, 1e-9),
-                        "tokens_per_s": seg_tokens / max(now - t_seg, 1e-9),
                         "train_time_s": pg.train_time,
                     }
                     if acc.is_main_process:
                         append_metrics(run_dir, row)
                     acc.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=pg.step)
                     bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-                    loss_sum.zero_()
-                    hits.zero_()
-                    seen = n_micro = seg_examples = seg_tokens = 0
                     if eval_now:
                         with mem.paused():
                             stop = validate()
-                    t_seg = time.perf_counter()
+                    win = Window(acc.device)  # the clock restarts after validation
             if pg.batch_in_epoch >= len(steps):
                 pg.epoch += 1
                 pg.batch_in_epoch = 0
@@ -448,6 +426,42 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
     if trackers:
         acc.end_training()
     return record
+
+
+class Window:
+    """Training statistics between two logging steps. Loss, hits and the NaN flag stay on the
+    device and are read only at logging steps: reading them every step would force a host sync
+    and stall the pipeline."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.hits = torch.zeros((), device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.micro = self.examples = self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, tokens: int):
+        """One micro-batch: its mean loss, predictions and real (non-pad) token count."""
+        loss = loss.detach()
+        self.loss += loss
+        self.bad |= ~torch.isfinite(loss)
+        self.hits += (logits.detach().argmax(-1) == labels).sum()
+        self.micro += 1
+        self.examples += len(labels)
+        self.tokens += tokens  # counted on the host from the lengths: no device sync
+
+    def summary(self) -> dict[str, float]:
+        """Mean loss and accuracy, throughput and the seconds since the window opened."""
+        if self.loss.device.type == "cuda":
+            torch.cuda.synchronize()  # the clock must include the queued kernels
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "train_loss": self.loss.item() / max(1, self.micro),
+            "train_accuracy": self.hits.item() / max(1, self.examples),
+            "examples_per_s": self.examples / seconds,
+            "tokens_per_s": self.tokens / seconds,
+            "seconds": seconds,
+        }
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
