@@ -118,3 +118,22 @@ def test_report_renders_in_headless_chromium(runs_dir, tmp_path):
         browser.close()
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+
+def test_recommendation_uses_validation_not_test():
+    from tunelab.report import recommendation
+
+    def row(method, val, test, secs):
+        return {
+            "method": method,
+            "val_acc": (val, 0.0),
+            "test_acc": (test, 0.0),
+            "train_s": (secs, 0.0),
+            "peak_mb": (100.0, 0.0),
+            "trainable_pct": (1.0, 0.0),
+        }
+
+    rows = [row("full", 80.0, 70.0, 60), row("lora", 79.5, 90.0, 40), row("prompt", 75, 99, 10)]
+    text = recommendation(rows)
+    assert text.startswith("Recommendation: lora:") and "also within reach: full" in text
+    assert recommendation(rows, tolerance=0.1).startswith("Recommendation: full:")

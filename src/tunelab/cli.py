@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             from pathlib import Path
 
             from tunelab.compare import compare, parse_methods, summarize
+            from tunelab.report import recommendation
 
             cfg = _load(args)
             methods = parse_methods(args.methods)
@@ -150,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                 resume=args.resume,
                 on_run=_print_run,
             )
-            md, _ = summarize(Path(cfg.out_dir))
+            md, rows = summarize(Path(cfg.out_dir))
             print(md)
+            print("\n" + recommendation(rows))
             print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
             if not args.no_report:
                 from tunelab.report import build_report

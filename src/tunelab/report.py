@@ -129,6 +129,23 @@ def verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def recommendation(rows: list[dict], tolerance: float = 1.0) -> str:
+    """The fastest-training method whose *validation* accuracy is within ``tolerance`` points
+    of the best one (test accuracy never takes part in choosing)."""
+    if not rows:
+        return "No recommendation: no successful runs."
+    best = max(r["val_acc"][0] for r in rows)
+    near = [r for r in rows if r["val_acc"][0] >= best - tolerance]
+    pick = min(near, key=lambda r: (r["train_s"][0], r["peak_mb"][0]))
+    others = [r["method"] for r in near if r is not pick]
+    text = (
+        f"Recommendation: {pick['method']}: the fastest to train ({pick['train_s'][0]:.0f} s, "
+        f"{pick['trainable_pct'][0]:.3g}% of the parameters) among the methods within "
+        f"{tolerance:g} pt of the best validation accuracy ({best:.1f}%)"
+    )
+    return text + (f"; also within reach: {', '.join(others)}." if others else ".")
+
+
 def _relative(value: float, base: float, noun: str) -> list[str]:
     """'40% less memory' / '12x less bytes to store' / '15% more training time' (or nothing)."""
     if base <= 0 or value <= 0 or abs(value - base) / base < 0.01:
@@ -479,6 +496,7 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
         "on CPU the process RSS peak above its level before the model was loaded; on "
         "CUDA max allocated."
         "</p>",
+        f"<p id='recommendation'><b>{html.escape(recommendation(rows))}</b></p>",
         "<h2>Verdicts</h2><ul id='verdicts'>"
         + "".join(f"<li>{html.escape(v)}</li>" for v in verdict)
         + "</ul>",
@@ -580,6 +598,8 @@ def markdown(
             markdown_table(rows),
             "",
             "Mean ± 95% CI over seeds; bold: best in column.",
+            "",
+            recommendation(rows),
             "",
             "## Verdicts",
             "",
