@@ -294,7 +294,6 @@ def curve_plot(
     y: str,
     ylabel: str,
     train: bool = False,
-    flags: bool = False,
 ) -> str:
     """One line per method (mean over seeds), seeds as a min-max band."""
     fig, ax = _figure()
@@ -317,10 +316,6 @@ def curve_plot(
         )
         if len(series) > 1:
             ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color, alpha=0.2)
-        if flags:
-            for r in recs:
-                for step in overfit_flags(r):
-                    ax.axvline(step, color=color, linestyle=":", alpha=0.6)
     ax.set_xlabel({"step": "optimizer step", "train_time_s": "training seconds"}[x])
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -424,6 +419,7 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
     ok_runs = [r for r in runs if r.get("status") == "ok"]
     failed = [r for r in runs if r.get("status") != "ok"]
     verdict = verdicts(rows)
+    flags = {r["name"]: overfit_flags(r) for r in ok_runs}  # step lists, one per run
     plots = []
     if rows:
         plots = [
@@ -463,25 +459,13 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
                 "Training loss by step.",
             ),
         ]
-        gap_runs = [
-            {
-                **r,
-                "_metrics": [
-                    {"step": g["step"], "train_time_s": g["train_time_s"], "val_accuracy": g["gap"]}
-                    for g in gap_series(r)
-                ],
-            }
-            for r in ok_runs
-        ]
-        for g, r in zip(gap_runs, ok_runs, strict=True):
-            g["_flags"] = overfit_flags(r)
         overfit = _figure_html(
             "overfit-gap",
-            _gap_plot(gap_runs, methods),
+            _gap_plot(ok_runs, methods, flags),
             "Training minus validation accuracy (points); dotted lines: "
             "validation stopped improving while training accuracy rose.",
         )
-    flagged = [f"{r['name']}: from step {overfit_flags(r)[0]}" for r in ok_runs if overfit_flags(r)]
+    flagged = [f"{name}: from step {steps[0]}" for name, steps in flags.items() if steps]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tunelab report: "
@@ -539,20 +523,21 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
     return out, md
 
 
-def _gap_plot(gap_runs: list[dict], methods: list[str]) -> str:
+def _gap_plot(runs: list[dict], methods: list[str], flags: dict[str, list[int]]) -> str:
+    """Train minus validation accuracy per run, with its overfitting flags as dotted lines."""
     fig, ax = _figure()
     for i, method in enumerate(methods):
         color = COLORS[i % len(COLORS)]
-        for j, r in enumerate(g for g in gap_runs if g["method"] == method):
-            pts = r["_metrics"]
+        for j, r in enumerate(r for r in runs if r["method"] == method):
+            pts = gap_series(r)
             ax.plot(
                 [p["step"] for p in pts],
-                [100 * p["val_accuracy"] for p in pts],
+                [100 * p["gap"] for p in pts],
                 marker="o",
                 color=color,
                 label=method if j == 0 else None,
             )
-            for step in r["_flags"]:
+            for step in flags[r["name"]]:
                 ax.axvline(step, color=color, linestyle=":", alpha=0.7)
     ax.axhline(0, color="#999", linewidth=0.8)
     ax.set_xlabel("optimizer step")
