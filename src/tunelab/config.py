@@ -63,8 +63,9 @@ class TrainConfig:
     """Examples per optimizer step (per device, before accumulation)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
-    eval_batch_size: int = 256
-    """Examples per evaluation batch (evaluation is sorted by length)."""
+    eval_batch_size: int = 64
+    """Examples per evaluation batch (sorted by length; 64 pads 6% on Rotten Tomatoes where
+    256 pads 24%, and evaluates 1.3x faster on CPU)."""
     weight_decay: float = 0.01
     """AdamW weight decay (never applied to biases and norm weights)."""
     warmup: float = 0.06
@@ -89,6 +90,9 @@ class TrainConfig:
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True
     """Save the adapter / model and the tokenizer in the run folder."""
+    fast_cpu: bool = True
+    """On CPU: fast dropout masks and a non-trimming allocator (same math, see tunelab.fast);
+    false = torch's own dropout, bit-for-bit."""
 
 
 @dataclass

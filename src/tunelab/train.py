@@ -21,6 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from tunelab import data as D
+from tunelab import fast
 from tunelab.config import RunConfig, to_dict
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.measure import (
@@ -217,6 +218,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     trackers = None if cfg.tracker == "none" else cfg.tracker
     acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir))
+    fast_paths = tc.fast_cpu and acc.device.type == "cpu"
+    if fast_paths:
+        fast.tune_allocator()
     set_seed(tc.seed)
     data = prepare_data(cfg)
     pad_id = data.tokenizer.pad_token_id
@@ -233,6 +237,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
             str(e),
             RunFailed,
         )
+    swapped = fast.install(model) if fast_paths else {}
     params = count_params(model)
     flops = flops_per_token(model)
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
@@ -265,6 +270,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, resume: bool, on_eval) 
         "config": to_dict(cfg),
         "params": params,
         "flops_per_token": flops,
+        "fast_cpu": swapped,
         "data": {
             "dataset": data.splits.source,
             "labels": data.splits.label_names,
