@@ -6,7 +6,10 @@ order alternating between methods to cancel machine drift. Then the end-to-end f
 comparison: one `tunelab compare` process against the four baseline processes. Also measures
 the machine's fp32 matmul peak and each side's model FLOP utilisation (MFU).
 
-Writes bench/out/bench.json and bench/RESULTS.md.
+Writes bench/out/bench-<precision>.json and the generated block of bench/RESULTS.md (between
+its `<!-- bench:<precision> -->` markers; the analysis around them is kept).
+`--precision bf16` runs both sides under bf16 autocast (an opt-in lever, not the target's
+fp32 comparison).
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ METHODS = ["full", "llrd", "freeze", "lora", "prompt"]
 ARTICLE = ["full", "llrd", "lora", "prompt"]
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """Best observed fp32 FLOP/s of an n x n matrix product on this machine."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, reps: int = 10, dtype=torch.float32) -> float:
+    """Best observed FLOP/s of an n x n matrix product on this machine."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best = math.inf
@@ -59,7 +62,7 @@ def sh(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def tunelab_run(method: str, n: int, out: Path) -> dict:
+def tunelab_run(method: str, n: int, out: Path, precision: str) -> dict:
     wall = sh(
         [
             sys.executable,
@@ -71,6 +74,7 @@ def tunelab_run(method: str, n: int, out: Path) -> dict:
             f"out_dir={out}",
             "tracker=none",
             "train.save_model=false",
+            f"train.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
             "--overwrite",
         ]
     )
@@ -86,9 +90,10 @@ def tunelab_run(method: str, n: int, out: Path) -> dict:
     }
 
 
-def hf_run(method: str, n: int, lr: float, out: Path) -> dict:
+def hf_run(method: str, n: int, lr: float, out: Path, precision: str) -> dict:
     path = out / f"hf-{method}.json"
-    wall = sh([sys.executable, str(HERE / "hf_baseline.py"), method, str(n), repr(lr), str(path)])
+    script = str(HERE / "hf_baseline.py")
+    wall = sh([sys.executable, script, method, str(n), repr(lr), str(path), precision])
     return {**json.loads(path.read_text()), "wall_s": wall}
 
 
@@ -98,23 +103,25 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from tunelab.methods import build_method
 
-    peak = matmul_peak()
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    prec = args.precision
+    peak = matmul_peak(dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
+    print(f"{prec} matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     for i, method in enumerate(args.methods.split(",")):
         lr = build_method({"name": method}).lr
         first_tl = i % 2 == 0  # alternate who goes first
         if first_tl:
-            tl = tunelab_run(method, args.train_examples, out / "tl")
-            hf = hf_run(method, args.train_examples, lr, out)
+            tl = tunelab_run(method, args.train_examples, out / "tl", prec)
+            hf = hf_run(method, args.train_examples, lr, out, prec)
         else:
-            hf = hf_run(method, args.train_examples, lr, out)
-            tl = tunelab_run(method, args.train_examples, out / "tl")
+            hf = hf_run(method, args.train_examples, lr, out, prec)
+            tl = tunelab_run(method, args.train_examples, out / "tl", prec)
         fpt = tl["flops_per_token"]
         row = {
             "method": method,
@@ -151,6 +158,7 @@ def main() -> None:
                 "none",
                 "--no-report",
                 "train.save_model=false",
+                f"train.mixed_precision={'bf16' if prec == 'bf16' else 'no'}",
                 "--overwrite",
             ]
         )
@@ -170,26 +178,44 @@ def main() -> None:
             for p in ("torch", "transformers", "peft", "accelerate", "datasets")
         },
         "train_examples": args.train_examples,
+        "precision": prec,
         "peak_flops": peak,
         "rows": rows,
         "e2e": e2e,
     }
-    (out / "bench.json").write_text(json.dumps(result, indent=2))
-    (HERE / "RESULTS.md").write_text(results_md(result))
+    (out / f"bench-{prec}.json").write_text(json.dumps(result, indent=2))
+    write_results(HERE / "RESULTS.md", prec, results_md(result))
     print(f"\nwrote {HERE / 'RESULTS.md'}")
+
+
+def write_results(path: Path, precision: str, block: str) -> None:
+    """Replace the generated block for this precision, keeping everything around it."""
+    start, end = f"<!-- bench:{precision} -->", f"<!-- /bench:{precision} -->"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark: tunelab vs the plain Hugging Face recipe\n"
+    )
+    block = f"{start}\n{block.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
 
 
 def results_md(r: dict) -> str:
     geo = math.exp(sum(math.log(x["speedup"]) for x in r["rows"]) / len(r["rows"]))
+    prec = r.get("precision", "fp32")
     lines = [
-        "# Benchmark: tunelab vs the plain Hugging Face recipe",
+        f"### {prec} ({'both sides under bf16 autocast' if prec == 'bf16' else 'full precision'})",
         "",
         f"Measured {r['date']} on {r['machine']}; "
         + ", ".join(f"{k} {v}" for k, v in r["packages"].items())
         + ".",
         f"MiniLM-L6 on {r['train_examples']} Rotten Tomatoes training snippets, batch 32, "
         "1 epoch, max length 128, seed 0, each method at its own default lr (the same on both "
-        "sides). fp32 matmul peak of this machine: "
+        f"sides). {prec} matmul peak of this machine: "
         f"{r['peak_flops'] / 1e9:.1f} GFLOP/s.",
         "",
         "| method | lr | tunelab ex/s | HF ex/s | speedup | tunelab tok/s | HF tok/s | "
@@ -216,8 +242,7 @@ def results_md(r: dict) -> str:
     lines += [
         "",
         "MFU = training FLOPs per real token (6N-rule estimate, see "
-        "`tunelab.measure.flops_per_token`) x real tokens/s / matmul peak.",
-        "",
+        f"`tunelab.measure.flops_per_token`) x real tokens/s / {prec} matmul peak.",
     ]
     return "\n".join(lines)
 

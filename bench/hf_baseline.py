@@ -4,7 +4,7 @@ end as the article advises, then the test set). Same data split, model, method s
 hyperparameters and evaluation batch size as the tunelab run. Training time excludes the
 validation passes, as tunelab's does.
 
-Usage: python bench/hf_baseline.py METHOD N_TRAIN LR OUT.json
+Usage: python bench/hf_baseline.py METHOD N_TRAIN LR OUT.json [fp32|bf16]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 T0 = time.perf_counter()  # end-to-end wall clock starts before the heavy imports
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import (  # noqa: E402
     DataCollatorWithPadding,
@@ -45,7 +46,7 @@ class TimedTrainer(Trainer):
             self.eval_s += time.perf_counter() - t
 
 
-def main(method_name: str, n_train: int, lr: float, out: str) -> None:
+def main(method_name: str, n_train: int, lr: float, out: str, precision: str = "fp32") -> None:
     logging.set_verbosity_error()
     splits = load_splits(DataConfig(max_train_examples=n_train))
     tok = load_tokenizer("minilm")
@@ -83,6 +84,8 @@ def main(method_name: str, n_train: int, lr: float, out: str) -> None:
         report_to="none",
         disable_tqdm=True,
         seed=SEED,
+        bf16=precision == "bf16",  # autocast, on CPU too (with use_cpu)
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = TimedTrainer(
         model=model,
@@ -115,4 +118,4 @@ def main(method_name: str, n_train: int, lr: float, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], *sys.argv[5:6])

@@ -49,12 +49,18 @@ def test_forward_and_backward_apply_the_same_mask():
     assert torch.equal(fast.dropout(x, 0.25, training=False), x)
 
 
-def test_dropout_leaves_other_devices_and_dtypes_to_torch():
-    x = torch.ones(4, 4, dtype=torch.bfloat16)
+def test_bf16_dropout_scales_in_float_like_torch():
+    """CPU autocast gives bf16 activations: kept values must be x * scale rounded once (as
+    torch's dropout does), not x times a bf16-rounded scale (a 0.15% bias at p=0.1)."""
     torch.manual_seed(0)
-    y = fast.dropout(x, 0.5)
-    torch.manual_seed(0)
-    assert torch.equal(y, torch.nn.functional.dropout(x, 0.5, True))
+    x = torch.randn(256, 256).bfloat16().requires_grad_()
+    y = fast.dropout(x, 0.1)
+    kept = y != 0
+    scale = 65536 / (65536 - round(0.1 * 65536))
+    assert torch.equal(y[kept], (x.detach()[kept].float() * scale).bfloat16())
+    assert abs(kept.float().mean().item() - 0.9) < 0.01
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, kept)
 
 
 def _tiny(**kw):
@@ -125,8 +131,8 @@ def test_allocator_tuning_is_idempotent():
 
 @pytest.mark.slow
 def test_same_seed_training_matches_torch_dropout_within_noise(tmp_path):
-    """MiniLM on 640 real snippets (2 epochs), same seed, fast dropout vs torch's: the masks differ, so
-    compare against seed noise, i.e. torch's own dropout under another seed."""
+    """MiniLM on 640 real snippets (2 epochs), same seed, fast dropout vs torch's: the masks
+    differ, so compare against seed noise, i.e. torch's own dropout under another seed."""
 
     def val_acc(fast_cpu: bool, seed: int) -> float:
         cfg = load_config(

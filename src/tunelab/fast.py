@@ -53,32 +53,50 @@ def tune_allocator() -> bool:
 
 def dropout_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """A float32 mask of 0 and 1/keep, keep = P(kept) (1 - p rounded to 1/65536)."""
+    keep, scale = _keep(shape, p)
+    return torch.from_numpy(np.multiply(keep, np.float32(scale), dtype=np.float32))
+
+
+def _keep(shape: torch.Size, p: float) -> tuple[np.ndarray, float]:
+    """Boolean keep-mask and the exact unbiased scale for it."""
     seed = int(torch.randint(0, 2**62, ()))  # from torch's generator: train.seed rules
     rng = np.random.Generator(np.random.PCG64(seed))
     drop = round(p * 65536)
-    scale = np.float32(65536 / (65536 - drop))
     bits = rng.integers(0, 65536, tuple(shape), dtype=np.uint16)
-    return torch.from_numpy(np.multiply(bits >= drop, scale, dtype=np.float32))
+    return bits >= drop, 65536 / (65536 - drop)
 
 
 class _Dropout(torch.autograd.Function):
+    """float32: multiply by a float mask (one pass each way). bf16/fp16 (CPU autocast):
+    where(keep, x * scale, 0), so the scale is applied in float like torch's own dropout
+    instead of being rounded to 8 mantissa bits."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask = dropout_mask(x.shape, p)
-        ctx.save_for_backward(mask)
-        return x * mask
+        if x.dtype == torch.float32:
+            mask = dropout_mask(x.shape, p)
+            ctx.save_for_backward(mask)
+            ctx.scale = None
+            return x * mask
+        keep, scale = _keep(x.shape, p)
+        keep = torch.from_numpy(keep)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x * scale, 0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        if ctx.scale is None:
+            return grad * mask, None
+        return torch.where(mask, grad * ctx.scale, 0), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """`torch.nn.functional.dropout` with the fast mask for float32 CPU tensors."""
+    """`torch.nn.functional.dropout` with the fast mask for floating-point CPU tensors."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not 0.0 < p < 1.0:
+    if x.device.type != "cpu" or not x.is_floating_point() or not 0.0 < p < 1.0:
         return nn.functional.dropout(x, p, training)
     return _Dropout.apply(x, p)
 
@@ -99,7 +117,6 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, *
     plain = (
         dropout == 0.0
         or query.device.type != "cpu"
-        or query.dtype != torch.float32
         or getattr(module, "is_causal", False)
         or getattr(module, "num_key_value_groups", 1) != 1
         or kwargs.get("position_bias") is not None

@@ -120,7 +120,7 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
     from transformers import get_scheduler
 
     kind = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-    warmup = int(cfg.train.warmup * total_steps)
+    warmup = math.ceil(cfg.train.warmup * total_steps)  # as transformers' Trainer rounds it
     return get_scheduler(
         kind[cfg.train.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
