@@ -57,3 +57,12 @@ def test_bad_method_knobs():
         build_method({"name": "lora", "rank": 4})
     with pytest.raises(ConfigError, match="method.r must be an integer"):
         build_method({"name": "lora", "r": "big"})
+
+
+def test_yaml_booleans_in_string_fields_come_back_as_words(tmp_path):
+    """`mixed_precision: no` is a boolean to YAML; the field means the word."""
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  mixed_precision: no\nname: off\n")
+    cfg = load_config(p)
+    assert cfg.train.mixed_precision == "no" and cfg.name == "false"
