@@ -97,12 +97,26 @@ def hf_run(method: str, n: int, lr: float, out: Path, precision: str) -> dict:
     return {**json.loads(path.read_text()), "wall_s": wall}
 
 
+def mean_run(runs: list[dict]) -> dict:
+    """Rounds of the same run: throughput averaged as total work / total time (so a slow
+    round weighs by its length), accuracy from the first round (runs are seeded, but the two
+    sides' RNG streams differ)."""
+    out = dict(runs[0])
+    train_s = sum(r["train_s"] for r in runs)
+    out["train_s"] = train_s / len(runs)
+    out["examples_per_s"] = sum(r["examples_per_s"] * r["train_s"] for r in runs) / train_s
+    out["tokens_per_s"] = sum(r["tokens_per_s"] * r["train_s"] for r in runs) / train_s
+    out["wall_s"] = sum(r["wall_s"] for r in runs) / len(runs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-examples", type=int, default=3000)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--rounds", type=int, default=2, help="runs per side and method (ABBA)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
     out = Path(args.out)
@@ -115,27 +129,33 @@ def main() -> None:
     rows = []
     for i, method in enumerate(args.methods.split(",")):
         lr = build_method({"name": method}).lr
-        first_tl = i % 2 == 0  # alternate who goes first
-        if first_tl:
-            tl = tunelab_run(method, args.train_examples, out / "tl", prec)
-            hf = hf_run(method, args.train_examples, lr, out, prec)
-        else:
-            hf = hf_run(method, args.train_examples, lr, out, prec)
-            tl = tunelab_run(method, args.train_examples, out / "tl", prec)
+        tls, hfs = [], []
+        for r in range(args.rounds):
+            if (i + r) % 2 == 0:  # alternate who goes first: ABBA cancels machine drift
+                tls.append(tunelab_run(method, args.train_examples, out / "tl", prec))
+                hfs.append(hf_run(method, args.train_examples, lr, out, prec))
+            else:
+                hfs.append(hf_run(method, args.train_examples, lr, out, prec))
+                tls.append(tunelab_run(method, args.train_examples, out / "tl", prec))
+        tl, hf = mean_run(tls), mean_run(hfs)
         fpt = tl["flops_per_token"]
+        ratios = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(tls, hfs, strict=True)]
         row = {
             "method": method,
             "lr": lr,
             "tunelab": tl,
             "hf": hf,
+            "rounds": {"tunelab": tls, "hf": hfs},
             "speedup": tl["examples_per_s"] / hf["examples_per_s"],
+            "speedup_range": [min(ratios), max(ratios)],
             "mfu_tunelab": fpt * tl["tokens_per_s"] / peak,
             "mfu_hf": fpt * hf["tokens_per_s"] / peak,
         }
         rows.append(row)
         print(
             f"{method:7s} tunelab {tl['examples_per_s']:6.1f} ex/s  "
-            f"hf {hf['examples_per_s']:6.1f} ex/s  x{row['speedup']:.2f}  "
+            f"hf {hf['examples_per_s']:6.1f} ex/s  x{row['speedup']:.2f} "
+            f"(rounds {min(ratios):.2f}-{max(ratios):.2f})  "
             f"acc {100 * tl['test_accuracy']:.2f} vs "
             f"{100 * hf['test_accuracy']:.2f}",
             flush=True,
@@ -179,6 +199,7 @@ def main() -> None:
         },
         "train_examples": args.train_examples,
         "precision": prec,
+        "rounds": args.rounds,
         "peak_flops": peak,
         "rows": rows,
         "e2e": e2e,
@@ -218,15 +239,20 @@ def results_md(r: dict) -> str:
         f"sides). {prec} matmul peak of this machine: "
         f"{r['peak_flops'] / 1e9:.1f} GFLOP/s.",
         "",
-        "| method | lr | tunelab ex/s | HF ex/s | speedup | tunelab tok/s | HF tok/s | "
+        f"Examples/s: mean over {r.get('rounds', 1)} alternating rounds per side; speedup "
+        "range: the ratio within each round.",
+        "",
+        "| method | lr | tunelab ex/s | HF ex/s | speedup | range | tunelab tok/s | HF tok/s | "
         "tunelab MFU | HF MFU | tunelab test acc | HF test acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
         tl, hf = x["tunelab"], x["hf"]
         lines.append(
             f"| {x['method']} | {x['lr']:g} | {tl['examples_per_s']:.1f} | "
-            f"{hf['examples_per_s']:.1f} | {x['speedup']:.2f}x | {tl['tokens_per_s']:.0f} | "
+            f"{hf['examples_per_s']:.1f} | {x['speedup']:.2f}x | "
+            f"{x.get('speedup_range', [x['speedup']] * 2)[0]:.2f}-"
+            f"{x.get('speedup_range', [x['speedup']] * 2)[1]:.2f} | {tl['tokens_per_s']:.0f} | "
             f"{hf['tokens_per_s']:.0f} | {100 * x['mfu_tunelab']:.0f}% | "
             f"{100 * x['mfu_hf']:.0f}% | {100 * tl['test_accuracy']:.2f} | "
             f"{100 * hf['test_accuracy']:.2f} |"

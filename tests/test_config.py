@@ -65,4 +65,5 @@ def test_yaml_booleans_in_string_fields_come_back_as_words(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  mixed_precision: no\nname: off\n")
     cfg = load_config(p)
-    assert cfg.train.mixed_precision == "no" and cfg.name == "false"
+    assert cfg.train.mixed_precision == "no" and cfg.name == "off"
+    assert load_config(None, ["train.save_model=no"]).train.save_model is False

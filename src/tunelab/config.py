@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +221,23 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. (PyYAML follows YAML 1.1, where yes/no/on/off are
+    booleans too, so `mixed_precision: no` or `name: off` would lose their words.)"""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), "tTfF")
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Turn ``["train.lr=3e-4", "method.r=16"]`` into a nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}
@@ -228,7 +246,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -251,7 +269,7 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
