@@ -22,6 +22,7 @@ from transformers import (  # noqa: E402
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 from transformers.utils import logging  # noqa: E402
 
@@ -60,6 +61,9 @@ def main(method_name: str, n_train: int, lr: float, out: str, precision: str = "
         )
 
     train, val, test = to_ds(splits.train), to_ds(splits.validation), to_ds(splits.test)
+    # seed before the head and the method's new weights are initialised, as tunelab does
+    # (Trainer seeds only at its own construction, after the model exists)
+    set_seed(SEED)
     model = load_model("minilm", splits.label_names, tok.pad_token_id)
     method = build_method({"name": method_name})
     model = method.prepare(model)
