@@ -32,6 +32,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 METHODS = ["full", "llrd", "freeze", "lora", "prompt"]
 ARTICLE = ["full", "llrd", "lora", "prompt"]
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16"}  # --precision -> train.mixed_precision
 
 
 def matmul_peak(n: int = 2048, reps: int = 10, dtype=torch.float32) -> float:
@@ -74,7 +75,7 @@ def tunelab_run(method: str, n: int, out: Path, precision: str) -> dict:
             f"out_dir={out}",
             "tracker=none",
             "train.save_model=false",
-            f"train.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
+            f"train.mixed_precision={MIXED_PRECISION[precision]}",
             "--overwrite",
         ]
     )
@@ -178,7 +179,7 @@ def main() -> None:
                 "none",
                 "--no-report",
                 "train.save_model=false",
-                f"train.mixed_precision={'bf16' if prec == 'bf16' else 'no'}",
+                f"train.mixed_precision={MIXED_PRECISION[prec]}",
                 "--overwrite",
             ]
         )
@@ -227,7 +228,7 @@ def write_results(path: Path, precision: str, block: str) -> None:
 
 def results_md(r: dict) -> str:
     geo = math.exp(sum(math.log(x["speedup"]) for x in r["rows"]) / len(r["rows"]))
-    prec = r.get("precision", "fp32")
+    prec = r["precision"]
     lines = [
         f"### {prec} ({'both sides under bf16 autocast' if prec == 'bf16' else 'full precision'})",
         "",
@@ -239,7 +240,7 @@ def results_md(r: dict) -> str:
         f"sides). {prec} matmul peak of this machine: "
         f"{r['peak_flops'] / 1e9:.1f} GFLOP/s.",
         "",
-        f"Examples/s: mean over {r.get('rounds', 1)} alternating rounds per side; speedup "
+        f"Examples/s: mean over {r['rounds']} alternating rounds per side; speedup "
         "range: the ratio within each round.",
         "",
         "| method | lr | tunelab ex/s | HF ex/s | speedup | range | tunelab tok/s | HF tok/s | "
@@ -248,11 +249,11 @@ def results_md(r: dict) -> str:
     ]
     for x in r["rows"]:
         tl, hf = x["tunelab"], x["hf"]
+        lo, hi = x["speedup_range"]
         lines.append(
             f"| {x['method']} | {x['lr']:g} | {tl['examples_per_s']:.1f} | "
             f"{hf['examples_per_s']:.1f} | {x['speedup']:.2f}x | "
-            f"{x.get('speedup_range', [x['speedup']] * 2)[0]:.2f}-"
-            f"{x.get('speedup_range', [x['speedup']] * 2)[1]:.2f} | {tl['tokens_per_s']:.0f} | "
+            f"{lo:.2f}-{hi:.2f} | {tl['tokens_per_s']:.0f} | "
             f"{hf['tokens_per_s']:.0f} | {100 * x['mfu_tunelab']:.0f}% | "
             f"{100 * x['mfu_hf']:.0f}% | {100 * tl['test_accuracy']:.2f} | "
             f"{100 * hf['test_accuracy']:.2f} |"

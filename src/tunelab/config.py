@@ -164,9 +164,6 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key} must be a string, got {value!r}")
-        if isinstance(value, bool):  # YAML reads no/off/false as a boolean: undo that
-            yes_no = "yes" if value else "no"
-            return yes_no if yes_no in ALLOWED.get(key, ()) else str(value).lower()
         return str(value)
     return value
 

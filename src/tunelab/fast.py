@@ -158,12 +158,13 @@ def install(model: nn.Module) -> dict[str, int]:
                 setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
                 swapped["dropout"] += 1
     configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
-    for config in configs.values():
-        if getattr(config, "_attn_implementation", None) == "sdpa":
-            _register_attention()
-            # the internal field: it is never saved to config.json, so saved models say sdpa
-            config._attn_implementation_internal = ATTENTION
-            swapped["attention"] += 1
+    sdpa = [c for c in configs.values() if getattr(c, "_attn_implementation", None) == "sdpa"]
+    if sdpa:
+        _register_attention()
+    for config in sdpa:
+        # the internal field: it is never saved to config.json, so saved models say sdpa
+        config._attn_implementation_internal = ATTENTION
+    swapped["attention"] = len(sdpa)
     return swapped
 
 
