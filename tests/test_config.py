@@ -1,5 +1,7 @@
 """Config parsing, overrides and the clear refusal of bad keys and values."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,69 @@ def test_yaml_booleans_in_string_fields_come_back_as_words(tmp_path):
     cfg = load_config(p)
     assert cfg.train.mixed_precision == "no" and cfg.name == "off"
     assert load_config(None, ["train.save_model=no"]).train.save_model is False
+
+
+def test_method_name_composes_with_its_knobs_in_any_order(tmp_path):
+    for order in (["method=lora", "method.r=16"], ["method.r=16", "method=lora"]):
+        cfg = load_config(None, order)
+        assert cfg.method == {"name": "lora", "r": 16}
+        assert build_method(cfg.method).r == 16
+    p = tmp_path / "c.yaml"
+    p.write_text("method: {name: prompt, num_virtual_tokens: 20}\n")
+    # another method on the command line starts from that method's defaults
+    assert load_config(p, ["method=lora"]).method == {"name": "lora"}
+    assert load_config(p, ["method.init=text"]).method["num_virtual_tokens"] == 20
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "prompt", "init": "txt"}, "method.init must be one of random, text"),
+        ({"name": "lora", "dropout": 1.0}, "method.dropout must be in [0, 1)"),
+        ({"name": "lora", "r": 0}, "method.r must be > 0"),
+        ({"name": "freeze", "k": -1}, "method.k must be >= 0"),
+        ({"name": "llrd", "lr": -1}, "method.lr must be > 0"),
+    ],
+)
+def test_method_knobs_are_checked_by_build_method(spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_method(spec)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.max_train_examples=-5",
+        "data.max_eval_examples=0",
+        "train.max_steps=-1",
+        "train.patience=-2",
+        "train.eval_every=-1",
+        "train.weight_decay=-0.1",
+        "train.warmup=1",
+    ],
+)
+def test_counts_and_ranges_reject_bad_values(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, [override])
+
+
+def test_every_field_is_documented_and_the_docs_reach_the_cli(capsys):
+    from tunelab.cli import build_parser, main
+    from tunelab.config import SECTIONS, field_docs
+    from tunelab.methods import METHODS
+
+    for cls in [*SECTIONS.values(), *METHODS.values()]:
+        names = {f.name for f in dataclasses.fields(cls)} - {"data", "model", "train"}
+        assert names <= field_docs(cls).keys(), (cls, names - field_docs(cls).keys())
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert field_docs(SECTIONS["train."])["warmup"] in out
+    assert "train.schedule = 'linear' (one of linear, cosine, constant)" in out
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "Column holding the label" in " ".join(run_help.split())
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "method.r = 8 (> 0)" in out and "Rank of the update matrices." in out
+    assert "method.init = 'random' (one of random, text)" in out
+    assert "no configs/prefix.yaml" in out

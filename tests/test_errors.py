@@ -109,3 +109,30 @@ def test_unknown_method_in_compare(tmp_path):
     assert_one_line_error(
         cli("compare", "--methods", "full,lorra", "--out", str(tmp_path)), "lorra", "lora"
     )
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["method=prompt", "method.init=txt"], "method.init must be one of random, text"),
+        (["data.max_train_examples=-5"], "data.max_train_examples must be > 0"),
+        (["method=lora", "method.rr=16"], "unknown config key 'method.rr'"),
+    ],
+)
+def test_refused_before_anything_is_loaded_or_written(extra, needle, tmp_path):
+    # a model that does not exist: the refusal must come before any loading
+    proc = cli("run", "model.name=/nonexistent", f"out_dir={tmp_path / 'runs'}", *extra)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_names_the_seeds_flag(tmp_path):
+    proc = cli("compare", "--seeds", "0", "--out", str(tmp_path), "model.name=/nonexistent")
+    assert_one_line_error(proc, "--seeds must be at least 1")
+
+
+def test_method_knob_on_the_command_line(files, tiny_model, tmp_path):
+    over = tiny_overrides(tiny_model, str(files["ok"]), tmp_path, **{"train.epochs": 1})
+    assert cli("run", *over, "method=lora", "method.r=4").returncode == 0
+    rec = json.loads((tmp_path / "lora-seed0" / "result.json").read_text())
+    assert rec["method_knobs"]["r"] == 4 and rec["params"]["trainable"] == 2 * 2 * (4 * 32 * 2) + 66

@@ -6,7 +6,7 @@ from conftest import tiny_bert_config
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from tunelab.methods import build_method
-from tunelab.methods.base import depth, num_layers
+from tunelab.models import depth, num_layers
 
 
 def lr_of(groups, p):
@@ -53,7 +53,7 @@ def test_group_lrs_follow_the_formula(arch):
 
 def test_scheduler_scales_every_group_alike():
     from tunelab.config import load_config
-    from tunelab.train import make_scheduler
+    from tunelab.optim import make_scheduler
 
     model = AutoModelForSequenceClassification.from_config(tiny_bert_config(vocab_size=50))
     groups = build_method({"name": "llrd"}).param_groups(model, 1e-3, 0.0)

@@ -7,11 +7,14 @@ import torch
 from conftest import tiny_overrides
 
 from tunelab.config import load_config
+from tunelab.data import prepare_data
 from tunelab.errors import TunelabError
+from tunelab.measure import evaluate
 from tunelab.methods import METHODS, build_method
 from tunelab.models import load_model
 from tunelab.predict import load_run_model
-from tunelab.train import evaluate, prepare_data, run
+from tunelab.tasks import build_task
+from tunelab.train import run
 
 H, L, FF, LABELS = 32, 2, 64, 2
 HEAD = H * LABELS + LABELS  # classifier weight + bias
@@ -41,7 +44,7 @@ def expected_trainable(name: str, model) -> int:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **{"method.name": name}))
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, lambda labels: build_task(cfg.task, labels))
     torch.manual_seed(0)
     model = load_model(tiny_model, data.splits.label_names)
     method = build_method(cfg.method)
@@ -81,13 +84,13 @@ def test_method_learns_saves_and_reloads(name, tiny_model, toy_csv, tmp_path):
     rec = run(cfg)
     losses = [r["train_loss"] for r in _rows(tmp_path / f"{name}-seed0") if "train_loss" in r]
     assert losses[-1] < losses[0], f"{name}: loss did not fall: {losses}"
-    assert rec["status"] == "ok" and rec["saved_bytes"] > 0
+    assert rec.status == "ok" and rec.saved_bytes > 0
     # the saved adapter / model reproduces the recorded test metrics exactly
     model, _ = load_run_model(tmp_path / f"{name}-seed0")
-    data = prepare_data(cfg)
-    again = evaluate(model, data.test, 64, 0, torch.device("cpu"), 2)
-    assert again["accuracy"] == pytest.approx(rec["test"]["accuracy"], abs=1e-9)
-    assert again["macro_f1"] == pytest.approx(rec["test"]["macro_f1"], abs=1e-9)
+    data = prepare_data(cfg, lambda labels: build_task(cfg.task, labels))
+    again = evaluate(model, data.task, data.test, 64, 0, torch.device("cpu"))
+    assert again["accuracy"] == pytest.approx(rec.test["accuracy"], abs=1e-9)
+    assert again["macro_f1"] == pytest.approx(rec.test["macro_f1"], abs=1e-9)
 
 
 def _rows(run_dir):
@@ -107,7 +110,7 @@ def test_full_finetuning_learns_the_toy_task(tiny_model, toy_csv, tmp_path):
         ),
     )
     rec = run(cfg)
-    assert rec["test"]["accuracy"] > 0.8, rec["test"]
+    assert rec.test["accuracy"] > 0.8, rec.test
 
 
 def test_same_seed_same_numbers(tiny_model, toy_csv, tmp_path):
@@ -120,11 +123,10 @@ def test_same_seed_same_numbers(tiny_model, toy_csv, tmp_path):
         )
         for i in range(2)
     ]
-    assert recs[0]["curve"] == [
-        {**p, "train_time_s": recs[0]["curve"][j]["train_time_s"]}
-        for j, p in enumerate(recs[1]["curve"])
+    assert recs[0].curve == [
+        {**p, "train_time_s": recs[0].curve[j]["train_time_s"]} for j, p in enumerate(recs[1].curve)
     ]
-    assert recs[0]["test"] == recs[1]["test"]
+    assert recs[0].test == recs[1].test
 
 
 def test_prompt_text_initialisation_copies_token_embeddings(tiny_model):

@@ -12,7 +12,8 @@ from conftest import tiny_overrides
 
 from tunelab.compare import compare, summarize
 from tunelab.config import load_config
-from tunelab.report import build_report, ci95, pareto_front
+from tunelab.report import build_report
+from tunelab.report.analysis import Estimate, ci95, pareto_front
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -76,9 +77,9 @@ def test_table_equals_records_and_follows_them(runs_dir):
 
 
 def test_confidence_interval_and_pareto_front():
-    mean, half = ci95([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5)
-    assert ci95([5.0]) == (5.0, 0.0)
+    est = ci95([1.0, 2.0, 3.0])
+    assert est.mean == 2.0 and est.half == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
+    assert ci95([5.0]) == Estimate(5.0, 0.0)
     assert pareto_front([(1, 50), (2, 60), (3, 55), (4, 70)]) == [(1, 50), (2, 60), (4, 70)]
 
 
@@ -118,22 +119,3 @@ def test_report_renders_in_headless_chromium(runs_dir, tmp_path):
         browser.close()
     assert shot.stat().st_size > 10_000
     assert errors == []
-
-
-def test_recommendation_uses_validation_not_test():
-    from tunelab.report import recommendation
-
-    def row(method, val, test, secs):
-        return {
-            "method": method,
-            "val_acc": (val, 0.0),
-            "test_acc": (test, 0.0),
-            "train_s": (secs, 0.0),
-            "peak_mb": (100.0, 0.0),
-            "trainable_pct": (1.0, 0.0),
-        }
-
-    rows = [row("full", 80.0, 70.0, 60), row("lora", 79.5, 90.0, 40), row("prompt", 75, 99, 10)]
-    text = recommendation(rows)
-    assert text.startswith("Recommendation: lora:") and "also within reach: full" in text
-    assert recommendation(rows, tolerance=0.1).startswith("Recommendation: full:")

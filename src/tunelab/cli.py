@@ -9,7 +9,7 @@ import sys
 
 from tunelab.errors import TunelabError
 
-# convenience flags -> dotted config keys
+# convenience flags -> dotted config keys; their help is the field's docstring (config.py)
 FLAGS = {
     "model": "model.name",
     "dataset": "data.dataset",
@@ -24,23 +24,18 @@ FLAGS = {
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from tunelab.config import describe
+
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="dotted overrides, e.g. train.lr=3e-4 method.r=16 (a leading "
-        "*.yaml argument is read as the config file)",
+        help="dotted overrides, e.g. train.lr=3e-4 method=lora method.r=16 (every key: "
+        "`tunelab config`; a leading *.yaml argument is read as the config file)",
     )
     p.add_argument("--config", help="YAML config file with overrides of the defaults")
-    p.add_argument("--model", help="built-in name (minilm), HF model id or local folder")
-    p.add_argument("--dataset", help="rotten-tomatoes, an HF dataset id or a local file")
-    p.add_argument("--text-column")
-    p.add_argument("--text-pair-column")
-    p.add_argument("--label-column")
-    p.add_argument("--max-train-examples", help="use only the first N training examples")
-    p.add_argument("--epochs")
-    p.add_argument("--tracker", help="tensorboard (default), wandb, mlflow, none")
-    p.add_argument("--out", help="folder for run folders (default runs)")
+    for flag, key in FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), help=f"{describe(key)} [{key}]")
     p.add_argument("--overwrite", action="store_true", help="replace existing runs")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs, skip done")
 
@@ -71,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from tunelab.config import load_config
+    from tunelab.methods import build_method
 
     overrides = list(args.overrides)
     path = args.config
@@ -80,41 +76,72 @@ def _load(args):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    build_method(cfg.method)  # knobs checked before any data or model is loaded
+    return cfg
 
 
 def cmd_methods() -> None:
+    """Every method: what it does, its knobs with defaults and docs (from the dataclasses)."""
+    from tunelab.config import choices_text, field_docs
     from tunelab.methods import METHODS, knobs
 
     for name, cls in METHODS.items():
-        m = cls()
-        kn = ", ".join(f"{k}={v}" for k, v in knobs(m).items())
-        print(f"{name:8s} {cls.description}\n{'':8s} defaults: {kn}")
+        print(f"{name}: {cls.description}")
+        docs = field_docs(cls)
+        for key, value in knobs(cls()).items():
+            allowed = choices_text(cls, key)
+            print(f"    method.{key} = {value!r}{f' ({allowed})' if allowed else ''}")
+            print(f"        {docs.get(key, '')}")
+        if cls.note:
+            print(f"    note: {cls.note}")
+        print()
 
 
 def cmd_config() -> None:
-    from tunelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, field_docs
+    """Every config key with its default, allowed values and meaning (from the dataclasses)."""
+    from tunelab.config import SECTIONS, choices_text, field_docs
 
-    for section, cls in (
-        ("", RunConfig),
-        ("data.", DataConfig),
-        ("model.", ModelConfig),
-        ("train.", TrainConfig),
-    ):
+    for section, cls in SECTIONS.items():
         obj = cls()
         for key, doc in field_docs(cls).items():
-            print(f"{section}{key} = {getattr(obj, key)!r}\n    {doc}")
+            allowed = choices_text(cls, key)
+            print(f"{section}{key} = {getattr(obj, key)!r}{f' ({allowed})' if allowed else ''}")
+            print(f"    {doc}")
 
 
-def _print_run(rec: dict) -> None:
-    if rec.get("status") == "ok":
+def _print_run(rec) -> None:
+    if rec.ok:
         print(
-            f"  {rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
-            f"train {rec['timing']['train_s']:.1f}s",
+            f"  {rec.name}: test accuracy {100 * rec.test['accuracy']:.2f}%, "
+            f"train {rec.timing.train_s:.1f}s",
             flush=True,
         )
     else:
-        print(f"  {rec['name']}: FAILED: {rec.get('reason')}", flush=True)
+        print(f"  {rec.name}: {rec.status.upper()}: {rec.reason}", flush=True)
+
+
+def cmd_compare(args) -> None:
+    from pathlib import Path
+
+    from tunelab.compare import compare, parse_methods, summarize
+
+    cfg = _load(args)
+    methods = parse_methods(args.methods)
+    recs = compare(
+        cfg, methods, args.seeds, overwrite=args.overwrite, resume=args.resume, on_run=_print_run
+    )
+    md, analysis = summarize(Path(cfg.out_dir))
+    print(md)
+    print("\n" + analysis.recommendation)
+    print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
+    if not args.no_report:
+        from tunelab.report import build_report
+
+        html, mdr = build_report(Path(cfg.out_dir))
+        print(f"report: {html} (and {mdr.name})")
+    if not any(r.ok for r in recs):
+        raise TunelabError("every run of the comparison failed (reasons above)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,42 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "config":
             cmd_config()
         elif args.cmd == "run":
-            from tunelab.train import run, run_dir_for
+            from tunelab.results import run_dir_for
+            from tunelab.train import run
 
             cfg = _load(args)
             rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
             print(
-                f"{rec['name']}: test accuracy {100 * rec['test']['accuracy']:.2f}%, "
-                f"macro-F1 {100 * rec['test']['macro_f1']:.2f}%, train "
-                f"{rec['timing']['train_s']:.1f}s -> {run_dir_for(cfg)}"
+                f"{rec.name}: test accuracy {100 * rec.test['accuracy']:.2f}%, "
+                f"macro-F1 {100 * rec.test['macro_f1']:.2f}%, train "
+                f"{rec.timing.train_s:.1f}s -> {run_dir_for(cfg)}"
             )
         elif args.cmd == "compare":
-            from pathlib import Path
-
-            from tunelab.compare import compare, parse_methods, summarize
-            from tunelab.report import recommendation
-
-            cfg = _load(args)
-            methods = parse_methods(args.methods)
-            recs = compare(
-                cfg,
-                methods,
-                args.seeds,
-                overwrite=args.overwrite,
-                resume=args.resume,
-                on_run=_print_run,
-            )
-            md, rows = summarize(Path(cfg.out_dir))
-            print(md)
-            print("\n" + recommendation(rows))
-            print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
-            if not args.no_report:
-                from tunelab.report import build_report
-
-                html, mdr = build_report(Path(cfg.out_dir))
-                print(f"report: {html} (and {mdr.name})")
-            if all(r.get("status") != "ok" for r in recs):
-                raise TunelabError("every run of the comparison failed (reasons above)")
+            cmd_compare(args)
         elif args.cmd == "predict":
             from tunelab.predict import predict
 

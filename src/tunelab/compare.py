@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from tunelab.config import RunConfig, load_config
+from tunelab.config import RunConfig, load_config, to_dict
 from tunelab.errors import RunFailed, TunelabError
-from tunelab.methods import METHODS
-from tunelab.report import csv_table, load_runs, markdown_table, summarize_methods
-from tunelab.results import write_text
+from tunelab.methods import METHODS, build_method
+from tunelab.report.analysis import Analysis, analyse
+from tunelab.report.render import csv_table, markdown_table
+from tunelab.results import RunRecord, load_records, read_record, run_dir_for, write_text
 from tunelab.train import run
 
 
@@ -23,58 +25,59 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
+def run_configs(base: RunConfig, methods: list[str], seeds: int) -> list[RunConfig]:
+    """One config per method and seed: everything but the method and the seed shared, so the
+    budget is the same. ``train.lr`` is not forced on all methods unless the user set it (LoRA
+    and prompt tuning need far larger rates than full fine-tuning). Every method's knobs are
+    checked here, before the first run starts."""
+    if seeds < 1:
+        raise TunelabError(f"--seeds must be at least 1, got {seeds}")
+    configs = []
+    for method in methods:
+        for seed in range(base.train.seed, base.train.seed + seeds):
+            sections = to_dict(base)
+            sections.pop("name")
+            if base.method_name != method:
+                sections["method"] = {"name": method}
+            cfg = load_config(None, [f"train.seed={seed}"], **sections)
+            cfg.name = f"{method}-seed{seed}"
+            build_method(cfg.method)
+            configs.append(cfg)
+    return configs
+
+
 def compare(
     base: RunConfig,
     methods: list[str],
     seeds: int,
     overwrite: bool = False,
     resume: bool = False,
-    on_run=None,
-) -> list[dict]:
-    """Run every method with its own defaults for ``seeds`` seeds into ``base.out_dir``.
-
-    Everything but the method (and the seed) is shared, so the budget is the same; ``train.lr``
-    is not forced on all methods unless the user set it (LoRA and prompt tuning need far larger
-    rates than full fine-tuning).
-    """
+    on_run: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """Run every method with its own defaults for ``seeds`` seeds into ``base.out_dir``."""
     records = []
-    for method in methods:
-        for seed in range(base.train.seed, base.train.seed + seeds):
-            cfg = load_config(None, [f"train.seed={seed}"], **_as_sections(base, method))
-            cfg.name = f"{method}-seed{seed}"
-            try:
-                rec = run(cfg, overwrite=overwrite, resume=resume)
-            except RunFailed as e:  # recorded on disk; the other methods still run
-                rec = {"name": cfg.name, "method": method, "status": "failed", "reason": str(e)}
-            records.append(rec)
-            if on_run:
-                on_run(rec)
+    for cfg in run_configs(base, methods, seeds):
+        try:
+            rec = run(cfg, overwrite=overwrite, resume=resume)
+        except RunFailed as e:  # recorded on disk; the other methods still run
+            run_dir = run_dir_for(cfg)
+            rec = read_record(run_dir) or RunRecord.start(run_dir, cfg.method_name, cfg)
+            rec.fail(rec.reason or str(e), rec.steps, rec.curve)
+        records.append(rec)
+        if on_run:
+            on_run(rec)
     return records
 
 
-def _as_sections(base: RunConfig, method: str) -> dict:
-    from tunelab.config import to_dict
-
-    d = to_dict(base)
-    d["method"] = {"name": method} if base.method_name != method else d["method"]
-    d.pop("name")
-    return d
-
-
-def summarize(root: Path) -> tuple[str, list[dict]]:
-    """Read every run record under ``root``; write comparison.md / comparison.csv there."""
-    runs = load_runs(root)
-    if not runs:
+def summarize(root: Path) -> tuple[str, Analysis]:
+    """Analyse every run record under ``root``; write comparison.md / comparison.csv there."""
+    records = load_records(root)
+    if not records:
         raise TunelabError(f"no run records (result.json) under {str(root)!r}")
-    rows = summarize_methods(runs)
-    md = markdown_table(rows) if rows else "no successful runs"
-    failed = [
-        f"- {r['name']}: {r.get('status')}: {r.get('reason', '')}"
-        for r in runs
-        if r.get("status") != "ok"
-    ]
-    if failed:
-        md += "\n\nFailed or stopped runs:\n" + "\n".join(failed)
+    a = analyse(records)
+    md = markdown_table(a) if a.rows else "no successful runs"
+    if a.failed:
+        md += "\n\nFailed or stopped runs:\n" + "\n".join(f"- {f}" for f in a.failed)
     write_text(Path(root) / "comparison.md", md + "\n")
-    write_text(Path(root) / "comparison.csv", csv_table(rows))
-    return md, rows
+    write_text(Path(root) / "comparison.csv", csv_table(a))
+    return md, a

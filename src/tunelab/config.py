@@ -1,46 +1,85 @@
 """Run configuration: dataclasses are the single source of truth.
 
-YAML files and ``key=value`` command-line overrides only *override* these defaults.
-Each field's comment is its documentation (``tunelab config`` prints them).
-Validation happens here, once, with messages that name the key and what is allowed.
+YAML files and ``key=value`` command-line overrides only *override* these defaults. Each field
+carries its type (``Literal`` for a choice, ``Annotated[..., Range]`` for a bounded number) and
+the docstring written under it, which is its documentation: ``tunelab config``, the CLI help
+and ``tunelab methods`` print those docstrings. Values are checked here, once, by the same code
+for config sections and method knobs, with messages that name the key and what is allowed.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from tunelab.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number field: ``Annotated[int, Range(gt=0)]``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def text(self) -> str:
+        """'> 0', '>= 0', 'in [0, 1)' ..."""
+        low = f"({self.gt:g}" if self.gt is not None else None
+        low = f"[{self.ge:g}" if self.ge is not None else low
+        high = f"{self.lt:g})" if self.lt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else high
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>' if low[0] == '(' else '>='} {low[1:]}"
+        return f"{'<' if high and high[-1] == ')' else '<='} {(high or '')[:-1]}"
+
+    def holds(self, v: float) -> bool:
+        return not (
+            (self.gt is not None and v <= self.gt)
+            or (self.ge is not None and v < self.ge)
+            or (self.lt is not None and v >= self.lt)
+            or (self.le is not None and v > self.le)
+        )
+
+
+Positive = Range(gt=0)
+NonNegative = Range(ge=0)
+
+
 @dataclass
 class DataConfig:
     dataset: str = "rotten-tomatoes"
     """Built-in name (rotten-tomatoes), a Hugging Face dataset id (imdb, glue/sst2) or a local
-    .csv/.jsonl/.json/.parquet file."""
+    .csv/.tsv/.jsonl/.json/.parquet file."""
     text_column: str | None = None
     """Column holding the text; guessed (text, sentence, review, ...) when unset."""
     text_pair_column: str | None = None
     """Optional second text column for sentence-pair tasks."""
     label_column: str | None = None
     """Column holding the label; guessed (label, labels, category, ...) when unset."""
-    max_length: int = 128
+    max_length: Annotated[int, Positive] = 128
     """Truncate texts to this many tokens."""
-    max_train_examples: int | None = None
+    max_train_examples: Annotated[int | None, Positive] = None
     """Use only the first N training examples (after the deterministic shuffle/split)."""
-    max_eval_examples: int | None = None
+    max_eval_examples: Annotated[int | None, Positive] = None
     """Use only the first N validation and N test examples."""
-    val_fraction: float = 0.1
+    val_fraction: Annotated[float, Range(gt=0, lt=0.5)] = 0.1
     """Share of the data held out for validation when the dataset has no validation split."""
-    test_fraction: float = 0.1
+    test_fraction: Annotated[float, Range(gt=0, lt=0.5)] = 0.1
     """Share of the data held out for test when the dataset has no test split."""
     split_seed: int = 0
     """Seed of the stratified split; fixed so test data never moves into training."""
@@ -54,40 +93,40 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float | None = None
+    lr: Annotated[float | None, Positive] = None
     """Peak learning rate; unset = the method's own default (see `tunelab methods`)."""
-    epochs: float = 1.0
+    epochs: Annotated[float, Positive] = 1.0
     """Passes over the training data (fractions allowed)."""
-    max_steps: int | None = None
+    max_steps: Annotated[int | None, Positive] = None
     """Stop after this many optimizer steps (overrides epochs)."""
-    batch_size: int = 32
+    batch_size: Annotated[int, Positive] = 32
     """Examples per optimizer step (per device, before accumulation)."""
-    grad_accum: int = 1
+    grad_accum: Annotated[int, Positive] = 1
     """Micro-batches accumulated per optimizer step."""
-    eval_batch_size: int = 64
+    eval_batch_size: Annotated[int, Positive] = 64
     """Examples per evaluation batch (sorted by length; 64 pads 6% on Rotten Tomatoes where
     256 pads 24%, and evaluates 1.3x faster on CPU)."""
-    weight_decay: float = 0.01
+    weight_decay: Annotated[float, NonNegative] = 0.01
     """AdamW weight decay (never applied to biases and norm weights)."""
-    warmup: float = 0.06
+    warmup: Annotated[float, Range(ge=0, lt=1)] = 0.06
     """Warmup length as a fraction of all optimizer steps."""
-    schedule: str = "linear"
-    """Learning-rate decay after warmup: linear, cosine or constant."""
-    grad_clip: float = 1.0
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after warmup."""
+    grad_clip: Annotated[float, NonNegative] = 1.0
     """Clip the global gradient norm to this value (0 = off)."""
-    eval_every: int = 0
-    """Validate every N optimizer steps (0 = only at each epoch end)."""
-    evals_per_epoch: int = 1
+    eval_every: Annotated[int, NonNegative] = 0
+    """Validate every N optimizer steps (0 = evals_per_epoch times per epoch)."""
+    evals_per_epoch: Annotated[int, Positive] = 1
     """Validate this many times per epoch when eval_every is 0."""
-    patience: int = 0
+    patience: Annotated[int, NonNegative] = 0
     """Stop after this many validations without improvement (0 = never stop early)."""
-    metric: str = "accuracy"
-    """Validation metric that selects the best checkpoint: accuracy or macro_f1."""
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    """Validation metric that selects the best checkpoint."""
     seed: int = 0
     """Seed for initialisation, dropout and batch order."""
-    mixed_precision: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), no, or bf16."""
-    log_every: int = 20
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), no (fp32), or bf16 autocast."""
+    log_every: Annotated[int, Positive] = 20
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True
     """Save the adapter / model and the tokenizer in the run folder."""
@@ -104,8 +143,10 @@ class RunConfig:
     """Folder that holds run folders."""
     tracker: str = "tensorboard"
     """accelerate tracker for metrics: tensorboard, wandb, mlflow, ... or none."""
+    task: Literal["classification"] = "classification"
+    """What the model learns: a classification head on the text (tunelab.tasks)."""
     method: dict[str, Any] = field(default_factory=lambda: {"name": "full"})
-    """Fine-tuning method and its knobs, e.g. {name: lora, r: 16}."""
+    """Fine-tuning method and its knobs, e.g. {name: lora, r: 16} (see `tunelab methods`)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -115,30 +156,34 @@ class RunConfig:
         return str(self.method.get("name", "full"))
 
 
-ALLOWED = {
-    "train.schedule": ("linear", "cosine", "constant"),
-    "train.mixed_precision": ("auto", "no", "bf16"),
-    "train.metric": ("accuracy", "macro_f1"),
-}
-POSITIVE = {
-    "data.max_length",
-    "train.batch_size",
-    "train.grad_accum",
-    "train.eval_batch_size",
-    "train.log_every",
-    "train.evals_per_epoch",
-    "train.epochs",
-}
+# ---------------------------------------------------------------- checking values
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Convert ``value`` (from YAML or the command line) to type ``tp`` or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+def _unwrap(tp: Any) -> tuple[Any, Range | None, bool]:
+    """(base type, its Range or None, whether None is allowed) of a field annotation."""
+    bounds = None
+    if typing.get_origin(tp) is Annotated:
+        bounds = next((m for m in tp.__metadata__ if isinstance(m, Range)), None)
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce(key, value, args[0])
+        return args[0], bounds, len(args) < len(typing.get_args(tp))
+    return tp, bounds, False
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` (from YAML or the command line) to the field's type, check its
+    choices and bounds, or raise ConfigError naming ``key``."""
+    tp, bounds, optional = _unwrap(annotation)
+    if optional and (
+        value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+    ):
+        return None
+    if typing.get_origin(tp) is Literal:
+        allowed = typing.get_args(tp)
+        if str(value) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -146,31 +191,41 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp in (int, float):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            num = float(value)
-            if tp is int:
-                if num != int(num):
-                    raise ValueError
-                return int(num)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}"
-            ) from None
-        if not math.isfinite(num):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        num = _number(key, value, tp)
+        if bounds and not bounds.holds(num):
+            raise ConfigError(f"{key} must be {bounds.text()}, got {value!r}")
         return num
+    if tp is str and isinstance(value, (dict, list)):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
     if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
+    if typing.get_origin(tp) is list:
+        items = value if isinstance(value, list) else str(value).split(",")
+        return [str(v).strip() for v in items]
     return value
 
 
-def _apply(obj: Any, prefix: str, values: dict[str, Any]) -> None:
-    """Set fields of dataclass ``obj`` from a nested dict, validating names and types."""
-    hints = typing.get_type_hints(type(obj))
+def _number(key: str, value: Any, tp: type) -> int | float:
+    what = "an integer" if tp is int else "a number"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        num = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {what}, got {value!r}") from None
+    if not math.isfinite(num):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if tp is int:
+        if num != int(num):
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+        return int(num)
+    return num
+
+
+def apply_fields(obj: Any, prefix: str, values: dict[str, Any]) -> None:
+    """Set fields of dataclass ``obj`` from a nested dict, validating names, types, choices and
+    bounds. Used for config sections and for method knobs alike."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in values.items():
         full = f"{prefix}{key}"
@@ -183,39 +238,27 @@ def _apply(obj: Any, prefix: str, values: dict[str, Any]) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{full} must be a mapping of its fields, got {value!r}")
-            _apply(current, f"{full}.", value)
+            apply_fields(current, f"{full}.", value)
         elif key == "method":
-            if isinstance(value, str):
-                value = {"name": value}
-            if not isinstance(value, dict):
-                raise ConfigError(f"method must be a name or a mapping, got {value!r}")
-            current.update(value)
+            setattr(obj, key, _merge_method(current, value))
         else:
-            setattr(obj, key, _coerce(full, value, hints[key]))
+            setattr(obj, key, coerce(full, value, hints[key]))
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Check value ranges that types alone do not catch."""
-    for key, allowed in ALLOWED.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-    for key in POSITIVE:
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{key} must be > 0, got {getattr(getattr(cfg, section), name)!r}")
-    for key in ("data.val_fraction", "data.test_fraction"):
-        value = getattr(cfg.data, key.split(".")[1])
-        if not 0 < value < 0.5:
-            raise ConfigError(f"{key} must be between 0 and 0.5, got {value!r}")
-    if cfg.train.lr is not None and cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr!r}")
-    if not 0 <= cfg.train.warmup < 1:
-        raise ConfigError(
-            f"train.warmup is a fraction of steps in [0, 1), got {cfg.train.warmup!r}"
-        )
-    return cfg
+def _merge_method(current: dict[str, Any], value: Any) -> dict[str, Any]:
+    """``method: lora`` or ``{name: lora, r: 16}`` over the current method. Naming another
+    method starts from that method's defaults (the old method's knobs would not fit it)."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"method must be a name or a mapping, got {value!r}")
+    name = value.get("name", current.get("name", "full"))
+    base = current if name == current.get("name", "full") else {}
+    knobs = {k: v for k, v in {**base, **value}.items() if k != "name"}
+    return {"name": str(name), **knobs}
+
+
+# ---------------------------------------------------------------- YAML and overrides
 
 
 class _Loader(yaml.SafeLoader):
@@ -236,18 +279,20 @@ def yaml_load(text: str) -> Any:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["train.lr=3e-4", "method.r=16"]`` into a nested dict (values parsed as YAML)."""
+    """Turn ``["train.lr=3e-4", "method=lora", "method.r=16"]`` into a nested dict (values
+    parsed as YAML). ``method=NAME`` means ``method.name=NAME``, so it composes with knobs."""
     nested: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
+        key = "method.name" if key.strip() == "method" else key.strip()
         try:
             value = yaml_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = nested
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -262,20 +307,23 @@ def load_config(
     """Build a validated RunConfig from defaults, an optional YAML file, dicts and overrides."""
     cfg = RunConfig()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        _apply(cfg, "", data)
+        apply_fields(cfg, "", _read_yaml(Path(path)))
     if sections:
-        _apply(cfg, "", {k: v for k, v in sections.items() if v is not None})
-    _apply(cfg, "", parse_overrides(overrides or []))
-    return validate(cfg)
+        apply_fields(cfg, "", {k: v for k, v in sections.items() if v is not None})
+    apply_fields(cfg, "", parse_overrides(overrides or []))
+    return cfg
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return data
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -283,19 +331,43 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the docstring written under it in this module (for CLI help)."""
-    import ast
-    import inspect
+# ---------------------------------------------------------------- documentation
 
-    src = inspect.getsource(cls)
-    body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in its class (one source for the CLI
+    help, `tunelab config` and `tunelab methods`)."""
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(getattr(nxt, "value", None), ast.Constant)
-        ):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.cleandoc("\n" + inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+            ):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
+
+
+def choices_text(cls: type, name: str) -> str:
+    """'one of a, b' or 'in (0, 1)' for a field with choices or bounds, else ''."""
+    tp, bounds, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[name])
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(typing.get_args(tp))
+    return bounds.text() if bounds else ""
+
+
+def describe(key: str) -> str:
+    """The docstring of a dotted config key such as ``train.lr`` (for CLI help)."""
+    cls: type = RunConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = type(getattr(cls(), section))
+    return field_docs(cls).get(name, "")
+
+
+SECTIONS = {"": RunConfig, "data.": DataConfig, "model.": ModelConfig, "train.": TrainConfig}

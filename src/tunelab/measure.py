@@ -1,4 +1,5 @@
-"""What a run costs: parameters, memory, FLOPs, bytes on disk, and the environment."""
+"""What a run costs and achieves: parameters, memory, FLOPs, bytes on disk, the environment,
+and the evaluation of a split."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import platform
 import subprocess
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import psutil
 import torch
 from torch import nn
 
-from tunelab.methods.base import depth, num_layers
+from tunelab import data as D
+from tunelab.models import depth, num_layers
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab")
 
@@ -50,6 +53,23 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
         "backward": 2 * bwd + 2 * trainable,
         "total": 2 * n + 2 * bwd + 2 * trainable,
     }
+
+
+@torch.inference_mode()
+def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) -> dict:
+    """Mean loss and the task's metrics on a split; batches sorted by length, no autograd."""
+    was_training = model.training
+    model.eval()
+    preds, labels, loss_sum = [], [], 0.0
+    for idx in D.eval_batches(enc.lengths, batch_size):
+        batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
+        loss, pred = task.forward(model, batch)
+        loss_sum += loss.float().item() * len(idx)
+        preds.append(pred)
+        labels.append(batch["labels"])
+    model.train(was_training)
+    metrics = task.metrics(torch.cat(preds).cpu(), torch.cat(labels).cpu())
+    return {"loss": loss_sum / len(enc), **metrics}
 
 
 def settled_rss() -> int:
@@ -164,3 +184,39 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
     }
+
+
+class Window:
+    """Training statistics (loss, accuracy, throughput) between two logging steps. Loss, hits
+    and the NaN flag stay on the device and are read only at logging steps: reading them every
+    step would force a host sync and stall the pipeline."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.hits = torch.zeros((), device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.micro = self.examples = self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, tokens: int):
+        """One micro-batch: its mean loss, predictions and real (non-pad) token count."""
+        loss = loss.detach()
+        self.loss += loss
+        self.bad |= ~torch.isfinite(loss)
+        self.hits += (preds == labels).sum()
+        self.micro += 1
+        self.examples += len(labels)
+        self.tokens += tokens  # counted on the host from the lengths: no device sync
+
+    def summary(self) -> dict[str, float]:
+        """Mean loss and accuracy, throughput and the seconds since the window opened."""
+        if self.loss.device.type == "cuda":
+            torch.cuda.synchronize()  # the clock must include the queued kernels
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "train_loss": self.loss.item() / max(1, self.micro),
+            "train_accuracy": self.hits.item() / max(1, self.examples),
+            "examples_per_s": self.examples / seconds,
+            "tokens_per_s": self.tokens / seconds,
+            "seconds": seconds,
+        }

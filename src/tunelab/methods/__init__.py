@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tunelab.config import apply_fields
 from tunelab.errors import ConfigError
 from tunelab.methods.base import Method
 from tunelab.methods.bitfit import BitFit
@@ -32,20 +33,17 @@ METHODS: dict[str, type[Method]] = {
 
 
 def build_method(spec: dict[str, Any]) -> Method:
-    """Instantiate a method from ``{"name": ..., knob: value, ...}`` with validated knobs."""
-    from tunelab.config import _apply
-
+    """Instantiate a method from ``{"name": ..., knob: value, ...}``; every knob is checked
+    (name, type, choices, bounds) here, before any data or model is loaded."""
     spec = dict(spec)
     name = spec.pop("name", "full")
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     method = METHODS[name]()
     try:
-        _apply(method, "method.", spec)
+        apply_fields(method, "method.", spec)
     except ConfigError as e:
         raise ConfigError(f"{e} (method {name})") from None
-    if hasattr(method, "__post_init__"):
-        method.__post_init__()
     return method
 
 

@@ -1,40 +1,17 @@
-"""What every method shares: finding layers, the head, and AdamW parameter groups."""
+"""What every method shares: the two hooks, the head, and AdamW parameter groups."""
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from torch import nn
 
-# Names of the per-layer block containers across architectures:
-# BERT/RoBERTa/DeBERTa "encoder.layer.3.", DistilBERT "transformer.layer.3.",
-# Llama/Mistral/Qwen "model.layers.3.", GPT-2 "transformer.h.3.", T5 "block.3.".
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+from tunelab.config import Positive
+
 _HEAD_NAMES = ("classifier", "score", "pre_classifier")
 
-
-def layer_index(name: str) -> int | None:
-    """Index of the transformer block a parameter belongs to, or None."""
-    m = _LAYER_RE.search(name)
-    return int(m.group(1)) if m else None
-
-
-def num_layers(model: nn.Module) -> int:
-    """Number of transformer blocks, read from the parameter names."""
-    idx = [i for n, _ in model.named_parameters() if (i := layer_index(n)) is not None]
-    return max(idx) + 1 if idx else 0
-
-
-def depth(name: str, n_layers: int) -> int:
-    """Depth used by layer-wise schemes: embeddings 0, block i -> i + 1, the rest (pooler,
-    final norm, classification head) n_layers + 1."""
-    i = layer_index(name)
-    if i is not None:
-        return i + 1
-    if "embed" in name or "wte" in name or "wpe" in name:
-        return 0
-    return n_layers + 1
+LR = Annotated[float, Positive]  # the type of every method's `lr` knob
 
 
 def is_head(name: str) -> bool:
@@ -67,17 +44,21 @@ def set_trainable(model: nn.Module, keep) -> None:
         p.requires_grad_(bool(keep(n)))
 
 
+@dataclass
 class Method:
     """Base of a fine-tuning method: two hooks, both with sensible defaults.
 
-    Subclasses are dataclasses whose fields are the method's knobs; ``lr`` is the default
-    learning rate for the method (used when ``train.lr`` is unset).
+    Subclasses are dataclasses whose fields are the method's knobs, typed (``Literal`` for
+    choices, ``Annotated[..., Range]`` for bounds) and documented by the docstring under each;
+    ``build_method`` checks them before anything is loaded. ``note`` (optional) tells
+    `tunelab methods` users what to know before choosing the method.
     """
 
     name = "method"
     description = ""
-    uses_peft = False
-    lr: float = 5e-5
+    note = ""
+    lr: LR = 5e-5
+    """Default peak learning rate of this method (train.lr overrides it)."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Freeze / inject / wrap the model; return the model to train."""

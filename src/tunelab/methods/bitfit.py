@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tunelab.methods.base import Method, is_head, set_trainable
+from tunelab.methods.base import LR, Method, is_head, set_trainable
 
 
 @dataclass
 class BitFit(Method):
     name = "bitfit"
     description = "only bias terms and the classification head train"
-    lr: float = 1e-3
+    lr: LR = 1e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
         set_trainable(model, lambda name: name.endswith(".bias") or is_head(name))

@@ -7,19 +7,22 @@ quarter of the layers; fewer trainable layers tolerate a larger step.
 """
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
+from tunelab.config import NonNegative
 from tunelab.errors import ConfigError
-from tunelab.methods.base import Method, depth, num_layers, set_trainable
+from tunelab.methods.base import LR, Method, set_trainable
+from tunelab.models import depth, num_layers
 
 
 @dataclass
 class Freeze(Method):
     name = "freeze"
     description = "bottom layers frozen; the top k blocks, pooler and head train"
-    lr: float = 1e-4
-    k: int = 2
+    lr: LR = 1e-4
+    k: Annotated[int, NonNegative] = 2
     """Number of top transformer blocks that train."""
 
     def prepare(self, model: nn.Module) -> nn.Module:

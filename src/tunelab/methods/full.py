@@ -6,11 +6,11 @@ MiniLM backbone and the one-epoch budget favour the larger step.
 
 from dataclasses import dataclass
 
-from tunelab.methods.base import Method
+from tunelab.methods.base import LR, Method
 
 
 @dataclass
 class Full(Method):
     name = "full"
     description = "every parameter trains (the article's baseline)"
-    lr: float = 5e-5
+    lr: LR = 5e-5

@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from peft import IA3Config, TaskType, get_peft_model
 from torch import nn
 
-from tunelab.methods.base import Method
+from tunelab.methods.base import LR, Method
 
 
 @dataclass
 class IA3(Method):
     name = "ia3"
     description = "learned rescaling vectors on keys, values and FFN (peft); head trains"
-    uses_peft = True
-    lr: float = 3e-3
+    lr: LR = 3e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return get_peft_model(model, IA3Config(task_type=TaskType.SEQ_CLS))

@@ -9,25 +9,22 @@ layers see much less of it).
 """
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
-from tunelab.methods.base import Method, adamw_groups, depth, num_layers
+from tunelab.config import Range
+from tunelab.methods.base import LR, Method, adamw_groups
+from tunelab.models import depth, num_layers
 
 
 @dataclass
 class LLRD(Method):
     name = "llrd"
     description = "all parameters train; lr of layer i = lr * decay^(L+1-i), head at lr"
-    lr: float = 1e-4
-    decay: float = 0.8
+    lr: LR = 1e-4
+    decay: Annotated[float, Range(gt=0, le=1)] = 0.8
     """Multiplier per layer going down from the head (0 < decay <= 1)."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.decay <= 1:
-            from tunelab.errors import ConfigError
-
-            raise ConfigError(f"method.decay must be in (0, 1], got {self.decay!r}")
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
         n = num_layers(model)

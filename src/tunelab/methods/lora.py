@@ -8,25 +8,26 @@ accuracy; 4,000 snippets, 2e-3 -> 78.0%), so the default is 2e-3. The head train
 """
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from peft import LoraConfig, TaskType, get_peft_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
 from torch import nn
 
-from tunelab.methods.base import Method
+from tunelab.config import Positive, Range
+from tunelab.methods.base import LR, Method
 
 
 @dataclass
 class LoRA(Method):
     name = "lora"
     description = "low-rank adapters on attention projections (peft); head trains"
-    uses_peft = True
-    lr: float = 2e-3
-    r: int = 8
+    lr: LR = 2e-3
+    r: Annotated[int, Positive] = 8
     """Rank of the update matrices."""
-    alpha: int = 16
+    alpha: Annotated[int, Positive] = 16
     """Scale numerator: the update is multiplied by alpha / r."""
-    dropout: float = 0.1
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1
     """Dropout on the adapter input."""
     target_modules: list[str] | None = None
     """Module names to adapt; unset = query/value for the architecture (peft's table),

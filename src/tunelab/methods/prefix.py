@@ -8,12 +8,14 @@ passes the prefixes as ``past_key_values``; models whose forward no longer accep
 
 import inspect
 from dataclasses import dataclass
+from typing import Annotated
 
 from peft import PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 
+from tunelab.config import Positive
 from tunelab.errors import TunelabError
-from tunelab.methods.base import Method
+from tunelab.methods.base import LR, Method
 
 
 def accepts_past_key_values(model: nn.Module) -> bool:
@@ -29,9 +31,13 @@ def accepts_past_key_values(model: nn.Module) -> bool:
 class Prefix(Method):
     name = "prefix"
     description = "trainable key/value prefixes in every attention layer (peft); head trains"
-    uses_peft = True
-    lr: float = 1e-2
-    num_virtual_tokens: int = 20
+    note = (
+        "no configs/prefix.yaml: peft injects prefixes through past_key_values, which the "
+        "default MiniLM (BERT) and Llama models no longer accept under transformers 5; the run "
+        "is refused with that reason. Use it on a model whose forward takes past_key_values."
+    )
+    lr: LR = 1e-2
+    num_virtual_tokens: Annotated[int, Positive] = 20
     """Number of prefix positions per layer."""
 
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -8,30 +8,28 @@ test accuracy, 0.1 -> 68.2%. Soft prompts need many steps; small backbones gain 
 """
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from torch import nn
 
-from tunelab.errors import ConfigError
-from tunelab.methods.base import Method
+from tunelab.config import Positive
+from tunelab.methods.base import LR, Method
 
 
 @dataclass
 class Prompt(Method):
     name = "prompt"
     description = "trainable virtual tokens prepended to the input (peft); backbone frozen"
-    uses_peft = True
-    lr: float = 0.1
-    num_virtual_tokens: int = 10
+    lr: LR = 0.1
+    num_virtual_tokens: Annotated[int, Positive] = 10
     """Number of trainable soft-prompt tokens."""
-    init: str = "random"
+    init: Literal["random", "text"] = "random"
     """random, or text (initialise from the embeddings of init_text)."""
     init_text: str = "Classify the sentiment of this review:"
     """Text whose token embeddings initialise the prompt when init=text."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        if self.init not in ("random", "text"):
-            raise ConfigError(f"method.init must be random or text, got {self.init!r}")
         kwargs = {}
         if self.init == "text":
             kwargs = dict(

@@ -1,0 +1,233 @@
+"""The comparison on paper: one Jinja2 template for the HTML page, Markdown and CSV (the csv
+module) from the same analysis. Every number comes from ``analysis``; nothing is computed here
+but its formatting."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.report import plots
+from tunelab.report.analysis import COLUMNS, Analysis, Estimate, Row, analyse, best_of
+from tunelab.results import RunRecord, load_records, write_text
+
+LEGEND = (
+    "Mean ± 95% interval: over seeds (Student t) for methods with several runs; with one run, "
+    "the accuracies' binomial (Wilson) interval over the split's examples. Differences inside "
+    "the combined interval are called the same. Green/bold: best in column among the methods "
+    "that learned; a method whose validation accuracy does not beat the majority-class "
+    "baseline is marked 'did not learn' and not ranked. Peak memory of the training steps "
+    "(validation excluded): on CPU the process RSS above its level before the model was loaded "
+    "(differences under 15% are noise), on CUDA max allocated."
+)
+
+
+def fmt(est: Estimate, digits: int) -> str:
+    return f"{est.mean:,.{digits}f}" + (f" ± {est.half:,.{digits}f}" if est.half else "")
+
+
+def _cells(row: Row, best: dict[str, float], mark: bool) -> list[dict]:
+    out = []
+    for col in COLUMNS:
+        est = row[col.key]
+        is_best = mark and row.learned and est.mean == best.get(col.key)
+        out.append(
+            {"key": col.key, "value": repr(est.mean), "text": fmt(est, col.digits), "best": is_best}
+        )
+    return out
+
+
+def _baseline_cells(floor: dict[str, Estimate] | None) -> list[dict]:
+    if not floor:
+        return []
+    return [
+        {"key": c.key, "text": fmt(floor[c.key], c.digits) if c.key in floor else ""}
+        for c in COLUMNS
+    ]
+
+
+def table(a: Analysis) -> dict:
+    """The comparison table as plain data for any renderer."""
+    best = best_of(a.rows)
+    mark = sum(r.learned for r in a.rows) > 1
+    rows = [
+        {"method": r.method, "n": r.n, "learned": r.learned, "cells": _cells(r, best, mark)}
+        for r in a.rows
+    ]
+    header = [c.title for c in COLUMNS]
+    return {"header": header, "rows": rows, "baseline": _baseline_cells(a.floor)}
+
+
+def markdown_table(a: Analysis) -> str:
+    """The comparison table in Markdown: mean ± 95% interval, best of each column in bold."""
+    t = table(a)
+    lines = [
+        "| method | runs | " + " | ".join(t["header"]) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for r in t["rows"]:
+        cells = [f"**{c['text']}**" if c["best"] else c["text"] for c in r["cells"]]
+        name = r["method"] + ("" if r["learned"] else " (did not learn)")
+        lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + " |")
+    if t["baseline"]:
+        lines.append("| majority class |  | " + " | ".join(c["text"] for c in t["baseline"]) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(a: Analysis) -> str:
+    """The comparison as CSV: per column its mean and 95% half-width; the baseline last."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        ["method", "runs", "learned"] + [h for c in COLUMNS for h in (c.key, c.key + "_ci95")]
+    )
+    for r in a.rows:
+        vals = [x for c in COLUMNS for x in (r[c.key].mean, r[c.key].half)]
+        w.writerow([r.method, r.n, r.learned, *vals])
+    if a.floor:
+        vals = [
+            x
+            for c in COLUMNS
+            for x in ((a.floor[c.key].mean, a.floor[c.key].half) if c.key in a.floor else ("", ""))
+        ]
+        w.writerow(["majority class", "", "", *vals])
+    return buf.getvalue()
+
+
+def markdown(title: str, a: Analysis) -> str:
+    lines = [f"# Fine-tuning comparison: {title}", ""]
+    if a.rows:
+        lines += [markdown_table(a), "", LEGEND, "", a.recommendation, "", "## Verdicts", ""]
+        lines += [f"- {v}" for v in a.verdicts]
+    if a.failed:
+        lines += ["", "## Failed or stopped runs", ""] + [f"- {f}" for f in a.failed]
+    lines += ["", "## Overfitting signal", ""]
+    lines += [f"- {f}" for f in a.flagged] or ["- none detected"]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(fid: str, svg: str, caption: str):
+    from markupsafe import Markup, escape
+
+    return Markup(
+        f'<figure class="plot" id="{fid}">{svg}<figcaption>{escape(caption)}</figcaption></figure>'
+    )
+
+
+# (id, cost column, x label, log x, caption)
+PARETO = [
+    (
+        "pareto-params",
+        "trainable",
+        "trainable parameters (log)",
+        True,
+        "Test accuracy vs trainable parameters; dashed: Pareto front (nothing else is both "
+        "smaller and better); x: did not learn.",
+    ),
+    ("pareto-time", "train_s", "training seconds", False, "Test accuracy vs training time."),
+    ("pareto-memory", "peak_mb", "peak memory (MB)", False, "Test accuracy vs peak memory."),
+]
+# (id, x, y, y label, training rows, caption)
+CURVES = [
+    (
+        "curve-val-step",
+        "step",
+        "val_accuracy",
+        "validation accuracy %",
+        False,
+        "Validation accuracy by step (band: seeds).",
+    ),
+    (
+        "curve-val-time",
+        "train_time_s",
+        "val_accuracy",
+        "validation accuracy %",
+        False,
+        "Validation accuracy by training wall-clock seconds.",
+    ),
+    ("curve-train-loss", "step", "train_loss", "training loss", True, "Training loss by step."),
+]
+GAP_CAPTION = (
+    "Training minus validation accuracy (points); dotted lines: validation stopped improving "
+    "while training accuracy rose."
+)
+
+
+def figures(records: list[RunRecord], a: Analysis) -> dict:
+    ok = [r for r in records if r.ok]
+    methods = [r.method for r in a.rows]
+    pareto = [
+        _figure(fid, plots.pareto_plot(a.rows, cost, xlabel, "test_acc", log), caption)
+        for fid, cost, xlabel, log, caption in PARETO
+    ]
+    curves = [
+        _figure(fid, plots.curve_plot(ok, methods, x, y, ylabel, train), caption)
+        for fid, x, y, ylabel, train, caption in CURVES
+    ]
+    gap = _figure("overfit-gap", plots.gap_plot(ok, methods, a.flags), GAP_CAPTION)
+    return {"pareto": pareto, "curves": curves, "overfit_plot": gap}
+
+
+def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
+    first = next((r for r in records if r.ok), records[0])
+    env, d = first.env, first.data
+    pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+    return [
+        ("model", first.config.get("model", {}).get("name", "?")),
+        ("dataset", f"{d.dataset} (labels: {', '.join(d.labels)})"),
+        (
+            "splits",
+            f"train {d.train}, validation {d.validation}, test {d.test}; best "
+            "checkpoint chosen on validation only",
+        ),
+        (
+            "hardware",
+            f"{env.get('device')} {env.get('gpu') or ''} {env.get('cpu')}, "
+            f"{env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads",
+        ),
+        ("packages", f"python {env.get('python')}, {pk}"),
+        ("code", env.get("git_commit") or "unknown"),
+    ]
+
+
+def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True)
+    return env.get_template("report.html.j2").render(
+        title=root.name,
+        root=str(root),
+        stamp=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        n_runs=len(records),
+        table=table(a),
+        legend=LEGEND,
+        recommendation=a.recommendation,
+        verdicts=a.verdicts,
+        failed=a.failed,
+        flagged=a.flagged,
+        setup=setup_items(records),
+        configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
+        **(figures(records, a) if a.rows else {}),
+    )
+
+
+def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` from the records under root."""
+    root = Path(root)
+    records = load_records(root)
+    if not records:
+        raise TunelabError(
+            f"no run records (result.json) under {str(root)!r}; run "
+            f"`tunelab compare --out {root}` first"
+        )
+    a = analyse(records)
+    out = Path(output) if output else root / "report.html"
+    write_text(out, render_html(root, records, a))
+    md = out.with_suffix(".md")
+    write_text(md, markdown(root.name, a))
+    return out, md

@@ -1,0 +1,124 @@
+"""The report's rules, on hand-made records: intervals, 'same' within noise, the
+majority-class floor, verdicts and the recommendation's edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.config import load_config
+from tunelab.report.analysis import (
+    Estimate,
+    analyse,
+    binomial_half,
+    ci95,
+    recommendation,
+    same,
+    summarize_methods,
+    t95,
+    verdicts,
+)
+from tunelab.results import DataInfo, Memory, Params, RunRecord, Timing
+
+N_VAL = N_TEST = 1000
+MAJORITY = {"validation": {"accuracy": 0.578, "macro_f1": 0.366},
+            "test": {"accuracy": 0.578, "macro_f1": 0.366}}  # fmt: skip
+
+
+def record(method, val, test, train_s=60.0, mem_mb=1000.0, trainable=1000, seed=0, status="ok"):
+    rec = RunRecord.start(f"/x/{method}-seed{seed}", method, load_config())
+    rec.data = DataInfo("d", ["neg", "pos"], 5000, N_VAL, N_TEST, MAJORITY)
+    rec.params = Params(trainable, 10_000, 100 * trainable / 10_000)
+    rec.timing = Timing.of(train_s, 1.0, 1.0, 5000, 100_000)
+    rec.memory = Memory(int(mem_mb * 2**20), 0, "process_rss_above_baseline")
+    if status != "ok":
+        return rec.fail("boom")
+    return rec.finish(best_validation={"accuracy": val}, test={"accuracy": test, "macro_f1": test})
+
+
+def test_t_quantiles_for_any_df():
+    assert t95(1) == pytest.approx(12.706, abs=1e-3)
+    assert t95(12) == pytest.approx(2.179, abs=1e-3)  # the old table answered df=10's 2.228
+    assert t95(1000) == pytest.approx(1.962, abs=1e-3)
+
+
+def test_intervals_seeds_or_examples():
+    assert ci95([1.0, 2.0, 3.0]).half == pytest.approx(2.4842, abs=1e-3)
+    # one seed on 213 test examples: one example is 0.47 pt, the interval ~6 pt
+    assert 5 < binomial_half(80.0, 213) < 6
+    assert binomial_half(100.0, 200) > 0  # never a zero-width claim at 100%
+    rows = summarize_methods([record("full", 0.8, 0.8)])
+    assert rows[0]["test_acc"].half == pytest.approx(binomial_half(80.0, N_TEST))
+    assert rows[0]["train_s"].half == 0  # no interval for a cost from one run
+
+
+def test_half_a_point_on_one_seed_is_the_same():
+    rows = summarize_methods([record("full", 0.80, 0.780), record("llrd", 0.80, 0.785, mem_mb=910)])
+    assert same(rows[0]["test_acc"], rows[1]["test_acc"])
+    llrd = verdicts(rows)[1]
+    assert "the same test accuracy as full fine-tuning within noise" in llrd
+    assert "memory" not in llrd  # 9% of CPU RSS is below the noise floor
+    far = summarize_methods([record("full", 0.8, 0.80), record("lora", 0.8, 0.70, mem_mb=500)])
+    lora = verdicts(far)[1]
+    assert "10.0 pt below full fine-tuning" in lora and "50% less memory" in lora
+
+
+def test_majority_class_runs_did_not_learn_and_are_not_ranked():
+    recs = [record("full", 0.578, 0.578, train_s=10), record("lora", 0.578, 0.578, train_s=5),
+            record("prompt", 0.70, 0.71, train_s=50)]  # fmt: skip
+    a = analyse(recs)
+    assert [r.learned for r in a.rows] == [False, False, True]
+    assert "did not learn" in a.verdicts[0] and "not ranked" in a.verdicts[0]
+    assert a.recommendation.startswith("Recommendation: prompt:")
+    assert "only method that beat the majority-class baseline" in a.recommendation
+    assert a.floor["test_acc"].mean == pytest.approx(57.8)
+    assert "prompt" in a.verdicts[2] and "the reference" in a.verdicts[2]
+
+
+def test_recommendation_uses_validation_not_test():
+    rows = summarize_methods(
+        [
+            record("full", 0.80, 0.70, train_s=60),
+            record("lora", 0.795, 0.90, train_s=40),
+            record("prompt", 0.75, 0.99, train_s=10),
+        ]  # fmt: skip
+    )
+    text = recommendation(rows)
+    assert text.startswith("Recommendation: lora:") and "also within reach: full" in text
+    assert "prompt" not in text
+
+
+def test_tie_on_time_is_broken_by_memory_then_parameters():
+    tie = [record("full", 0.8, 0.8, train_s=60, mem_mb=1000, trainable=10_000),
+           record("lora", 0.8, 0.8, train_s=58, mem_mb=400, trainable=100)]  # fmt: skip
+    text = recommendation(summarize_methods(tie))
+    assert text.startswith("Recommendation: lora:") and "least memory" in text
+    same_mem = [record("full", 0.8, 0.8, train_s=58, mem_mb=1000, trainable=10_000),
+                record("lora", 0.8, 0.8, train_s=60, mem_mb=950, trainable=100)]  # fmt: skip
+    text = recommendation(summarize_methods(same_mem))
+    assert text.startswith("Recommendation: lora:") and "fewest trainable parameters" in text
+    assert "times and memory within noise" in text
+    clear = [record("full", 0.8, 0.8, train_s=100), record("lora", 0.8, 0.8, train_s=50)]
+    assert "fastest to train" in recommendation(summarize_methods(clear))
+
+
+def test_one_method_and_all_failed():
+    a = analyse([record("lora", 0.8, 0.8)])
+    assert a.recommendation.startswith("Recommendation: lora:")
+    assert a.verdicts == [
+        "lora: 10% of the parameters trained, test accuracy 80.0%, the reference."
+    ]
+    failed = analyse([record("full", 0, 0, status="failed"), record("lora", 0, 0, status="x")])
+    assert failed.rows == [] and failed.verdicts == []
+    assert failed.recommendation == "No recommendation: no successful runs."
+    assert failed.failed == ["full-seed0: failed: boom", "lora-seed0: failed: boom"]
+
+
+def test_seed_intervals_decide_sameness():
+    recs = [record("full", 0.80, t, seed=i) for i, t in enumerate((0.78, 0.80, 0.82))]
+    recs += [record("lora", 0.80, t, seed=i) for i, t in enumerate((0.79, 0.80, 0.81))]
+    rows = summarize_methods(recs)
+    assert rows[0].n == 3 and rows[0]["test_acc"].half == pytest.approx(
+        t95(2) * 2.0 / 3**0.5, rel=1e-6
+    )
+    assert same(rows[0]["test_acc"], rows[1]["test_acc"])
+    assert not same(Estimate(80, 1), Estimate(70, 1))

@@ -1,0 +1,67 @@
+"""The run record is defined once (results.RunRecord): it round-trips, reads the records
+written before the schema field, refuses newer schemas, and a corrupt one is skipped by
+the report with a warning that names the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import load_config
+from tunelab.errors import TunelabError
+from tunelab.report import build_report
+from tunelab.results import SCHEMA, RunRecord, Timing, load_records, read_record
+
+V1 = Path(__file__).parent / "data" / "record-v1.json"  # written by tunelab before schema 2
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    rec = RunRecord.start(tmp_path / "lora-seed3", "lora", load_config(None, ["method=lora"]))
+    rec.finish(timing=Timing.of(10.0, 1.0, 0.5, 200, 4000), test={"accuracy": 0.75}, steps=7)
+    rec.write(tmp_path / "lora-seed3")
+    back = read_record(tmp_path / "lora-seed3")
+    assert back.to_dict() == rec.to_dict()
+    on_disk = json.loads((tmp_path / "lora-seed3" / "result.json").read_text())
+    assert on_disk["schema"] == SCHEMA and "metrics" not in on_disk and "run_dir" not in on_disk
+    assert on_disk["timing"]["examples_per_s"] == 20.0 and back.timing.tokens_per_s == 400.0
+
+
+def test_schema_1_records_are_read(tmp_path):
+    shutil.copytree(V1.parent, tmp_path / "runs" / "lora-seed0", dirs_exist_ok=True)
+    (tmp_path / "runs" / "lora-seed0" / "record-v1.json").rename(
+        tmp_path / "runs" / "lora-seed0" / "result.json"
+    )
+    rec = read_record(tmp_path / "runs" / "lora-seed0")
+    assert rec.schema == SCHEMA and rec.ok and rec.method == "lora"
+    assert rec.params.trainable == 74_498 and rec.data.majority == {}
+    assert rec.test["accuracy"] == pytest.approx(0.7796, abs=1e-3)
+    html, md = build_report(tmp_path / "runs")
+    assert "lora" in md.read_text()
+
+
+def test_newer_schema_and_non_records_are_refused(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({**json.loads(V1.read_text()), "schema": 99}))
+    with pytest.raises(TunelabError, match="newer than this tunelab"):
+        read_record(tmp_path)
+    (tmp_path / "result.json").write_text("[1, 2]")
+    with pytest.raises(TunelabError, match="not a run record"):
+        read_record(tmp_path)
+
+
+def test_corrupt_record_is_skipped_with_a_warning(tmp_path, capsys):
+    good, bad = tmp_path / "a" / "lora-seed0", tmp_path / "a" / "full-seed0"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    shutil.copy(V1, good / "result.json")
+    (bad / "result.json").write_text(V1.read_text()[:500])  # cut short by a full disk
+    records = load_records(tmp_path / "a")
+    assert [r.name for r in records] == ["lora-seed0"]
+    err = capsys.readouterr().err
+    assert "warning: skipping" in err and str(bad / "result.json") in err
+    from tunelab.cli import main
+
+    assert main(["report", str(tmp_path / "a")]) == 0
+    assert "full-seed0" in capsys.readouterr().err
