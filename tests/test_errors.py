@@ -3,17 +3,37 @@ half-written result.json."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides, toy_rows, write_csv
 
+from tunelab.cli import main
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+
+@dataclass
+class Result:
+    returncode: int
+    stderr: str
+
+
+def cli(*args: str) -> Result:
+    """The CLI in this process (fast): its exit code and stderr. An exception escaping
+    ``main`` fails the test, so 'no traceback' holds too; ``real_cli`` checks it end to end."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(list(args))
+    return Result(rc, err.getvalue())
+
+
+def real_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "tunelab", *args],
@@ -121,7 +141,7 @@ def test_unknown_method_in_compare(tmp_path):
 )
 def test_refused_before_anything_is_loaded_or_written(extra, needle, tmp_path):
     # a model that does not exist: the refusal must come before any loading
-    proc = cli("run", "model.name=/nonexistent", f"out_dir={tmp_path / 'runs'}", *extra)
+    proc = real_cli("run", "model.name=/nonexistent", f"out_dir={tmp_path / 'runs'}", *extra)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "runs").exists()
 

@@ -150,4 +150,5 @@ def test_methods_command_lists_every_method_with_defaults(capsys):
     out = capsys.readouterr().out
     for name in METHODS:
         assert f"\n{name}" in "\n" + out
-    assert "r=8" in out and "alpha=16" in out and "num_virtual_tokens=10" in out
+    assert "method.r = 8" in out and "method.alpha = 16" in out
+    assert "method.num_virtual_tokens = 10" in out
