@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from tunelab.results import read_record
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 METHODS = ["full", "llrd", "freeze", "lora", "prompt"]
@@ -79,15 +81,15 @@ def tunelab_run(method: str, n: int, out: Path, precision: str) -> dict:
             "--overwrite",
         ]
     )
-    rec = json.loads((out / f"{method}-seed0" / "result.json").read_text())
+    rec = read_record(out / f"{method}-seed0")
     return {
-        "examples_per_s": rec["timing"]["examples_per_s"],
-        "tokens_per_s": rec["timing"]["tokens_per_s"],
-        "train_s": rec["timing"]["train_s"],
-        "test_accuracy": rec["test"]["accuracy"],
-        "lr": rec["lr"],
+        "examples_per_s": rec.timing.examples_per_s,
+        "tokens_per_s": rec.timing.tokens_per_s,
+        "train_s": rec.timing.train_s,
+        "test_accuracy": rec.test["accuracy"],
+        "lr": rec.lr,
         "wall_s": wall,
-        "flops_per_token": rec["flops_per_token"]["total"],
+        "flops_per_token": rec.flops_per_token.total,
     }
 
 

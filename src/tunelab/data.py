@@ -13,6 +13,7 @@ import csv
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -272,7 +273,7 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
+    @cached_property
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
