@@ -20,8 +20,10 @@ from tunelab.report.analysis import (
 from tunelab.results import DataInfo, Memory, Params, RunRecord, Timing
 
 N_VAL = N_TEST = 1000
-MAJORITY = {"validation": {"accuracy": 0.578, "macro_f1": 0.366},
-            "test": {"accuracy": 0.578, "macro_f1": 0.366}}  # fmt: skip
+MAJORITY = {
+    "validation": {"accuracy": 0.578, "macro_f1": 0.366},
+    "test": {"accuracy": 0.578, "macro_f1": 0.366},
+}
 
 
 def record(method, val, test, train_s=60.0, mem_mb=1000.0, trainable=1000, seed=0, status="ok"):
@@ -63,8 +65,11 @@ def test_half_a_point_on_one_seed_is_the_same():
 
 
 def test_majority_class_runs_did_not_learn_and_are_not_ranked():
-    recs = [record("full", 0.578, 0.578, train_s=10), record("lora", 0.578, 0.578, train_s=5),
-            record("prompt", 0.70, 0.71, train_s=50)]  # fmt: skip
+    recs = [
+        record("full", 0.578, 0.578, train_s=10),
+        record("lora", 0.578, 0.578, train_s=5),
+        record("prompt", 0.70, 0.71, train_s=50),
+    ]
     a = analyse(recs)
     assert [r.learned for r in a.rows] == [False, False, True]
     assert "did not learn" in a.verdicts[0] and "not ranked" in a.verdicts[0]
@@ -80,7 +85,7 @@ def test_recommendation_uses_validation_not_test():
             record("full", 0.80, 0.70, train_s=60),
             record("lora", 0.795, 0.90, train_s=40),
             record("prompt", 0.75, 0.99, train_s=10),
-        ]  # fmt: skip
+        ]
     )
     text = recommendation(rows)
     assert text.startswith("Recommendation: lora:") and "also within reach: full" in text
@@ -88,12 +93,16 @@ def test_recommendation_uses_validation_not_test():
 
 
 def test_tie_on_time_is_broken_by_memory_then_parameters():
-    tie = [record("full", 0.8, 0.8, train_s=60, mem_mb=1000, trainable=10_000),
-           record("lora", 0.8, 0.8, train_s=58, mem_mb=400, trainable=100)]  # fmt: skip
+    tie = [
+        record("full", 0.8, 0.8, train_s=60, mem_mb=1000, trainable=10_000),
+        record("lora", 0.8, 0.8, train_s=58, mem_mb=400, trainable=100),
+    ]
     text = recommendation(summarize_methods(tie))
     assert text.startswith("Recommendation: lora:") and "least memory" in text
-    same_mem = [record("full", 0.8, 0.8, train_s=58, mem_mb=1000, trainable=10_000),
-                record("lora", 0.8, 0.8, train_s=60, mem_mb=950, trainable=100)]  # fmt: skip
+    same_mem = [
+        record("full", 0.8, 0.8, train_s=58, mem_mb=1000, trainable=10_000),
+        record("lora", 0.8, 0.8, train_s=60, mem_mb=950, trainable=100),
+    ]
     text = recommendation(summarize_methods(same_mem))
     assert text.startswith("Recommendation: lora:") and "fewest trainable parameters" in text
     assert "times and memory within noise" in text

@@ -40,6 +40,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue interrupted runs, skip done")
 
 
+def _tune_flags(p: argparse.ArgumentParser) -> None:
+    from tunelab.config import describe
+
+    p.add_argument("--space", help=f"{describe('tune.shared')} Comma-separated. [tune.shared]")
+    p.add_argument("--storage", help=f"{describe('tune.storage')} [tune.storage]")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes on this machine working on the studies"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tunelab",
@@ -53,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="full,llrd,lora,prompt", help="comma-separated")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (mean ± std)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument(
+        "--tune",
+        type=int,
+        metavar="N",
+        help="tune each method first (N trials each, see `tunelab tune`), then compare "
+        "every method at its own best configuration",
+    )
+    _tune_flags(p)
+    p = sub.add_parser("tune", help="search each method's hyperparameters (Optuna)")
+    _common(p)
+    p.add_argument("--methods", default="full,llrd,lora,prompt", help="comma-separated")
+    p.add_argument("--trials", type=int, help="trials per method, the same for every method")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _tune_flags(p)
     sub.add_parser("methods", help="list methods, their knobs and defaults")
     p = sub.add_parser("config", help="print every config key with its default and meaning")
     p = sub.add_parser("predict", help="classify texts with a finished run")
@@ -76,6 +100,15 @@ def _load(args):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    for flag, key in (
+        ("trials", "tune.trials"),
+        ("tune", "tune.trials"),
+        ("storage", "tune.storage"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if getattr(args, "space", None):
+        overrides.append(f"tune.shared=[{args.space}]")
     cfg = load_config(path, overrides)
     build_method(cfg.method)  # knobs checked before any data or model is loaded
     return cfg
@@ -121,15 +154,54 @@ def _print_run(rec) -> None:
         print(f"  {rec.name}: {rec.status.upper()}: {rec.reason}", flush=True)
 
 
+def cmd_tune(args) -> dict:
+    """Tune, print each method's best configuration, and (unless --no-report) the report."""
+    from pathlib import Path
+
+    from tunelab.compare import parse_methods
+    from tunelab.tune import check_spaces, reset, tune
+
+    cfg = _load(args)
+    methods = parse_methods(args.methods)
+    if args.workers < 1:
+        raise TunelabError(f"--workers must be at least 1, got {args.workers}")
+    check_spaces(methods, cfg.tune)
+    if args.overwrite:
+        reset(cfg, methods)
+    print(f"tuning {', '.join(methods)}: {cfg.tune.trials} trials each -> {cfg.out_dir}")
+    best = tune(cfg, methods, workers=args.workers)
+    for method, b in best.items():
+        t = b["trials"]
+        value = "-" if b["best_value"] is None else f"{100 * b['best_value']:.2f}%"
+        print(
+            f"{method}: best validation {value} with {b['best_params']} "
+            f"({t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed; "
+            f"{b['examples']:,} examples, {b['seconds']:.0f} s)"
+        )
+    if args.cmd == "tune" and not args.no_report:
+        from tunelab.report import build_report
+
+        html, _ = build_report(Path(cfg.out_dir))
+        print(f"report: {html}")
+    return best
+
+
 def cmd_compare(args) -> None:
     from pathlib import Path
 
     from tunelab.compare import compare, parse_methods, summarize
 
+    tuned = cmd_tune(args) if args.tune else None
     cfg = _load(args)
     methods = parse_methods(args.methods)
     recs = compare(
-        cfg, methods, args.seeds, overwrite=args.overwrite, resume=args.resume, on_run=_print_run
+        cfg,
+        methods,
+        args.seeds,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        on_run=_print_run,
+        tuned=tuned,
     )
     md, analysis = summarize(Path(cfg.out_dir))
     print(md)
@@ -165,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.cmd == "compare":
             cmd_compare(args)
+        elif args.cmd == "tune":
+            cmd_tune(args)
         elif args.cmd == "predict":
             from tunelab.predict import predict
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tunelab.config import RunConfig, load_config, to_dict
+from tunelab.config import RunConfig, for_method
 from tunelab.errors import RunFailed, TunelabError
 from tunelab.methods import METHODS, build_method
 from tunelab.report.analysis import Analysis, analyse
@@ -25,22 +25,23 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
-def run_configs(base: RunConfig, methods: list[str], seeds: int) -> list[RunConfig]:
+def run_configs(
+    base: RunConfig, methods: list[str], seeds: int, tuned: dict[str, dict] | None = None
+) -> list[RunConfig]:
     """One config per method and seed: everything but the method and the seed shared, so the
     budget is the same. ``train.lr`` is not forced on all methods unless the user set it (LoRA
-    and prompt tuning need far larger rates than full fine-tuning). Every method's knobs are
-    checked here, before the first run starts."""
+    and prompt tuning need far larger rates than full fine-tuning); with ``tuned``, each
+    method gets its own best parameters from ``tune``. Every method's knobs are checked
+    here, before the first run starts."""
     if seeds < 1:
         raise TunelabError(f"--seeds must be at least 1, got {seeds}")
     configs = []
     for method in methods:
+        params = (tuned or {}).get(method, {}).get("best_params", {})
         for seed in range(base.train.seed, base.train.seed + seeds):
-            sections = to_dict(base)
-            sections.pop("name")
-            if base.method_name != method:
-                sections["method"] = {"name": method}
-            cfg = load_config(None, [f"train.seed={seed}"], **sections)
-            cfg.name = f"{method}-seed{seed}"
+            cfg = for_method(
+                base, method, {**params, "train.seed": seed}, name=f"{method}-seed{seed}"
+            )
             build_method(cfg.method)
             configs.append(cfg)
     return configs
@@ -53,12 +54,17 @@ def compare(
     overwrite: bool = False,
     resume: bool = False,
     on_run: Callable[[RunRecord], None] | None = None,
+    tuned: dict[str, dict] | None = None,
 ) -> list[RunRecord]:
-    """Run every method with its own defaults for ``seeds`` seeds into ``base.out_dir``."""
+    """Run every method for ``seeds`` seeds into ``base.out_dir``: at its own defaults, or at
+    its best parameters found by ``tune`` (``tuned``: method -> tune's summary)."""
     records = []
-    for cfg in run_configs(base, methods, seeds):
+    for cfg in run_configs(base, methods, seeds, tuned):
+        tag = None
+        if tuned and cfg.method_name in tuned:
+            tag = {"trials": base.tune.trials, "params": tuned[cfg.method_name]["best_params"]}
         try:
-            rec = run(cfg, overwrite=overwrite, resume=resume)
+            rec = run(cfg, overwrite=overwrite, resume=resume, tuning=tag)
         except RunFailed as e:  # recorded on disk; the other methods still run
             run_dir = run_dir_for(cfg)
             rec = read_record(run_dir) or RunRecord.start(run_dir, cfg.method_name, cfg)

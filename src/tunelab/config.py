@@ -130,9 +130,37 @@ class TrainConfig:
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True
     """Save the adapter / model and the tokenizer in the run folder."""
+    test: bool = True
+    """Score the best validation checkpoint on the test split at the end (tuning trials do
+    not: the test split never takes part in choosing)."""
     fast_cpu: bool = True
     """On CPU: fast dropout masks and a non-trimming allocator (same math, see tunelab.fast);
     false = torch's own dropout, bit-for-bit."""
+
+
+@dataclass
+class TuneConfig:
+    trials: Annotated[int, Positive] = 12
+    """Trials per method, the same for every method (with the same per-trial step budget:
+    that is what makes a tuned comparison fair)."""
+    evals: Annotated[int, Positive] = 4
+    """Validation points per trial; the pruner decides at each whether a trial goes on."""
+    eval_examples: Annotated[int | None, Positive] = 500
+    """Validation examples scored during tuning: the first N of the validation split, the same
+    fixed subset for every trial (unset = all). The final comparison scores all of them."""
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    """Stops weak trials early: Optuna's Hyperband, median, or none."""
+    seed: int = 0
+    """Seed of the TPE sampler (one study per method)."""
+    space: dict[str, Any] = field(default_factory=dict)
+    """Per-method changes to the search space, e.g. {lora: {lr: [1e-4, 1e-2], r: 8}}: a
+    [low, high] range, a list of three or more choices, or one value that fixes the knob."""
+    shared: list[str] = field(default_factory=list)
+    """Shared knobs to search for every method too: batch_size, epochs, warmup, weight_decay."""
+    storage: str = ""
+    """Optuna storage: empty = the journal file OUT/tune.journal (an interrupted tune resumes;
+    processes on one machine share it); or an RDB URL (postgresql://..., mysql://...) shared
+    by workers on many machines."""
 
 
 @dataclass
@@ -150,6 +178,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def method_name(self) -> str:
@@ -241,8 +270,20 @@ def apply_fields(obj: Any, prefix: str, values: dict[str, Any]) -> None:
             apply_fields(current, f"{full}.", value)
         elif key == "method":
             setattr(obj, key, _merge_method(current, value))
+        elif isinstance(current, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a mapping, got {value!r}")
+            setattr(obj, key, _deep_merge(current, value))
         else:
             setattr(obj, key, coerce(full, value, hints[key]))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(out.get(k), dict) and isinstance(v, dict)
+        out[k] = _deep_merge(out[k], v) if both else v
+    return out
 
 
 def _merge_method(current: dict[str, Any], value: Any) -> dict[str, Any]:
@@ -314,6 +355,16 @@ def load_config(
     return cfg
 
 
+def for_method(base: RunConfig, method: str, params: dict[str, Any] | None = None, **top: Any):
+    """``base`` for another method (its knobs at their defaults unless base already runs that
+    method), with dotted ``params`` (e.g. {"train.lr": 3e-4, "method.r": 16}) and top-level
+    fields (name, out_dir) set."""
+    sections = {**to_dict(base), "name": "", **top}
+    if base.method_name != method:
+        sections["method"] = {"name": method}
+    return load_config(None, [f"{k}={v!r}" for k, v in (params or {}).items()], **sections)
+
+
 def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -370,4 +421,10 @@ def describe(key: str) -> str:
     return field_docs(cls).get(name, "")
 
 
-SECTIONS = {"": RunConfig, "data.": DataConfig, "model.": ModelConfig, "train.": TrainConfig}
+SECTIONS = {
+    "": RunConfig,
+    "data.": DataConfig,
+    "model.": ModelConfig,
+    "train.": TrainConfig,
+    "tune.": TuneConfig,
+}

@@ -116,6 +116,8 @@ class RunRecord:
     best_step: int = -1
     best_validation: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    """A tuning trial: {study, trial, params}; a run of a tuned configuration: {trials, params}."""
     # read back with the record, never written into result.json
     metrics: list[dict] = field(default_factory=list, repr=False, metadata={"disk": False})
     run_dir: str = field(default="", repr=False, metadata={"disk": False})

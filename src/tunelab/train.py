@@ -80,8 +80,10 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     on_validation: OnValidation | None = None,
+    tuning: dict | None = None,
 ) -> RunRecord:
-    """Train, validate, test and save one run; return its record (also in result.json)."""
+    """Train, validate, test and save one run; return its record (also in result.json).
+    ``tuning`` tags the record of a tuning trial or of a tuned configuration."""
     run_dir = results.run_dir_for(cfg)
     done = results.read_record(run_dir) if resume else None
     if done and done.ok:
@@ -90,6 +92,7 @@ def run(
     results.claim_run_dir(run_dir, overwrite, resume)
     results.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
+    record.tuning = dict(tuning or {})
     pg, best, logger = Progress(), {}, None
     try:
         s = setup(cfg, method, run_dir, record)
@@ -263,12 +266,12 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
     rec, model, main = s.record, s.acc.unwrap_model(s.model), s.acc.is_main_process
     results.load_trainable(model, best)
     test_s = 0.0
-    if outcome != "pruned":
+    if outcome != "pruned" and s.cfg.train.test:
         t0 = time.perf_counter()
         rec.test = s.evaluate(s.data.test)
         test_s = time.perf_counter() - t0
-        if s.cfg.train.save_model and main:
-            results.save_model(model, s.data.tokenizer, s.run_dir / "model")
+    if outcome != "pruned" and s.cfg.train.save_model and main:
+        results.save_model(model, s.data.tokenizer, s.run_dir / "model")
     rec.finish(
         stopped_early=outcome == "early",
         steps=pg.step,

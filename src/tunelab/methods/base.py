@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from torch import nn
 
@@ -57,6 +57,10 @@ class Method:
     name = "method"
     description = ""
     note = ""
+    # Search space for `tunelab tune`, as data: knob -> ("log", low, high) | ("float", low,
+    # high) | ("int", low, high) | ("choice", [values]). The lr is always searched
+    # log-uniformly from lr/10 to lr*10 unless a method says otherwise here.
+    space: ClassVar[dict[str, tuple]] = {}
     lr: LR = 5e-5
     """Default peak learning rate of this method (train.lr overrides it)."""
 

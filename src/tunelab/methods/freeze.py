@@ -22,6 +22,7 @@ class Freeze(Method):
     name = "freeze"
     description = "bottom layers frozen; the top k blocks, pooler and head train"
     lr: LR = 1e-4
+    space = {"k": ("choice", [1, 2, 3, 4])}
     k: Annotated[int, NonNegative] = 2
     """Number of top transformer blocks that train."""
 

@@ -23,6 +23,7 @@ class LLRD(Method):
     name = "llrd"
     description = "all parameters train; lr of layer i = lr * decay^(L+1-i), head at lr"
     lr: LR = 1e-4
+    space = {"decay": ("float", 0.6, 0.95)}
     decay: Annotated[float, Range(gt=0, le=1)] = 0.8
     """Multiplier per layer going down from the head (0 < decay <= 1)."""
 

@@ -23,6 +23,11 @@ class LoRA(Method):
     name = "lora"
     description = "low-rank adapters on attention projections (peft); head trains"
     lr: LR = 2e-3
+    space = {
+        "r": ("choice", [4, 8, 16, 32]),
+        "alpha": ("choice", [8, 16, 32]),
+        "dropout": ("float", 0.0, 0.2),
+    }
     r: Annotated[int, Positive] = 8
     """Rank of the update matrices."""
     alpha: Annotated[int, Positive] = 16

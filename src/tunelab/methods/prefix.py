@@ -37,6 +37,7 @@ class Prefix(Method):
         "is refused with that reason. Use it on a model whose forward takes past_key_values."
     )
     lr: LR = 1e-2
+    space = {"num_virtual_tokens": ("choice", [10, 20, 30])}
     num_virtual_tokens: Annotated[int, Positive] = 20
     """Number of prefix positions per layer."""
 

@@ -22,6 +22,7 @@ class Prompt(Method):
     name = "prompt"
     description = "trainable virtual tokens prepended to the input (peft); backbone frozen"
     lr: LR = 0.1
+    space = {"num_virtual_tokens": ("choice", [5, 10, 20]), "init": ("choice", ["random", "text"])}
     num_virtual_tokens: Annotated[int, Positive] = 10
     """Number of trainable soft-prompt tokens."""
     init: Literal["random", "text"] = "random"

@@ -372,11 +372,58 @@ def failed_lines(records: list[RunRecord]) -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------- tuning
+
+
+def is_trial(rec: RunRecord) -> bool:
+    return bool(rec.tuning.get("study"))
+
+
+def tuning_points(trials: list[RunRecord]) -> dict[str, list[dict]]:
+    """Per method, its trials in order: lr, best validation accuracy reached, status, and
+    the training examples spent up to and including that trial."""
+    out: dict[str, list[dict]] = {}
+    for rec in sorted(trials, key=lambda r: (r.tuning["study"], r.tuning["trial"])):
+        points = out.setdefault(rec.tuning["study"], [])
+        spent = (points[-1]["examples"] if points else 0) + rec.timing.train_examples_seen
+        val = rec.best_validation.get("accuracy")
+        points.append(
+            {
+                "trial": rec.tuning["trial"],
+                "lr": rec.lr,
+                "status": rec.status,
+                "val": None if val is None else 100 * val,
+                "examples": spent,
+            }
+        )
+    return out
+
+
+def best_so_far(points: list[dict]) -> list[tuple[int, float]]:
+    """(examples spent, best validation accuracy so far) after each finished trial."""
+    series, best = [], None
+    for p in points:
+        if p["val"] is not None and p["status"] == "ok":
+            best = p["val"] if best is None else max(best, p["val"])
+        if best is not None:
+            series.append((p["examples"], best))
+    return series
+
+
+def tuned_caption(runs: list[RunRecord]) -> str:
+    """'tuned (12 trials each)' when the compared runs come from tuned configurations."""
+    trials = {r.tuning.get("trials") for r in runs if r.tuning.get("trials")}
+    return f"tuned ({', '.join(str(t) for t in sorted(trials))} trials each)" if trials else ""
+
+
 @dataclass
 class Analysis:
     """Everything the report says, computed once from the records."""
 
     rows: list[Row]
+    caption: str
+    tuning: dict  # tuning.json as tune wrote it ({} when nothing was tuned)
+    points: dict[str, list[dict]]  # tuning trials per method (tuning_points)
     floor: dict[str, Estimate] | None
     verdicts: list[str]
     recommendation: str
@@ -388,11 +435,17 @@ class Analysis:
         return [f"{name}: from step {steps[0]}" for name, steps in self.flags.items() if steps]
 
 
-def analyse(records: list[RunRecord]) -> Analysis:
+def analyse(records: list[RunRecord], tuning: dict | None = None) -> Analysis:
+    """The comparison of the runs, and the tuning of the trials (records tagged by tune)."""
+    trials = [r for r in records if is_trial(r)]
+    records = [r for r in records if not is_trial(r)]
     rows = summarize_methods(records)
     floor = majority(records)
     return Analysis(
         rows=rows,
+        caption=tuned_caption(records),
+        tuning=tuning or {},
+        points=tuning_points(trials),
         floor=floor,
         verdicts=verdicts(rows, floor),
         recommendation=recommendation(rows),

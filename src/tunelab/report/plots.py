@@ -5,7 +5,14 @@ from __future__ import annotations
 import io
 import statistics
 
-from tunelab.report.analysis import Row, eval_points, gap_series, pareto_front, train_points
+from tunelab.report.analysis import (
+    Row,
+    best_so_far,
+    eval_points,
+    gap_series,
+    pareto_front,
+    train_points,
+)
 from tunelab.results import RunRecord
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -119,3 +126,38 @@ def gap_plot(runs: list[RunRecord], methods: list[str], flags: dict[str, list[in
                 ax.axvline(step, color=color, linestyle=":", alpha=0.7)
     ax.axhline(0, color="#999", linewidth=0.8)
     return _finish(fig, ax, "optimizer step", "train − validation accuracy (pt)")
+
+
+def lr_plot(points: dict[str, list[dict]]) -> str:
+    """Validation accuracy against learning rate per tuning trial; pruned trials hollow."""
+    fig, ax = _figure()
+    for i, (method, pts) in enumerate(points.items()):
+        color = COLORS[i % len(COLORS)]
+        for status, face in (("ok", color), ("pruned", "none")):
+            sel = [p for p in pts if p["status"] == status and p["val"] is not None]
+            label = method if status == "ok" else None
+            ax.scatter(
+                [p["lr"] for p in sel],
+                [p["val"] for p in sel],
+                facecolors=face,
+                edgecolors=color,
+                label=label,
+            )
+    ax.set_xscale("log")
+    return _finish(fig, ax, "learning rate (log)", "validation accuracy % (tuning subset)")
+
+
+def progress_plot(points: dict[str, list[dict]]) -> str:
+    """Best validation accuracy so far against the training examples spent on trials."""
+    fig, ax = _figure()
+    for i, (method, pts) in enumerate(points.items()):
+        series = best_so_far(pts)
+        ax.step(
+            [x for x, _ in series],
+            [y for _, y in series],
+            where="post",
+            marker=".",
+            color=COLORS[i % len(COLORS)],
+            label=method,
+        )
+    return _finish(fig, ax, "training examples spent on trials", "best validation accuracy %")

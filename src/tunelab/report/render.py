@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -101,6 +103,8 @@ def csv_table(a: Analysis) -> str:
 
 def markdown(title: str, a: Analysis) -> str:
     lines = [f"# Fine-tuning comparison: {title}", ""]
+    if a.caption:
+        lines += [f"Each method {a.caption}: see Tuning below.", ""]
     if a.rows:
         lines += [markdown_table(a), "", LEGEND, "", a.recommendation, "", "## Verdicts", ""]
         lines += [f"- {v}" for v in a.verdicts]
@@ -108,6 +112,18 @@ def markdown(title: str, a: Analysis) -> str:
         lines += ["", "## Failed or stopped runs", ""] + [f"- {f}" for f in a.failed]
     lines += ["", "## Overfitting signal", ""]
     lines += [f"- {f}" for f in a.flagged] or ["- none detected"]
+    if a.tuning:
+        lines += ["", "## Tuning", "", tuning_text(a.tuning), ""]
+        lines += [
+            "| method | trials (complete / pruned / failed) | best validation % | best "
+            "configuration | examples | seconds | importances |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['trials']} | {r['value']} | {r['best']} | {r['examples']}"
+            f" | {r['seconds']} | {r['importances']} |"
+            for r in tuning_rows(a.tuning)
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +186,67 @@ def figures(records: list[RunRecord], a: Analysis) -> dict:
         for fid, x, y, ylabel, train, caption in CURVES
     ]
     gap = _figure("overfit-gap", plots.gap_plot(ok, methods, a.flags), GAP_CAPTION)
-    return {"pareto": pareto, "curves": curves, "overfit_plot": gap}
+    tuning = []
+    if a.points:
+        tuning = [
+            _figure(
+                "tune-lr",
+                plots.lr_plot(a.points),
+                "Validation accuracy (tuning subset) "
+                "against learning rate, one point per trial; hollow: pruned.",
+            ),
+            _figure(
+                "tune-progress",
+                plots.progress_plot(a.points),
+                "Best validation accuracy so far against the training examples spent on trials.",
+            ),
+        ]
+    return {"pareto": pareto, "curves": curves, "overfit_plot": gap, "tuning_plots": tuning}
+
+
+def tuning_text(t: dict) -> str:
+    return (
+        f"Every method had the same budget: {t['trials_per_method']} trials, each with the same "
+        f"step budget and {t['evals']} validations on the first {t.get('eval_examples') or 'all'}"
+        f" validation examples (a fixed subset). Optuna's TPE sampler (seeded) chose the "
+        f"configurations and the {t.get('pruner', 'hyperband')} pruner stopped weak trials. "
+        "The test split was never scored during tuning; the comparison reruns each method's "
+        "best configuration on the full validation split and scores it on test once."
+    )
+
+
+def tuning_rows(t: dict) -> list[dict]:
+    rows = []
+    for method, m in t.get("methods", {}).items():
+        space = "; ".join(f"{k.split('.')[-1]}: {_domain(v)}" for k, v in m["space"].items())
+        best = ", ".join(f"{k.split('.')[-1]}={_num(v)}" for k, v in m["best_params"].items())
+        imp = ", ".join(f"{k.split('.')[-1]} {v:.2f}" for k, v in m["importances"].items())
+        value = "-" if m["best_value"] is None else f"{100 * m['best_value']:.2f}"
+        n = m["trials"]
+        rows.append(
+            {
+                "method": method,
+                "space": space,
+                "best": best,
+                "value": value,
+                "trials": f"{n['complete']} / {n['pruned']} / {n['fail']}",
+                "examples": f"{m['examples']:,}",
+                "seconds": f"{m['seconds']:.0f}",
+                "importances": imp or "-",
+            }
+        )
+    return rows
+
+
+def _domain(d: list) -> str:
+    kind, *args = d
+    if kind in ("choice", "fixed"):
+        return f"{kind} {args[0]}"
+    return f"{kind} [{_num(args[0])}, {_num(args[1])}]"
+
+
+def _num(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
@@ -205,6 +281,9 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         stamp=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         n_runs=len(records),
         table=table(a),
+        caption=a.caption,
+        tuning_text=tuning_text(a.tuning) if a.tuning else "",
+        tuning_rows=tuning_rows(a.tuning) if a.tuning else [],
         legend=LEGEND,
         recommendation=a.recommendation,
         verdicts=a.verdicts,
@@ -212,8 +291,20 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         flagged=a.flagged,
         setup=setup_items(records),
         configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
-        **(figures(records, a) if a.rows else {}),
+        **figures(records, a),
     )
+
+
+def read_tuning(root: Path) -> dict:
+    """tuning.json written by `tunelab tune` ({} if none; a corrupt one is skipped, said)."""
+    path = Path(root) / "tuning.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        print(f"tunelab: warning: skipping {path}: {e}", file=sys.stderr)
+        return {}
 
 
 def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
@@ -225,7 +316,7 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
             f"no run records (result.json) under {str(root)!r}; run "
             f"`tunelab compare --out {root}` first"
         )
-    a = analyse(records)
+    a = analyse(records, read_tuning(root))
     out = Path(output) if output else root / "report.html"
     write_text(out, render_html(root, records, a))
     md = out.with_suffix(".md")

@@ -1,0 +1,434 @@
+"""Hyperparameter search: one Optuna study per method, the same trial budget and the same
+per-trial step budget for every method, so a tuned comparison is a fair one.
+
+Every trial is a normal run (``OUT/trials/<method>/<n>``) that validates ``tune.evals`` times on
+a fixed validation subset and never scores the test split; the pruner (Hyperband by default)
+stops weak trials through ``train.run``'s ``on_validation`` seam. Studies live in an Optuna
+journal file (``OUT/tune.journal``) unless ``tune.storage`` names an RDB URL: running the same
+command again resumes, and several processes (``--workers``) share the studies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, TuneConfig, for_method, load_config, to_dict
+from tunelab.errors import ConfigError, RunFailed
+from tunelab.methods import METHODS, build_method
+from tunelab.results import RunRecord, load_records, write_json
+from tunelab.train import run
+
+SHARED = {  # shared knobs a user can switch on with tune.shared / --space
+    "batch_size": ("choice", [16, 32, 64]),
+    "epochs": ("choice", [1, 2, 3]),
+    "warmup": ("float", 0.0, 0.2),
+    "weight_decay": ("float", 0.0, 0.1),
+}
+JOURNAL = "tune.journal"
+SUMMARY = "tuning.json"
+
+
+# ---------------------------------------------------------------- search spaces
+
+
+def search_space(method: str, tc: TuneConfig) -> dict[str, tuple]:
+    """Dotted config key -> domain for one method: its lr from default/10 to default*10, the
+    knobs its module declares, the shared knobs switched on, then the user's changes."""
+    cls = METHODS[method]
+    lr = cls().lr
+    space: dict[str, tuple] = {"train.lr": ("log", lr / 10, lr * 10)}
+    space.update({f"method.{k}": v for k, v in cls.space.items()})
+    for name in tc.shared:
+        if name not in SHARED:
+            raise ConfigError(
+                f"tune.shared: unknown knob {name!r}; choose from {', '.join(SHARED)}"
+            )
+        space[f"train.{name}"] = SHARED[name]
+    for key, value in (tc.space.get(method) or {}).items():
+        dotted = _dotted(method, key)
+        space[dotted] = _domain(f"tune.space.{method}.{key}", value, space.get(dotted))
+        for probe in _probes(space[dotted]):  # each end of a range must be a valid value
+            build_method(load_config(None, [f"method={method}", f"{dotted}={probe!r}"]).method)
+    return space
+
+
+def check_spaces(methods: list[str], tc: TuneConfig) -> dict[str, dict[str, tuple]]:
+    """Every method's space, validated before anything is loaded."""
+    unknown = set(tc.space) - set(METHODS)
+    if unknown:
+        raise ConfigError(
+            f"tune.space: unknown method {sorted(unknown)[0]!r}; choose from {', '.join(METHODS)}"
+        )
+    return {m: search_space(m, tc) for m in methods}
+
+
+def _dotted(method: str, key: str) -> str:
+    knobs = {f.name for f in dataclasses.fields(METHODS[method])}
+    if key in ("lr", "train.lr"):
+        return "train.lr"
+    if key in knobs or key.removeprefix("method.") in knobs:
+        return f"method.{key.removeprefix('method.')}"
+    if key.removeprefix("train.") in SHARED:
+        return f"train.{key.removeprefix('train.')}"
+    allowed = ", ".join(["lr", *sorted(knobs - {"lr"}), *SHARED])
+    raise ConfigError(f"tune.space.{method}: unknown knob {key!r}; allowed: {allowed}")
+
+
+def _domain(key: str, value: Any, current: tuple | None) -> tuple:
+    """A user's [low, high] range, list of choices, or fixed value, checked."""
+    if not isinstance(value, list):
+        return ("fixed", _number(value))
+    if not value:
+        raise ConfigError(f"{key} is an empty list; give [low, high], choices, or one value")
+    value = [_number(v) for v in value]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if len(value) != 2 or not numeric:
+        return ("choice", list(value))
+    low, high = value
+    if low >= high:
+        raise ConfigError(f"{key}: the range [{low}, {high}] is empty; low must be below high")
+    kind = current[0] if current and current[0] in ("log", "float", "int") else "float"
+    if kind == "int" and not all(isinstance(v, int) for v in value):
+        kind = "float"
+    if kind == "log" and low <= 0:
+        raise ConfigError(f"{key}: a log-uniform range needs low > 0, got {low}")
+    return (kind, low, high)
+
+
+def _number(v: Any) -> Any:
+    """'1e-4' is a string to YAML 1.1; a number here."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _probes(domain: tuple) -> list:
+    if domain[0] == "fixed":
+        return [domain[1]]
+    return list(domain[1]) if domain[0] == "choice" else [domain[1], domain[2]]
+
+
+def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
+    """One point of the space, drawn by the trial's sampler (fixed knobs just set)."""
+    params = {}
+    for key, (kind, *args) in space.items():
+        if kind == "fixed":
+            params[key] = args[0]
+        elif kind == "choice":
+            params[key] = trial.suggest_categorical(key, args[0])
+        elif kind == "int":
+            params[key] = trial.suggest_int(key, args[0], args[1])
+        else:
+            params[key] = trial.suggest_float(key, args[0], args[1], log=kind == "log")
+    return params
+
+
+def trial_config(base: RunConfig, method: str, params: dict, number: int) -> RunConfig:
+    """A trial's run: OUT/trials/<method>/<n>, ``tune.evals`` validations on the fixed
+    validation subset, no test score, no saved model."""
+    tc = base.tune
+    out = Path(base.out_dir) / "trials" / method
+    cfg = for_method(base, method, params, name=str(number), out_dir=str(out))
+    cfg.train.test = cfg.train.save_model = False
+    if tc.eval_examples:
+        cfg.data.max_eval_examples = min(cfg.data.max_eval_examples or math.inf, tc.eval_examples)
+    if cfg.train.max_steps:
+        cfg.train.eval_every = math.ceil(cfg.train.max_steps / tc.evals)
+    else:
+        cfg.train.eval_every = 0
+        cfg.train.evals_per_epoch = max(1, math.ceil(tc.evals / cfg.train.epochs))
+    return cfg
+
+
+# ---------------------------------------------------------------- studies
+
+
+class Reporter:
+    """``on_validation`` for a trial: report each validation to Optuna, stop when pruned."""
+
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric, self.evals = trial, metric, 0
+
+    def __call__(self, step: int, metrics: dict) -> bool:
+        self.evals += 1
+        self.trial.report(metrics[self.metric], self.evals)
+        return not self.trial.should_prune()
+
+
+def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable:
+    import optuna
+
+    def run_trial(trial) -> float:
+        params = suggest(trial, space)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        cfg = trial_config(base, method, params, trial.number)
+        tag = {"study": method, "trial": trial.number, "params": params}
+        try:
+            rec = run(
+                cfg, overwrite=True, on_validation=Reporter(trial, cfg.train.metric), tuning=tag
+            )
+        except RunFailed as e:  # a failed trial counts (an interrupted one does not)
+            trial.set_user_attr("failed", str(e))
+            raise
+        if rec.status == "pruned":
+            raise optuna.TrialPruned()
+        return rec.best_validation[cfg.train.metric]
+
+    return run_trial
+
+
+def storage_for(base: RunConfig):
+    """The study storage: tune.storage (an RDB URL) or the journal file in the output folder."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    if base.tune.storage:
+        return base.tune.storage
+    path = Path(base.out_dir) / JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a lock left by a killed process is released after 10 s (optuna issue #5921)
+    lock = JournalFileSymlinkLock(str(path), grace_period=10)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def open_study(base: RunConfig, method: str, storage, worker: int = 0):
+    import optuna
+
+    tc = base.tune
+    pruner = {
+        "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tc.evals),
+        "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "none": optuna.pruners.NopPruner(),
+    }[tc.pruner]
+    study = optuna.create_study(
+        storage=storage, study_name=method, direction="maximize", pruner=pruner, load_if_exists=True
+    )
+    # seeded, but never the same stream twice: a resumed study or a second worker would
+    # otherwise propose the very configurations already tried
+    seed = tc.seed + 1000 * worker + len(study.trials)
+    startup = max(4, tc.trials // 3)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    same_setup(study, base)
+    fail_dead_trials(study)
+    return study
+
+
+def fingerprint(base: RunConfig) -> str:
+    """The config a study belongs to (all but the trial count and the storage)."""
+    d = to_dict(base)
+    d["tune"] = {k: v for k, v in d["tune"].items() if k not in ("trials", "storage")}
+    d.pop("name")
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def same_setup(study, base: RunConfig) -> None:
+    """Refuse to mix trials of different setups in one study."""
+    fp = fingerprint(base)
+    old = study.user_attrs.get("config")
+    if old is None:
+        study.set_user_attr("config", fp)
+    elif old != fp:
+        raise ConfigError(
+            f"the study {study.study_name!r} in {base.tune.storage or base.out_dir} was run with "
+            f"another config; pass --overwrite to start it again or pick another --out"
+        )
+
+
+def reset(base: RunConfig, methods: list[str]) -> None:
+    """Forget earlier studies of these methods and their trial folders (--overwrite)."""
+    import shutil
+
+    import optuna
+
+    storage = storage_for(base)
+    for method in methods:
+        try:
+            optuna.delete_study(study_name=method, storage=storage)
+        except KeyError:
+            pass
+        shutil.rmtree(Path(base.out_dir) / "trials" / method, ignore_errors=True)
+
+
+def fail_dead_trials(study) -> None:
+    """Trials left RUNNING by a process of this machine that no longer exists (killed): mark
+    them failed, so the study counts them and moves on."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get("worker", "")
+        if who.startswith(f"{host}:") and not _alive(int(who.split(":")[1])):
+            study.tell(t.number, state=TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def finished(study) -> int:
+    """Trials that count towards the budget: complete, pruned, or failed for a reason of their
+    own (a trial cut by Ctrl-C or a kill is redone)."""
+    return sum(
+        t.state.name in ("COMPLETE", "PRUNED") or "failed" in t.user_attrs
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def optimize(base: RunConfig, methods: list[str], worker: int = 0) -> None:
+    """Work on each method's study until it holds ``tune.trials`` finished trials (several
+    processes may do this at once on one storage)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours (TrialProgress)
+    spaces = check_spaces(methods, base.tune)
+    storage = storage_for(base)
+    studies = {m: open_study(base, m, storage, worker) for m in methods}
+    total = len(methods) * base.tune.trials
+    on_trial = TrialProgress(total, sum(map(finished, studies.values())))
+    for method, study in studies.items():
+        run_trial = objective(base, method, spaces[method])
+        while finished(study) < base.tune.trials:  # one at a time: other workers add theirs
+            study.optimize(run_trial, n_trials=1, catch=(RunFailed,), callbacks=[on_trial])
+    on_trial.bar.close()
+
+
+def _worker(base: RunConfig, methods: list[str], worker: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    optimize(base, methods, worker)
+
+
+def tune(base: RunConfig, methods: list[str], workers: int = 1) -> dict[str, dict]:
+    """Tune every method (``workers`` processes on this machine), write OUT/tuning.json, and
+    return each method's best parameters and value."""
+    import multiprocessing
+
+    check_spaces(methods, base.tune)  # refuse a bad space before any process starts
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(base, methods, i, threads)) for i in range(1, workers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        if workers > 1:
+            _worker(base, methods, 0, threads)
+        else:
+            optimize(base, methods)
+    finally:
+        for p in procs:
+            p.join()
+    return summarize(base, methods)
+
+
+class TrialProgress:
+    """One line per finished trial (method, number, parameters, validation accuracy, state,
+    seconds) and, on a terminal, an overall progress bar."""
+
+    def __init__(self, total: int, done: int):
+        from tqdm.auto import tqdm
+
+        self.write = tqdm.write
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            desc="trials",
+            unit="trial",
+            disable=not sys.stderr.isatty(),
+        )
+
+    def __call__(self, study, trial) -> None:
+        self.bar.update(1)
+        self.write(trial_line(study.study_name, trial))
+
+
+def trial_line(method: str, trial) -> str:
+    value = f"{trial.value:.4f}" if trial.value is not None else "-"
+    last = max(trial.intermediate_values.values(), default=None)
+    if trial.value is None and last is not None:
+        value = f"{last:.4f} (last validation)"
+    params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.params.items())
+    secs = trial.duration.total_seconds() if trial.duration else 0.0
+    state = trial.state.name.lower()
+    return f"  {method} trial {trial.number}: {params} -> val {value} [{state}, {secs:.0f}s]"
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------- summary on disk
+
+
+def summarize(base: RunConfig, methods: list[str]) -> dict[str, dict]:
+    """Per method: search space, trial counts, best parameters and value, compute spent,
+    hyperparameter importances (Optuna's). Written to OUT/tuning.json for the report."""
+    import optuna
+
+    storage = storage_for(base)
+    spaces = check_spaces(methods, base.tune)
+    trials = [r for r in load_records(Path(base.out_dir) / "trials") if r.tuning.get("study")]
+    out = {}
+    for method in methods:
+        study = optuna.load_study(study_name=method, storage=storage)
+        mine = [r for r in trials if r.tuning["study"] == method]
+        out[method] = summary_of(study, spaces[method], mine)
+    write_json(
+        Path(base.out_dir) / SUMMARY,
+        {
+            "trials_per_method": base.tune.trials,
+            "evals": base.tune.evals,
+            "eval_examples": base.tune.eval_examples,
+            "methods": out,
+        },
+    )
+    return out
+
+
+def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> dict:
+    import optuna
+
+    states = [t.state.name for t in study.trials]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value, default=None)
+    try:
+        importances = dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError):  # too few complete trials, or nothing varied
+        importances = {}
+    return {
+        "space": {k: list(v) for k, v in space.items()},
+        "trials": {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
+        "best_params": {
+            **{k: v[1] for k, v in space.items() if v[0] == "fixed"},
+            **(best.params if best else {}),
+        },
+        "best_value": best.value if best else None,
+        "best_trial": best.number if best else None,
+        "examples": sum(r.timing.train_examples_seen for r in records),
+        "seconds": sum(r.timing.train_s + r.timing.eval_s for r in records),
+        "importances": importances,
+    }
+
+
+def tuned_configs(base: RunConfig, best: dict[str, dict]) -> dict[str, RunConfig]:
+    """Each method's base config with its best parameters (for the final comparison)."""
+    return {m: for_method(base, m, b["best_params"]) for m, b in best.items()}
