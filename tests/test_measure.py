@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_bert_config
 from transformers import AutoModelForSequenceClassification
 
+from tunelab.config import load_config
 from tunelab.measure import count_params, evaluate, flops_per_token
 from tunelab.methods import build_method
 
@@ -59,7 +60,7 @@ def test_evaluate_scores_predictions_against_labels():
     from tunelab.tasks import build_task
 
     model = tiny_one_layer()
-    task = build_task("classification", ["neg", "pos"])
+    task = build_task(load_config(), ["neg", "pos"])
     ids = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 2]] * 5
     enc = Encoded(ids, None, [0, 1, 1] * 5)
     out = evaluate(model, task, enc, 4, 0, torch.device("cpu"))

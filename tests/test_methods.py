@@ -44,7 +44,7 @@ def expected_trainable(name: str, model) -> int:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **{"method.name": name}))
-    data = prepare_data(cfg, lambda labels: build_task(cfg.task, labels))
+    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
     torch.manual_seed(0)
     model = load_model(tiny_model, data.splits.label_names)
     method = build_method(cfg.method)
@@ -87,7 +87,7 @@ def test_method_learns_saves_and_reloads(name, tiny_model, toy_csv, tmp_path):
     assert rec.status == "ok" and rec.saved_bytes > 0
     # the saved adapter / model reproduces the recorded test metrics exactly
     model, _ = load_run_model(tmp_path / f"{name}-seed0")
-    data = prepare_data(cfg, lambda labels: build_task(cfg.task, labels))
+    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
     again = evaluate(model, data.task, data.test, 64, 0, torch.device("cpu"))
     assert again["accuracy"] == pytest.approx(rec.test["accuracy"], abs=1e-9)
     assert again["macro_f1"] == pytest.approx(rec.test["macro_f1"], abs=1e-9)

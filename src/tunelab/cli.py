@@ -53,7 +53,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tunelab",
-        description="Run, measure and compare fine-tuning methods on transformer classifiers.",
+        description="Run, measure and compare fine-tuning methods on transformer models.",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="train one method, write a run folder")
@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify texts with a finished run")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="+")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=0,
+        help="causal-LM runs: also generate this many tokens after each prompt (greedy)",
+    )
+    p = sub.add_parser("export", help="a plain HF model folder from a run (adapters merged)")
+    p.add_argument("run_dir")
+    p.add_argument("out")
     p = sub.add_parser("report", help="build report.html + report.md from run records")
     p.add_argument("runs_dir")
     p.add_argument("-o", "--output", help="HTML path (default RUNS_DIR/report.html)")
@@ -91,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args):
     from tunelab.config import load_config
     from tunelab.methods import build_method
+    from tunelab.tasks import check_task
 
     overrides = list(args.overrides)
     path = args.config
@@ -111,6 +121,7 @@ def _load(args):
         overrides.append(f"tune.shared=[{args.space}]")
     cfg = load_config(path, overrides)
     build_method(cfg.method)  # knobs checked before any data or model is loaded
+    check_task(cfg)
     return cfg
 
 
@@ -217,7 +228,13 @@ def cmd_compare(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may come before or after the flags (argparse alone stops at a flag)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any("=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.cmd == "methods":
@@ -242,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "predict":
             from tunelab.predict import predict
 
-            for row in predict(args.run_dir, args.texts):
+            for row in predict(args.run_dir, args.texts, args.max_new_tokens):
                 print(json.dumps(row))
+        elif args.cmd == "export":
+            from tunelab.predict import export
+
+            print(f"exported: {export(args.run_dir, args.out)}")
         elif args.cmd == "report":
             from pathlib import Path
 

@@ -83,6 +83,11 @@ class DataConfig:
     """Share of the data held out for test when the dataset has no test split."""
     split_seed: int = 0
     """Seed of the stratified split; fixed so test data never moves into training."""
+    template: str = "Review: {text}\nSentiment:"
+    """task=causal-lm: the prompt each example becomes; {text} (and {text_pair}) are filled in
+    and the label word is the answer the model learns to continue with."""
+    label_words: list[str] | None = None
+    """task=causal-lm: one word per label, in label order (unset = the label names)."""
 
 
 @dataclass
@@ -171,8 +176,10 @@ class RunConfig:
     """Folder that holds run folders."""
     tracker: str = "tensorboard"
     """accelerate tracker for metrics: tensorboard, wandb, mlflow, ... or none."""
-    task: Literal["classification"] = "classification"
-    """What the model learns: a classification head on the text (tunelab.tasks)."""
+    task: Literal["classification", "causal-lm"] = "classification"
+    """What the model learns: classification (a head on the text) or causal-lm (the model's
+    own LM head continues data.template with the label word; scored by label-word
+    log-likelihood, the way lm-eval-harness scores multiple choice)."""
     method: dict[str, Any] = field(default_factory=lambda: {"name": "full"})
     """Fine-tuning method and its knobs, e.g. {name: lora, r: 16} (see `tunelab methods`)."""
     data: DataConfig = field(default_factory=DataConfig)

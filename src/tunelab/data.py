@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -357,7 +358,7 @@ _CACHE: dict[tuple, Prepared] = {}
 def prepare_data(cfg: RunConfig, make_task) -> Prepared:
     """Load, split and encode the data for ``cfg`` (cached per data config, model and task
     within the process). ``make_task(label_names)`` builds the task that encodes it."""
-    key = (tuple(sorted(vars(cfg.data).items())), cfg.model.name, cfg.task)
+    key = (json.dumps(vars(cfg.data), sort_keys=True), cfg.model.name, cfg.task)
     if key not in _CACHE:
         splits = load_splits(cfg.data)
         tok = load_tokenizer(cfg.model.name)
@@ -370,8 +371,9 @@ def prepare_data(cfg: RunConfig, make_task) -> Prepared:
     return _CACHE[key]
 
 
-def data_info(data: Prepared) -> DataInfo:
-    """Sizes and labels of the splits, and the majority-class floor on validation and test."""
+def data_info(data: Prepared, zero_shot: dict | None = None) -> DataInfo:
+    """Sizes and labels of the splits, and the floors a run must beat on validation and test:
+    the majority class, and (for a decoder) the untrained model's zero-shot metrics."""
     train_labels, task = data.train.labels, data.task
     return DataInfo(
         dataset=data.splits.source,
@@ -383,4 +385,5 @@ def data_info(data: Prepared) -> DataInfo:
             "validation": task.baseline(train_labels, data.validation.labels),
             "test": task.baseline(train_labels, data.test.labels),
         },
+        zero_shot=zero_shot or {},
     )

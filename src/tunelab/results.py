@@ -86,6 +86,9 @@ class DataInfo:
     majority: dict[str, dict[str, float]] = field(default_factory=dict)
     """Metrics of always predicting the training set's most frequent label, per split
     ("validation", "test"): the floor a run must beat to count as having learned."""
+    zero_shot: dict[str, dict[str, float]] = field(default_factory=dict)
+    """A decoder's metrics before any training (label-word scoring), per split: the
+    baseline every decoder method must beat."""
 
 
 @dataclass

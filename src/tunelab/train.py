@@ -10,6 +10,7 @@ a task (``tunelab.tasks``) for losses and metrics, and sends metrics out through
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from tunelab.methods import Method, build_method, knobs
 from tunelab.models import load_model
 from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
 from tunelab.results import STATE, RunRecord
-from tunelab.tasks import build_task
+from tunelab.tasks import build_task, check_task
 
 OnValidation = Callable[[int, dict], bool | None]
 """Called after each validation with (step, validation metrics); False stops the run, which
@@ -89,6 +90,7 @@ def run(
     if done and done.ok:
         return done
     method = build_method(cfg.method)  # bad method names/knobs fail before touching disk
+    check_task(cfg)
     results.claim_run_dir(run_dir, overwrite, resume)
     results.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
@@ -127,9 +129,11 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     if fast_paths:
         fast.tune_allocator()
     set_seed(tc.seed)  # before the head, adapters and prompts are initialised
-    data = prepare_data(cfg, lambda labels: build_task(cfg.task, labels))
+    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
     rss_before_model = measure.settled_rss()
-    model = load_model(cfg.model.name, data.splits.label_names, data.tokenizer.pad_token_id)
+    pad_id = data.tokenizer.pad_token_id
+    model = load_model(cfg.model.name, data.splits.label_names, pad_id, data.task.lm_head)
+    record.data = data_info(data, zero_shot(cfg, data, model, acc.device))
     try:
         model = method.prepare(model)
     except TunelabError as e:
@@ -138,7 +142,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.fast_cpu = fast.install(model) if fast_paths else {}
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
-    record.data, record.env = data_info(data), measure.environment(acc.device)
+    record.env = measure.environment(acc.device)
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)
@@ -208,7 +212,7 @@ def train_step(s: Session, micro: list[list[int]], win: Window) -> None:
         with contextlib.nullcontext() if sync else s.acc.no_sync(s.model):
             loss, preds = task.forward(s.model, batch)
             s.acc.backward(loss / tc.grad_accum)
-        win.add(loss, preds, batch["labels"], sum(s.data.train.lengths[i] for i in idx))
+        win.add(loss, preds, task.targets(batch), sum(s.data.train.lengths[i] for i in idx))
     if tc.grad_clip > 0:
         # foreach: one fused norm over all gradients (torch's CPU default loops per tensor,
         # ~5% of a MiniLM step); grads are already reduced, so this is right under DDP too
@@ -258,6 +262,25 @@ def validate(
     if on_validation and on_validation(pg.step, val) is False:
         return "pruned"
     return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
+
+
+_ZERO_SHOT: dict[tuple, dict] = {}
+
+
+def zero_shot(cfg: RunConfig, data: Prepared, model, device) -> dict:
+    """The untrained model's metrics on validation and test, for tasks where that is a
+    baseline (a decoder scoring label words); once per model and data within the process."""
+    if not data.task.zero_shot:
+        return {}
+    key = (cfg.model.name, cfg.task, json.dumps(vars(cfg.data), sort_keys=True))
+    if key not in _ZERO_SHOT:
+        model.to(device)
+        bs, pad = cfg.train.eval_batch_size, data.tokenizer.pad_token_id
+        _ZERO_SHOT[key] = {
+            split: evaluate(model, data.task, getattr(data, split), bs, pad, device)
+            for split in ("validation", "test")
+        }
+    return _ZERO_SHOT[key]
 
 
 def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:

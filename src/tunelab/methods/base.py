@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar
 from torch import nn
 
 from tunelab.config import Positive
+from tunelab.models import is_causal_lm
 
 _HEAD_NAMES = ("classifier", "score", "pre_classifier")
 
@@ -36,6 +37,13 @@ def adamw_groups(
         {"params": plain, "lr": lr, "weight_decay": 0.0, **extra},
     ]
     return [g for g in groups if g["params"]]
+
+
+def peft_task(model: nn.Module):
+    """peft's task type for the model: CAUSAL_LM for a language-model head, else SEQ_CLS."""
+    from peft import TaskType
+
+    return TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS
 
 
 def set_trainable(model: nn.Module, keep) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from tunelab.errors import TunelabError
 from tunelab.methods.base import LR, Method, is_head, set_trainable
 
 
@@ -19,5 +20,10 @@ class BitFit(Method):
     lr: LR = 1e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        if not any(n.endswith(".bias") for n, _ in model.named_parameters()):
+            raise TunelabError(
+                f"bitfit trains only bias terms and {type(model).__name__} has none (Llama-style "
+                f"models drop them); use lora, ia3 or prompt instead"
+            )
         set_trainable(model, lambda name: name.endswith(".bias") or is_head(name))
         return model

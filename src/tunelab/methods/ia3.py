@@ -7,10 +7,10 @@ Default lr 3e-3: the paper's setting for (IA)^3 with Adafactor/AdamW.
 
 from dataclasses import dataclass
 
-from peft import IA3Config, TaskType, get_peft_model
+from peft import IA3Config, get_peft_model
 from torch import nn
 
-from tunelab.methods.base import LR, Method
+from tunelab.methods.base import LR, Method, peft_task
 
 
 @dataclass
@@ -20,4 +20,4 @@ class IA3(Method):
     lr: LR = 3e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return get_peft_model(model, IA3Config(task_type=TaskType.SEQ_CLS))
+        return get_peft_model(model, IA3Config(task_type=peft_task(model)))

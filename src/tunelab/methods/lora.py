@@ -10,12 +10,12 @@ accuracy; 4,000 snippets, 2e-3 -> 78.0%), so the default is 2e-3. The head train
 from dataclasses import dataclass
 from typing import Annotated
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, get_peft_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
 from torch import nn
 
 from tunelab.config import Positive, Range
-from tunelab.methods.base import LR, Method
+from tunelab.methods.base import LR, Method, peft_task
 
 
 @dataclass
@@ -41,7 +41,7 @@ class LoRA(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         targets = self.target_modules or TARGETS.get(model.config.model_type, "all-linear")
         cfg = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=peft_task(model),
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,

@@ -10,12 +10,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Annotated
 
-from peft import PrefixTuningConfig, TaskType, get_peft_model
+from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 from tunelab.config import Positive
 from tunelab.errors import TunelabError
-from tunelab.methods.base import LR, Method
+from tunelab.methods.base import LR, Method, peft_task
 
 
 def accepts_past_key_values(model: nn.Module) -> bool:
@@ -51,6 +51,6 @@ class Prefix(Method):
                 f"(peft cannot inject prefixes). Use method prompt or lora instead."
             )
         cfg = PrefixTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+            task_type=peft_task(model), num_virtual_tokens=self.num_virtual_tokens
         )
         return get_peft_model(model, cfg)

@@ -10,11 +10,11 @@ test accuracy, 0.1 -> 68.2%. Soft prompts need many steps; small backbones gain 
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
 from tunelab.config import Positive
-from tunelab.methods.base import LR, Method
+from tunelab.methods.base import LR, Method, peft_task
 
 
 @dataclass
@@ -39,6 +39,6 @@ class Prompt(Method):
                 tokenizer_name_or_path=model.config._name_or_path,
             )
         cfg = PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens, **kwargs
+            task_type=peft_task(model), num_virtual_tokens=self.num_virtual_tokens, **kwargs
         )
         return get_peft_model(model, cfg)

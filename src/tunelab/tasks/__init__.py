@@ -3,6 +3,7 @@
 - ``encode(split, tokenizer, max_length) -> Encoded``: tokenize a split once;
 - ``collate(data, idx, pad_id) -> batch``: tensors of one batch;
 - ``forward(model, batch) -> (mean loss, predictions)``: one pass, for training and evaluation;
+- ``targets(batch) -> labels``: what the predictions are compared with;
 - ``metrics(predictions, labels) -> dict``: quality of a split (``accuracy`` and the rest);
 - ``baseline(train_labels, labels) -> dict``: the same metrics for a model that learned
   nothing (the floor a run must beat).
@@ -13,10 +14,23 @@ A new task (a causal-LM objective next to classification) is one module here and
 
 from __future__ import annotations
 
+from tunelab.config import RunConfig
+from tunelab.tasks.causal_lm import CausalLM
 from tunelab.tasks.classification import Classification
 
-TASKS = {"classification": Classification}
+TASKS = {"classification": Classification, "causal-lm": CausalLM}
 
 
-def build_task(name: str, label_names: list[str]):
-    return TASKS[name](label_names)
+def build_task(cfg: RunConfig, label_names: list[str]):
+    """The task of a run config, for a dataset with these labels."""
+    if cfg.task == "causal-lm":
+        return CausalLM(label_names, cfg.data.template, cfg.data.label_words)
+    return TASKS[cfg.task](label_names)
+
+
+def check_task(cfg: RunConfig) -> None:
+    """Refuse a task setting that cannot work, before anything is loaded."""
+    if cfg.task == "causal-lm":
+        CausalLM(
+            ["_"] * len(cfg.data.label_words or ["_"]), cfg.data.template, cfg.data.label_words
+        )

@@ -13,12 +13,17 @@ from tunelab import data as D
 @dataclass
 class Classification:
     label_names: list[str]
+    lm_head = False  # a fresh classification head on the backbone
+    zero_shot = False  # an untrained head is chance: the majority class is the floor
 
     def encode(self, split: D.Split, tokenizer, max_length: int) -> D.Encoded:
         return D.encode(split, tokenizer, max_length)
 
     def collate(self, data: D.Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         return D.collate(data, idx, pad_id)
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"]
 
     def forward(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy of the batch (the model's head computes it from ``labels``) and

@@ -1,0 +1,131 @@
+"""task=causal-lm on a tiny random Llama: answer-only loss, label-word scoring, every method
+on a decoder (or a one-line refusal), predict, export to a plain transformers folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_overrides
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunelab.config import load_config
+from tunelab.data import Split, prepare_data
+from tunelab.errors import ConfigError
+from tunelab.models import load_model
+from tunelab.tasks import build_task
+from tunelab.tasks.causal_lm import CausalLM
+from tunelab.train import run
+
+WORDS = "data.label_words=[bad, good]"
+
+
+def llama_cfg(tiny_llama, toy_csv, out, *extra, **over):
+    base = {"task": "causal-lm", "train.lr": 3e-3, "train.epochs": 1, **over}
+    return load_config(None, [*tiny_overrides(tiny_llama, toy_csv, out, **base), WORDS, *extra])
+
+
+def test_answer_only_loss_and_label_word_scoring(tiny_llama, toy_csv, tmp_path):
+    cfg = llama_cfg(tiny_llama, toy_csv, tmp_path)
+    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    task, enc = data.task, data.train
+    assert task.label_words == ["bad", "good"] and all(len(w) == 1 for w in task.word_ids)
+    i = 0
+    answer = enc.input_ids[i][enc.prompt_lengths[i] :]
+    assert answer == task.word_ids[enc.labels[i]]  # the prompt ends where the answer starts
+    batch = task.collate(enc, [0, 1, 2, 3], data.tokenizer.pad_token_id)
+    assert (batch["labels"] != -100).sum() == 4  # one answer token per example, nothing else
+    torch.manual_seed(0)
+    model = load_model(tiny_llama, data.splits.label_names, lm_head=True).eval()
+    loss, preds = task.forward(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    pos = batch["prompt_len"] - 1
+    gold = torch.tensor([task.word_ids[y][0] for y in batch["targets"]])
+    manual = torch.nn.functional.cross_entropy(logits[torch.arange(4), pos], gold)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    assert torch.equal(preds, task.score(model, batch).argmax(-1))  # fast path = full scoring
+
+
+def test_multi_token_words_are_length_normalised(tiny_llama):
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    task = CausalLM(["neg", "pos"], "Text: {text}\nVerdict:", ["utterly dreadful", "good"])
+    enc = task.encode(Split(["a film", "another film"], None, [0, 1]), tok, 64)
+    assert len(task.word_ids[0]) > 1
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    batch = task.collate(enc, [0, 1], tok.pad_token_id)
+    scores = task.score(model, batch)
+    row = enc.input_ids[0][: enc.prompt_lengths[0]] + task.word_ids[0]
+    logp = model(input_ids=torch.tensor([row])).logits.log_softmax(-1)[0]
+    start = enc.prompt_lengths[0]
+    expected = sum(logp[start + j - 1, t] for j, t in enumerate(task.word_ids[0])) / len(
+        task.word_ids[0]
+    )
+    assert scores[0, 0].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "template, words, message",
+    [
+        ("Review: {txt}\nSentiment:", None, "data.template must contain {text}"),
+        ("{text} ->", ["bad"], "data.label_words has 1 words for 2 labels"),
+    ],
+)
+def test_bad_task_settings_are_refused(template, words, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        CausalLM(["neg", "pos"], template, words)
+
+
+def test_label_words_that_tokenize_to_nothing_are_refused(tiny_llama):
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    with pytest.raises(ConfigError, match="tokenizes to nothing"):
+        CausalLM(["neg", "pos"], "{text}", ["  ", "good"]).tokenize_words(tok)
+    with pytest.raises(ConfigError, match="tokenize the same"):
+        CausalLM(["neg", "pos"], "{text}", ["good", " good"]).tokenize_words(tok)
+
+
+@pytest.mark.parametrize("method", ["full", "llrd", "freeze", "lora", "prompt", "ia3"])
+def test_every_method_trains_on_a_decoder(method, tiny_llama, toy_csv, tmp_path):
+    lr = {"prompt": 0.1, "ia3": 3e-2}.get(method, 3e-3)  # scaling vectors, soft prompts: larger
+    rec = run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method, "train.lr": lr}))
+    assert rec.ok and rec.test and rec.data.zero_shot["validation"]["accuracy"] >= 0
+    losses = [r["train_loss"] for r in rec.metrics or _rows(tmp_path / f"{method}-seed0")]
+    assert losses[-1] < losses[0]
+
+
+def _rows(run_dir):
+    from tunelab.results import read_metrics
+
+    return [r for r in read_metrics(run_dir) if "train_loss" in r]
+
+
+@pytest.mark.parametrize("method, reason", [("bitfit", "has none"), ("prefix", "past_key_values")])
+def test_methods_that_cannot_work_on_llama_say_why(method, reason, tiny_llama, toy_csv, tmp_path):
+    from tunelab.errors import RunFailed
+
+    with pytest.raises(RunFailed, match=reason):
+        run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method}))
+
+
+def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys):
+    from tunelab.cli import main
+    from tunelab.predict import load_run_model, predict
+
+    cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": "lora", "train.lr": 1e-2})
+    run(cfg)
+    run_dir = tmp_path / "lora-seed0"
+    rows = predict(run_dir, ["the film was great", "dull plot"], max_new_tokens=3)
+    assert [r["label"] for r in rows] == [
+        ["neg", "pos"][int(r["words"]["good"] > r["words"]["bad"])] for r in rows
+    ]
+    assert all(sum(r["words"].values()) == pytest.approx(1) and "generated" in r for r in rows)
+    assert main(["export", str(run_dir), str(tmp_path / "plain")]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()  # no peft
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    peft_model, tok = load_run_model(run_dir)
+    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    batch = data.task.collate(data.test, list(range(16)), tok.pad_token_id)
+    with torch.no_grad():
+        a, b = data.task.score(peft_model, batch), data.task.score(plain, batch)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert main(["export", str(run_dir), str(tmp_path / "plain")]) == 2  # not empty: refused
+    assert "is not empty" in capsys.readouterr().err
