@@ -131,3 +131,31 @@ def test_seed_intervals_decide_sameness():
     )
     assert same(rows[0]["test_acc"], rows[1]["test_acc"])
     assert not same(Estimate(80, 1), Estimate(70, 1))
+
+
+def test_encoder_and_decoder_runs_share_a_page_and_zero_shot_is_a_floor():
+    enc = record("lora", 0.80, 0.80)
+    dec = record("lora", 0.75, 0.74)
+    dec.config = {**dec.config, "task": "causal-lm", "model": {"name": "smollm2"}}
+    dec.best_validation["loss"] = 0.5
+    dec.data.zero_shot = {
+        "validation": {"accuracy": 0.70, "loss": 2.0},
+        "test": {"accuracy": 0.70, "macro_f1": 0.7},
+    }
+    weak = record("prompt", 0.705, 0.70)
+    weak.config = dec.config
+    weak.best_validation["loss"] = 0.9
+    weak.data.zero_shot = dec.data.zero_shot
+    a = analyse([enc, dec, weak])
+    names = [r.method for r in a.rows]
+    assert names == [
+        "lora · minilm · classification",
+        "lora · smollm2 · causal-lm",
+        "prompt · smollm2 · causal-lm",
+    ]
+    assert list(a.baselines) == ["majority class", "zero-shot smollm2"]
+    # the decoder prompt run beats the majority class but not its model's zero-shot score
+    assert [r.learned for r in a.rows] == [True, True, False]
+    assert "val_ppl" in a.rows[1].values and a.rows[1]["val_ppl"].mean == pytest.approx(
+        1.6487, 1e-3
+    )

@@ -135,6 +135,9 @@ class TrainConfig:
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True
     """Save the adapter / model and the tokenizer in the run folder."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward instead of keeping them: less memory for a longer
+    step (for large models or long texts)."""
     test: bool = True
     """Score the best validation checkpoint on the test split at the end (tuning trials do
     not: the test split never takes part in choosing)."""

@@ -4,6 +4,7 @@ and the evaluation of a split."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -70,6 +71,25 @@ def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) 
     model.train(was_training)
     metrics = task.metrics(torch.cat(preds).cpu(), torch.cat(labels).cpu())
     return {"loss": loss_sum / len(enc), **metrics}
+
+
+_ZERO_SHOT: dict[tuple, dict] = {}
+
+
+def zero_shot(cfg, data, model, device) -> dict:
+    """The untrained model's metrics on validation and test, for tasks where that is a
+    baseline (a decoder scoring label words); once per model and data within the process."""
+    if not data.task.zero_shot:
+        return {}
+    key = (cfg.model.name, cfg.task, json.dumps(vars(cfg.data), sort_keys=True))
+    if key not in _ZERO_SHOT:
+        model.to(device)
+        bs, pad = cfg.train.eval_batch_size, data.tokenizer.pad_token_id
+        _ZERO_SHOT[key] = {
+            split: evaluate(model, data.task, getattr(data, split), bs, pad, device)
+            for split in ("validation", "test")
+        }
+    return _ZERO_SHOT[key]
 
 
 def settled_rss() -> int:

@@ -10,7 +10,6 @@ a task (``tunelab.tasks``) for losses and metrics, and sends metrics out through
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,11 +132,13 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     rss_before_model = measure.settled_rss()
     pad_id = data.tokenizer.pad_token_id
     model = load_model(cfg.model.name, data.splits.label_names, pad_id, data.task.lm_head)
-    record.data = data_info(data, zero_shot(cfg, data, model, acc.device))
+    record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device))
     try:
         model = method.prepare(model)
     except TunelabError as e:
         raise RunFailed(str(e)) from None
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lr = tc.lr if tc.lr is not None else method.lr
     record.fast_cpu = fast.install(model) if fast_paths else {}
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
@@ -262,25 +263,6 @@ def validate(
     if on_validation and on_validation(pg.step, val) is False:
         return "pruned"
     return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
-
-
-_ZERO_SHOT: dict[tuple, dict] = {}
-
-
-def zero_shot(cfg: RunConfig, data: Prepared, model, device) -> dict:
-    """The untrained model's metrics on validation and test, for tasks where that is a
-    baseline (a decoder scoring label words); once per model and data within the process."""
-    if not data.task.zero_shot:
-        return {}
-    key = (cfg.model.name, cfg.task, json.dumps(vars(cfg.data), sort_keys=True))
-    if key not in _ZERO_SHOT:
-        model.to(device)
-        bs, pad = cfg.train.eval_batch_size, data.tokenizer.pad_token_id
-        _ZERO_SHOT[key] = {
-            split: evaluate(model, data.task, getattr(data, split), bs, pad, device)
-            for split in ("validation", "test")
-        }
-    return _ZERO_SHOT[key]
 
 
 def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:

@@ -40,6 +40,8 @@ class LoRA(Method):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         targets = self.target_modules or TARGETS.get(model.config.model_type, "all-linear")
+        if targets == ["all-linear"]:
+            targets = "all-linear"  # peft's keyword, not a module name
         cfg = LoraConfig(
             task_type=peft_task(model),
             r=self.r,

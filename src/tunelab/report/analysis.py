@@ -52,7 +52,32 @@ COLUMNS = [
     Column("test_acc", "test accuracy %", lambda r: 100 * r.test["accuracy"], "max", 2, "test"),
     Column("test_f1", "test macro-F1 %", lambda r: 100 * r.test["macro_f1"], "max", 2),
 ]
-BY_KEY = {c.key: c for c in COLUMNS}
+# a causal-LM run also shows its answer-token loss and perplexity on validation
+LM_COLUMNS = [
+    Column("val_loss", "val loss", lambda r: r.best_validation["loss"], "min", 3),
+    Column("val_ppl", "val perplexity", lambda r: math.exp(r.best_validation["loss"]), "min", 2),
+]
+BY_KEY = {c.key: c for c in COLUMNS + LM_COLUMNS}
+
+
+def columns_for(records: list[RunRecord]) -> list[Column]:
+    causal = any(r.config.get("task") == "causal-lm" for r in records)
+    return COLUMNS + LM_COLUMNS if causal else COLUMNS
+
+
+def row_label(records: list[RunRecord]) -> Callable[[RunRecord], str]:
+    """How runs group into rows: by method; by method, model and task when the records mix
+    models or tasks (an encoder classifier and a decoder LM on one page)."""
+    kinds = {(r.config.get("model", {}).get("name"), r.config.get("task")) for r in records}
+    if len(kinds) <= 1:
+        return lambda r: r.method
+
+    def label(r: RunRecord) -> str:
+        model = str(r.config.get("model", {}).get("name", "?")).rstrip("/").split("/")[-1]
+        return f"{r.method} · {model} · {r.config.get('task', 'classification')}"
+
+    return label
+
 
 # Relative differences below these are noise, not findings (measured on this project's 2-core
 # machine: CPU RSS of identical tensors differed by 9% between methods; step times drift up to
@@ -121,32 +146,66 @@ def estimate(col: Column, runs: list[RunRecord]) -> Estimate:
 
 def summarize_methods(records: list[RunRecord]) -> list[Row]:
     """Per method (in first-seen order): its successful runs summarised per column, and
-    whether it learned anything (validation above the majority-class floor)."""
+    whether it learned anything (validation above the highest baseline)."""
     floor = majority(records)
+    label, columns = row_label(records), columns_for(records)
     rows = []
-    for method in dict.fromkeys(r.method for r in records):
-        ok = [r for r in records if r.method == method and r.ok]
+    for name in dict.fromkeys(label(r) for r in records):
+        ok = [r for r in records if label(r) == name and r.ok]
         if ok:
-            values = {c.key: estimate(c, ok) for c in COLUMNS}
-            row = Row(method, len(ok), values, runs=ok)
-            row.learned = learned(row, floor)
+            causal = ok[0].config.get("task") == "causal-lm"
+            values = {c.key: estimate(c, ok) for c in columns if causal or c not in LM_COLUMNS}
+            row = Row(name, len(ok), values, runs=ok)
+            row.learned = learned(row, floor_for(ok, floor))
             rows.append(row)
     return rows
 
 
-def majority(records: list[RunRecord]) -> dict[str, Estimate] | None:
-    """The majority-class baseline (validation / test accuracy and test macro-F1, in %) with
-    its binomial intervals, from the first record that carries it."""
-    rec = next((r for r in records if r.ok and r.data.majority), None)
-    if rec is None:
+def baseline(rec: RunRecord, kind: str) -> dict[str, Estimate] | None:
+    """A baseline of a record's data ("majority" or "zero_shot"): validation / test accuracy
+    and test macro-F1 in %, accuracies with their binomial intervals."""
+    m, d = getattr(rec.data, kind), rec.data
+    if not m:
         return None
-    m, d = rec.data.majority, rec.data
     val, test = 100 * m["validation"]["accuracy"], 100 * m["test"]["accuracy"]
-    return {
+    out = {
         "val_acc": Estimate(val, binomial_half(val, d.validation)),
         "test_acc": Estimate(test, binomial_half(test, d.test)),
         "test_f1": Estimate(100 * m["test"]["macro_f1"]),
     }
+    if "loss" in m["validation"]:  # a model's own answer loss (zero-shot)
+        out["val_loss"] = Estimate(m["validation"]["loss"])
+        out["val_ppl"] = Estimate(math.exp(m["validation"]["loss"]))
+    return out
+
+
+def baselines(records: list[RunRecord]) -> dict[str, dict[str, Estimate]]:
+    """The rows a method must beat: the majority class, and each decoder's untrained
+    (zero-shot) label-word accuracy, from the first record that carries each."""
+    out = {}
+    ok = [r for r in records if r.ok]
+    first = next((r for r in ok if r.data.majority), None)
+    if first:
+        out["majority class"] = baseline(first, "majority")
+    for r in ok:
+        model = str(r.config.get("model", {}).get("name", "?")).rstrip("/").split("/")[-1]
+        name = f"zero-shot {model}"
+        if r.data.zero_shot and name not in out:
+            out[name] = baseline(r, "zero_shot")
+    return out
+
+
+def majority(records: list[RunRecord]) -> dict[str, Estimate] | None:
+    """The majority-class baseline of the records' data (None if no record carries it)."""
+    return baselines(records).get("majority class")
+
+
+def floor_for(runs: list[RunRecord], majority_floor: dict[str, Estimate] | None):
+    """The highest baseline these runs must beat on validation: the majority class, or their
+    own model's zero-shot score when that is higher."""
+    zero = baseline(runs[0], "zero_shot") if runs[0].data.zero_shot else None
+    cands = [f for f in (majority_floor, zero) if f]
+    return max(cands, key=lambda f: f["val_acc"].mean, default=None)
 
 
 def learned(row: Row, floor: dict[str, Estimate] | None) -> bool:
@@ -188,8 +247,8 @@ def ranked(rows: list[Row]) -> list[Row]:
 def best_of(rows: list[Row]) -> dict[str, float]:
     """Best mean per column among the rows that learned."""
     best = {}
-    for col in COLUMNS:
-        vals = [r[col.key].mean for r in ranked(rows)]
+    for col in COLUMNS + LM_COLUMNS:
+        vals = [r[col.key].mean for r in ranked(rows) if col.key in r.values]
         if vals:
             best[col.key] = max(vals) if col.better == "max" else min(vals)
     return best
@@ -210,10 +269,12 @@ def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[
     for r in rows:
         head = f"{r.method}: {r['trainable_pct'].mean:.3g}% of the parameters trained"
         if not r.learned:
-            base = f" (majority class: {floor['val_acc'].mean:.1f}%)" if floor else ""
+            f = floor_for(r.runs, floor)
+            base = f" ({f['val_acc'].mean:.1f}%)" if f else ""
             lines.append(
                 f"{head}; did not learn: validation accuracy {r['val_acc'].mean:.1f}% is not "
-                f"above the majority-class baseline{base}; not ranked."
+                f"above its baseline{base} (the majority class, or the untrained model's "
+                f"zero-shot score); not ranked."
             )
             continue
         parts = [f"test accuracy {r['test_acc'].mean:.1f}%"]
@@ -421,6 +482,8 @@ class Analysis:
     """Everything the report says, computed once from the records."""
 
     rows: list[Row]
+    columns: list[Column]
+    baselines: dict[str, dict[str, Estimate]]
     caption: str
     tuning: dict  # tuning.json as tune wrote it ({} when nothing was tuned)
     points: dict[str, list[dict]]  # tuning trials per method (tuning_points)
@@ -443,6 +506,8 @@ def analyse(records: list[RunRecord], tuning: dict | None = None) -> Analysis:
     floor = majority(records)
     return Analysis(
         rows=rows,
+        columns=columns_for(records),
+        baselines=baselines(records),
         caption=tuned_caption(records),
         tuning=tuning or {},
         points=tuning_points(trials),

@@ -15,7 +15,7 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.report import plots
-from tunelab.report.analysis import COLUMNS, Analysis, Estimate, Row, analyse, best_of
+from tunelab.report.analysis import Analysis, Estimate, Row, analyse, best_of
 from tunelab.results import RunRecord, load_records, write_text
 
 LEGEND = (
@@ -33,9 +33,12 @@ def fmt(est: Estimate, digits: int) -> str:
     return f"{est.mean:,.{digits}f}" + (f" ± {est.half:,.{digits}f}" if est.half else "")
 
 
-def _cells(row: Row, best: dict[str, float], mark: bool) -> list[dict]:
+def _cells(row: Row, best: dict[str, float], mark: bool, columns) -> list[dict]:
     out = []
-    for col in COLUMNS:
+    for col in columns:
+        if col.key not in row.values:  # e.g. perplexity of a classifier head
+            out.append({"key": col.key, "value": "", "text": "", "best": False})
+            continue
         est = row[col.key]
         is_best = mark and row.learned and est.mean == best.get(col.key)
         out.append(
@@ -44,12 +47,10 @@ def _cells(row: Row, best: dict[str, float], mark: bool) -> list[dict]:
     return out
 
 
-def _baseline_cells(floor: dict[str, Estimate] | None) -> list[dict]:
-    if not floor:
-        return []
+def _baseline_cells(floor: dict[str, Estimate], columns) -> list[dict]:
     return [
         {"key": c.key, "text": fmt(floor[c.key], c.digits) if c.key in floor else ""}
-        for c in COLUMNS
+        for c in columns
     ]
 
 
@@ -58,11 +59,17 @@ def table(a: Analysis) -> dict:
     best = best_of(a.rows)
     mark = sum(r.learned for r in a.rows) > 1
     rows = [
-        {"method": r.method, "n": r.n, "learned": r.learned, "cells": _cells(r, best, mark)}
+        {
+            "method": r.method,
+            "n": r.n,
+            "learned": r.learned,
+            "cells": _cells(r, best, mark, a.columns),
+        }
         for r in a.rows
     ]
-    header = [c.title for c in COLUMNS]
-    return {"header": header, "rows": rows, "baseline": _baseline_cells(a.floor)}
+    header = [c.title for c in a.columns]
+    bases = [{"name": k, "cells": _baseline_cells(v, a.columns)} for k, v in a.baselines.items()]
+    return {"header": header, "rows": rows, "baselines": bases}
 
 
 def markdown_table(a: Analysis) -> str:
@@ -70,34 +77,31 @@ def markdown_table(a: Analysis) -> str:
     t = table(a)
     lines = [
         "| method | runs | " + " | ".join(t["header"]) + " |",
-        "|---|---|" + "---|" * len(COLUMNS),
+        "|---|---|" + "---|" * len(a.columns),
     ]
     for r in t["rows"]:
         cells = [f"**{c['text']}**" if c["best"] else c["text"] for c in r["cells"]]
         name = r["method"] + ("" if r["learned"] else " (did not learn)")
         lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + " |")
-    if t["baseline"]:
-        lines.append("| majority class |  | " + " | ".join(c["text"] for c in t["baseline"]) + " |")
+    for b in t["baselines"]:
+        lines.append(f"| {b['name']} |  | " + " | ".join(c["text"] for c in b["cells"]) + " |")
     return "\n".join(lines)
 
 
 def csv_table(a: Analysis) -> str:
-    """The comparison as CSV: per column its mean and 95% half-width; the baseline last."""
+    """The comparison as CSV: per column its mean and 95% half-width; the baselines last."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        ["method", "runs", "learned"] + [h for c in COLUMNS for h in (c.key, c.key + "_ci95")]
-    )
+    keys = [h for c in a.columns for h in (c.key, c.key + "_ci95")]
+    w.writerow(["method", "runs", "learned", *keys])
     for r in a.rows:
-        vals = [x for c in COLUMNS for x in (r[c.key].mean, r[c.key].half)]
+        est = [r.values.get(c.key) for c in a.columns]
+        vals = [x for e in est for x in ((e.mean, e.half) if e else ("", ""))]
         w.writerow([r.method, r.n, r.learned, *vals])
-    if a.floor:
-        vals = [
-            x
-            for c in COLUMNS
-            for x in ((a.floor[c.key].mean, a.floor[c.key].half) if c.key in a.floor else ("", ""))
-        ]
-        w.writerow(["majority class", "", "", *vals])
+    for name, base in a.baselines.items():
+        est = [base.get(c.key) for c in a.columns]
+        vals = [x for e in est for x in ((e.mean, e.half) if e else ("", ""))]
+        w.writerow([name, "", "", *vals])
     return buf.getvalue()
 
 
