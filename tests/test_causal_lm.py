@@ -3,6 +3,8 @@ on a decoder (or a one-line refusal), predict, export to a plain transformers fo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import tiny_overrides
@@ -10,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.config import load_config
 from tunelab.data import Split, prepare_data
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.models import load_model
 from tunelab.tasks import build_task
 from tunelab.tasks.causal_lm import CausalLM
@@ -129,3 +131,44 @@ def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert main(["export", str(run_dir), str(tmp_path / "plain")]) == 2  # not empty: refused
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
+    """prompt + response rows: loss on the response only, validation loss / perplexity,
+    greedy generations kept at each validation, the report without accuracy columns."""
+    from tunelab.report import build_report
+
+    rows = [
+        {"prompt": f"Repeat the word {w}.", "response": f"{w} {w}"}
+        for w in ["apple", "river", "stone", "cloud", "green", "table"] * 20
+    ]
+    path = tmp_path / "inst.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    over = [
+        f"model.name={tiny_llama}",
+        f"data.dataset={path}",
+        "data.response_column=response",
+        "task=causal-lm",
+        f"out_dir={tmp_path / 'runs'}",
+        "tracker=none",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.lr=3e-3",
+        "method=full",
+    ]
+    cfg = load_config(None, over)
+    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    batch = data.task.collate(data.train, [0, 1], data.tokenizer.pad_token_id)
+    answer = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    expected = data.tokenizer(data.splits.train.pairs[0], add_special_tokens=False)["input_ids"]
+    assert answer == expected + [data.tokenizer.eos_token_id]  # the response, nothing else
+    rec = run(cfg)
+    assert rec.ok and "accuracy" not in rec.test and rec.test["perplexity"] > 1
+    assert rec.best_validation["loss"] < rec.data.zero_shot["validation"]["loss"]
+    assert len(rec.curve[-1]["samples"]) == 3 and rec.curve[-1]["samples"][0]["prompt"]
+    html, md = build_report(tmp_path / "runs")
+    text = md.read_text()
+    assert "| full | 1 |" in text and "validation loss" in text
+    assert "Generated samples" in html.read_text()
+    with pytest.raises(TunelabError, match="response column .answer. not found"):
+        prepare_data(load_config(None, [*over, "data.response_column=answer"]), lambda labels: None)

@@ -88,6 +88,12 @@ class DataConfig:
     and the label word is the answer the model learns to continue with."""
     label_words: list[str] | None = None
     """task=causal-lm: one word per label, in label order (unset = the label names)."""
+    response_column: str | None = None
+    """task=causal-lm on instruction / free-text data: the column the model learns to write
+    (set it to switch from labelled data to instruction data; loss on the response only)."""
+    prompt_column: str | None = None
+    """Instruction data: the column with the prompt (guessed: prompt, instruction; none = the
+    response is free text to model on its own)."""
 
 
 @dataclass
@@ -125,8 +131,9 @@ class TrainConfig:
     """Validate this many times per epoch when eval_every is 0."""
     patience: Annotated[int, NonNegative] = 0
     """Stop after this many validations without improvement (0 = never stop early)."""
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    """Validation metric that selects the best checkpoint."""
+    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    """Validation metric that selects the best checkpoint (loss: the lowest; instruction data
+    always selects by loss)."""
     seed: int = 0
     """Seed for initialisation, dropout and batch order."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"

@@ -172,6 +172,21 @@ def _rows_in(path: Path) -> int:
 
 
 def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
+    dd = _open(cfg)
+    train, names = _from_hf(dd["train"], cfg, None)
+    splits = {"train": train}
+    for key, aliases in (("validation", ("validation", "valid", "dev")), ("test", ("test",))):
+        for alias in aliases:
+            if alias in dd:
+                part, _ = _from_hf(dd[alias], cfg, names)
+                if len(part):  # GLUE's test split has only hidden (-1) labels
+                    splits[key] = part
+                break
+    return splits, names
+
+
+def _open(cfg: DataConfig):
+    """The dataset as a datasets.DatasetDict with a train split (local file or Hub id)."""
     import datasets
 
     path = Path(cfg.dataset)
@@ -207,16 +222,48 @@ def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
         ) from None
     if "train" not in dd:
         raise DataError(f"dataset {cfg.dataset!r} has no train split (splits: {', '.join(dd)})")
-    train, names = _from_hf(dd["train"], cfg, None)
-    splits = {"train": train}
-    for key, aliases in (("validation", ("validation", "valid", "dev")), ("test", ("test",))):
-        for alias in aliases:
-            if alias in dd:
-                part, _ = _from_hf(dd[alias], cfg, names)
-                if len(part):  # GLUE's test split has only hidden (-1) labels
-                    splits[key] = part
-                break
-    return splits, names
+    return dd
+
+
+def load_instructions(cfg: DataConfig) -> Splits:
+    """Instruction / free-text data for task=causal-lm: a response column (what the model
+    learns to write) and optionally a prompt column; rows with an empty response are dropped.
+    Missing validation / test splits are carved from train, seeded."""
+    dd = _open(cfg)
+    cols = list(dd["train"].column_names)
+    resp = _pick(cols, cfg.response_column, (), "response", "data.response_column")
+    prompt = _pick(
+        cols,
+        cfg.prompt_column,
+        ("prompt", "instruction"),
+        "prompt",
+        "data.prompt_column",
+        required=False,
+    )
+
+    def rows(ds) -> Split:
+        r = [str(x or "") for x in ds[resp]]
+        p = [str(x or "") for x in ds[prompt]] if prompt else [""] * len(r)
+        keep = [i for i, x in enumerate(r) if x.strip()]
+        return Split([p[i] for i in keep], [r[i] for i in keep], [0] * len(keep))
+
+    found = {k: rows(dd[k]) for k in ("train", "validation", "test") if k in dd}
+    train = found["train"]
+    if len(train) == 0:
+        raise DataError(f"dataset {cfg.dataset!r} has no rows with a non-empty {resp!r}")
+    rng = random.Random(cfg.split_seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    n_val = 0 if "validation" in found else max(1, round(len(order) * cfg.val_fraction))
+    n_test = 0 if "test" in found else max(1, round(len(order) * cfg.test_fraction))
+    found.setdefault("validation", _take(train, order[:n_val]))
+    found.setdefault("test", _take(train, order[n_val : n_val + n_test]))
+    train = _take(train, order[n_val + n_test :]).head(cfg.max_train_examples)
+    val = found["validation"].head(cfg.max_eval_examples)
+    test = found["test"].head(cfg.max_eval_examples)
+    if not len(train) or not len(val) or not len(test):
+        raise DataError(f"dataset {cfg.dataset!r} is too small to split into train/validation/test")
+    return Splits(train, val, test, [], cfg.dataset)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -225,6 +272,8 @@ def load_splits(cfg: DataConfig) -> Splits:
     Missing splits are carved from train, stratified and seeded; a missing test split takes
     the dataset's validation split (so labelled data never used for selection tests the model).
     """
+    if cfg.response_column:
+        return load_instructions(cfg)
     if cfg.dataset == "rotten-tomatoes":
         rows, names = _rotten_tomatoes()
         found = {"train": rows}
@@ -384,6 +433,8 @@ def data_info(data: Prepared, zero_shot: dict | None = None) -> DataInfo:
         majority={
             "validation": task.baseline(train_labels, data.validation.labels),
             "test": task.baseline(train_labels, data.test.labels),
-        },
+        }
+        if data.splits.label_names
+        else {},
         zero_shot=zero_shot or {},
     )

@@ -53,8 +53,10 @@ class TrackerLogger:
     def log(self, step: int, values: dict[str, float]) -> None:
         self.acc.log({f"train/{k}": v for k, v in values.items()}, step=step)
 
-    def log_validation(self, step: int, values: dict[str, float]) -> None:
+    def log_validation(self, step: int, values: dict) -> None:
         scores = {f"val/{k[4:]}": v for k, v in values.items() if k.startswith("val_")}
+        for i, s in enumerate(values.get("samples", [])):  # TensorBoard text
+            scores[f"samples/{i}"] = f"**{s['prompt']}**\n\n{s['response']}"
         self.acc.log(scores, step=step)
 
     def close(self) -> None:

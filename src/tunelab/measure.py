@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -70,7 +71,10 @@ def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) 
         labels.append(task.targets(batch))
     model.train(was_training)
     metrics = task.metrics(torch.cat(preds).cpu(), torch.cat(labels).cpu())
-    return {"loss": loss_sum / len(enc), **metrics}
+    loss = loss_sum / len(enc)
+    if not getattr(task, "has_accuracy", True):  # a language model's own quality
+        metrics["perplexity"] = math.exp(min(loss, 50.0))
+    return {"loss": loss, **metrics}
 
 
 _ZERO_SHOT: dict[tuple, dict] = {}
@@ -90,6 +94,13 @@ def zero_shot(cfg, data, model, device) -> dict:
             for split in ("validation", "test")
         }
     return _ZERO_SHOT[key]
+
+
+def improved(val: dict, best: dict, metric: str) -> bool:
+    """Whether a validation beats the best so far (a loss by being lower)."""
+    if not best:
+        return True
+    return val[metric] < best[metric] if metric == "loss" else val[metric] > best[metric]
 
 
 def settled_rss() -> int:
@@ -211,7 +222,8 @@ class Window:
     and the NaN flag stay on the device and are read only at logging steps: reading them every
     step would force a host sync and stall the pipeline."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, accuracy: bool = True):
+        self.accuracy = accuracy  # False: the task has no hits to count (instruction data)
         self.loss = torch.zeros((), device=device)
         self.hits = torch.zeros((), device=device)
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -233,9 +245,10 @@ class Window:
         if self.loss.device.type == "cuda":
             torch.cuda.synchronize()  # the clock must include the queued kernels
         seconds = max(time.perf_counter() - self.start, 1e-9)
+        acc = {"train_accuracy": self.hits.item() / max(1, self.examples)} if self.accuracy else {}
         return {
             "train_loss": self.loss.item() / max(1, self.micro),
-            "train_accuracy": self.hits.item() / max(1, self.examples),
+            **acc,
             "examples_per_s": self.examples / seconds,
             "tokens_per_s": self.tokens / seconds,
             "seconds": seconds,

@@ -23,7 +23,7 @@ from tunelab.config import RunConfig, to_dict
 from tunelab.data import Prepared, data_info, prepare_data, train_batches
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, make_logger
-from tunelab.measure import PeakMemory, Window, evaluate
+from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, build_method, knobs
 from tunelab.models import load_model
 from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
@@ -171,9 +171,9 @@ def train_loop(
     ``early`` (patience ran out) or ``pruned`` (``on_validation`` said stop)."""
     tc, device = s.cfg.train, s.acc.device
     s.model.train()
-    outcome = "done"
+    outcome, accuracy = "done", getattr(s.data.task, "has_accuracy", True)
     with PeakMemory(device, s.rss_before_model) as mem:
-        win = Window(device)
+        win = Window(device, accuracy)
         while pg.step < s.total_steps and outcome == "done":
             steps = epoch_steps(s, pg.epoch)
             while pg.batch_in_epoch < len(steps) and pg.step < s.total_steps and outcome == "done":
@@ -187,7 +187,7 @@ def train_loop(
                     if eval_now:
                         with mem.paused():  # the peak measures training steps only
                             outcome = validate(s, pg, best, logger, on_validation)
-                    win = Window(device)  # the clock restarts after validation
+                    win = Window(device, accuracy)  # the clock restarts after validation
             if pg.batch_in_epoch >= len(steps):
                 pg.epoch, pg.batch_in_epoch = pg.epoch + 1, 0
     s.record.memory = results.Memory(mem.used, mem.peak, mem.kind)
@@ -250,9 +250,11 @@ def validate(
     pg.eval_time += time.perf_counter() - t0
     point = {"epoch": pg.step / s.per_epoch, "train_time_s": pg.train_time}
     point.update({f"val_{k}": v for k, v in val.items()})
+    if hasattr(s.data.task, "samples"):  # a few generations, kept with the curve
+        point["samples"] = s.data.task.samples(model, s.data.validation, s.data.tokenizer)
     pg.curve.append({"step": pg.step, **point})
     logger.log_validation(pg.step, point)
-    if not pg.best or val[tc.metric] > pg.best[tc.metric]:
+    if improved(val, pg.best, getattr(s.data.task, "selection", None) or tc.metric):
         pg.best, pg.best_step, pg.evals_since_best = val, pg.step, 0
         best.clear()
         best.update(results.trainable_state(model))

@@ -169,23 +169,31 @@ class Reporter:
 def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable:
     import optuna
 
+    metric = objective_metric(base)[0]
+
     def run_trial(trial) -> float:
         params = suggest(trial, space)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(base, method, params, trial.number)
         tag = {"study": method, "trial": trial.number, "params": params}
         try:
-            rec = run(
-                cfg, overwrite=True, on_validation=Reporter(trial, cfg.train.metric), tuning=tag
-            )
+            rec = run(cfg, overwrite=True, on_validation=Reporter(trial, metric), tuning=tag)
         except RunFailed as e:  # a failed trial counts (an interrupted one does not)
             trial.set_user_attr("failed", str(e))
             raise
         if rec.status == "pruned":
             raise optuna.TrialPruned()
-        return rec.best_validation[cfg.train.metric]
+        return rec.best_validation[metric]
 
     return run_trial
+
+
+def objective_metric(base: RunConfig) -> tuple[str, str]:
+    """What trials optimise: train.metric (maximised), or the validation loss (minimised) for
+    instruction data or train.metric=loss."""
+    if base.data.response_column or base.train.metric == "loss":
+        return "loss", "minimize"
+    return base.train.metric, "maximize"
 
 
 def storage_for(base: RunConfig):
@@ -212,7 +220,11 @@ def open_study(base: RunConfig, method: str, storage, worker: int = 0):
         "none": optuna.pruners.NopPruner(),
     }[tc.pruner]
     study = optuna.create_study(
-        storage=storage, study_name=method, direction="maximize", pruner=pruner, load_if_exists=True
+        storage=storage,
+        study_name=method,
+        direction=objective_metric(base)[1],
+        pruner=pruner,
+        load_if_exists=True,
     )
     # seeded, but never the same stream twice: a resumed study or a second worker would
     # otherwise propose the very configurations already tried
@@ -409,7 +421,7 @@ def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> dict
 
     states = [t.state.name for t in study.trials]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    best = max(complete, key=lambda t: t.value, default=None)
+    best = study.best_trial if complete else None  # in the study's own direction
     try:
         importances = dict(optuna.importance.get_param_importances(study))
     except (RuntimeError, ValueError):  # too few complete trials, or nothing varied

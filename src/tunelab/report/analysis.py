@@ -154,25 +154,39 @@ def summarize_methods(records: list[RunRecord]) -> list[Row]:
         ok = [r for r in records if label(r) == name and r.ok]
         if ok:
             causal = ok[0].config.get("task") == "causal-lm"
-            values = {c.key: estimate(c, ok) for c in columns if causal or c not in LM_COLUMNS}
+            values = {
+                c.key: estimate(c, ok)
+                for c in columns
+                if (causal or c not in LM_COLUMNS) and measurable(c, ok)
+            }
             row = Row(name, len(ok), values, runs=ok)
             row.learned = learned(row, floor_for(ok, floor))
             rows.append(row)
     return rows
 
 
+def measurable(col: Column, runs: list[RunRecord]) -> bool:
+    """Whether every run has this column (instruction data has no accuracy)."""
+    try:
+        for r in runs:
+            col.get(r)
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
 def baseline(rec: RunRecord, kind: str) -> dict[str, Estimate] | None:
     """A baseline of a record's data ("majority" or "zero_shot"): validation / test accuracy
     and test macro-F1 in %, accuracies with their binomial intervals."""
     m, d = getattr(rec.data, kind), rec.data
-    if not m:
+    if not m or not m.get("validation"):
         return None
-    val, test = 100 * m["validation"]["accuracy"], 100 * m["test"]["accuracy"]
-    out = {
-        "val_acc": Estimate(val, binomial_half(val, d.validation)),
-        "test_acc": Estimate(test, binomial_half(test, d.test)),
-        "test_f1": Estimate(100 * m["test"]["macro_f1"]),
-    }
+    out = {}
+    if "accuracy" in m["validation"]:
+        val, test = 100 * m["validation"]["accuracy"], 100 * m["test"]["accuracy"]
+        out["val_acc"] = Estimate(val, binomial_half(val, d.validation))
+        out["test_acc"] = Estimate(test, binomial_half(test, d.test))
+        out["test_f1"] = Estimate(100 * m["test"]["macro_f1"])
     if "loss" in m["validation"]:  # a model's own answer loss (zero-shot)
         out["val_loss"] = Estimate(m["validation"]["loss"])
         out["val_ppl"] = Estimate(math.exp(m["validation"]["loss"]))
@@ -205,13 +219,19 @@ def floor_for(runs: list[RunRecord], majority_floor: dict[str, Estimate] | None)
     own model's zero-shot score when that is higher."""
     zero = baseline(runs[0], "zero_shot") if runs[0].data.zero_shot else None
     cands = [f for f in (majority_floor, zero) if f]
-    return max(cands, key=lambda f: f["val_acc"].mean, default=None)
+    if not cands:
+        return None
+    if all("val_acc" in f for f in cands):
+        return max(cands, key=lambda f: f["val_acc"].mean)
+    return min(cands, key=lambda f: f.get("val_loss", Estimate(math.inf)).mean)
 
 
 def learned(row: Row, floor: dict[str, Estimate] | None) -> bool:
     """Validation accuracy above the majority class beyond the baseline's own interval."""
     if floor is None:
         return True
+    if "val_acc" not in row.values or "val_acc" not in floor:  # a language model: its loss
+        return "val_loss" not in floor or row["val_loss"].mean < floor["val_loss"].mean
     return row["val_acc"].mean > floor["val_acc"].mean + floor["val_acc"].half
 
 
@@ -259,7 +279,12 @@ def reference(rows: list[Row]) -> Row | None:
     the best validation accuracy (test accuracy never chooses)."""
     good = ranked(rows)
     full = next((r for r in good if r.method == "full"), None)
-    return full or max(good, key=lambda r: r["val_acc"].mean, default=None)
+    return full or max(good, key=score, default=None)
+
+
+def score(r: Row) -> float:
+    """Higher is better: validation accuracy, or minus the validation loss (LM data)."""
+    return r["val_acc"].mean if "val_acc" in r.values else -r["val_loss"].mean
 
 
 def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[str]:
@@ -269,13 +294,26 @@ def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[
     for r in rows:
         head = f"{r.method}: {r['trainable_pct'].mean:.3g}% of the parameters trained"
         if not r.learned:
-            f = floor_for(r.runs, floor)
-            base = f" ({f['val_acc'].mean:.1f}%)" if f else ""
+            f = floor_for(r.runs, floor) or {}
+            if "val_acc" in r.values:
+                what, base = f"validation accuracy {r['val_acc'].mean:.1f}%", f.get("val_acc")
+                base = f" ({base.mean:.1f}%)" if base else ""
+            else:
+                what, base = f"validation loss {r['val_loss'].mean:.3f}", f.get("val_loss")
+                base = f" ({base.mean:.3f})" if base else ""
             lines.append(
-                f"{head}; did not learn: validation accuracy {r['val_acc'].mean:.1f}% is not "
-                f"above its baseline{base} (the majority class, or the untrained model's "
-                f"zero-shot score); not ranked."
+                f"{head}; did not learn: {what} does not beat its baseline{base} (the majority "
+                f"class, or the untrained model's zero-shot score); not ranked."
             )
+            continue
+        if "test_acc" not in r.values:  # instruction data: the language model's own quality
+            ppl = r.values.get("val_ppl")
+            parts = [
+                f"validation loss {r['val_loss'].mean:.3f}"
+                + (f" (perplexity {ppl.mean:.2f})" if ppl else "")
+            ]
+            parts += ["the reference"] if r is ref else []
+            lines.append(f"{head}, " + ", ".join(parts) + ".")
             continue
         parts = [f"test accuracy {r['test_acc'].mean:.1f}%"]
         parts += ["the reference"] if r is ref else _against(r, ref)
@@ -323,6 +361,8 @@ def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
         if rows:
             return "No recommendation: no method beat the majority-class baseline on validation."
         return "No recommendation: no successful runs."
+    if not all("val_acc" in r.values for r in good):
+        return _by_loss(good)
     top = max(good, key=lambda r: r["val_acc"].mean)
     best = top["val_acc"].mean
     near = [
@@ -344,6 +384,19 @@ def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
         f"{pick['trainable_pct'].mean:.3g}% of the parameters"
     )
     return text + (f"; also within reach: {', '.join(others)}." if others else ".")
+
+
+def _by_loss(good: list[Row], within: float = 0.02) -> str:
+    """Language-model data: the fastest among the runs whose validation loss is within 2% of
+    the lowest."""
+    best = min(r["val_loss"].mean for r in good)
+    near = [r for r in good if r["val_loss"].mean <= best * (1 + within)]
+    pick, why = _fastest(near)
+    return (
+        f"Recommendation: {pick.method}: the {why} among the methods within {100 * within:g}% "
+        f"of the lowest validation loss ({best:.3f}); trains in {pick['train_s'].mean:.0f} s "
+        f"with {pick['trainable_pct'].mean:.3g}% of the parameters."
+    )
 
 
 def _fastest(near: list[Row]) -> tuple[Row, str]:

@@ -181,9 +181,11 @@ GAP_CAPTION = (
 def figures(records: list[RunRecord], a: Analysis) -> dict:
     ok = [r for r in records if r.ok]
     methods = [r.method for r in a.rows]
+    scored = [r for r in a.rows if "test_acc" in r.values]  # instruction data has no accuracy
     pareto = [
-        _figure(fid, plots.pareto_plot(a.rows, cost, xlabel, "test_acc", log), caption)
+        _figure(fid, plots.pareto_plot(scored, cost, xlabel, "test_acc", log), caption)
         for fid, cost, xlabel, log, caption in PARETO
+        if scored
     ]
     curves = [
         _figure(fid, plots.curve_plot(ok, methods, x, y, ylabel, train), caption)
@@ -253,6 +255,16 @@ def _num(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def samples(records: list[RunRecord]) -> list[tuple[str, list[dict]]]:
+    """Each run's generations at its last validation (instruction data)."""
+    out = []
+    for r in records:
+        last = next((p["samples"] for p in reversed(r.curve) if p.get("samples")), None)
+        if last:
+            out.append((r.name, last))
+    return out
+
+
 def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
     first = next((r for r in records if r.ok), records[0])
     env, d = first.env, first.data
@@ -294,6 +306,7 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         failed=a.failed,
         flagged=a.flagged,
         setup=setup_items(records),
+        samples=samples(records),
         configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
         **figures(records, a),
     )
