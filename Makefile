@@ -34,7 +34,10 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/tune_bench.py
+	$(BIN)/python bench/decoder_bench.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench

@@ -90,7 +90,7 @@ def test_every_method_trains_on_a_decoder(method, tiny_llama, toy_csv, tmp_path)
     lr = {"prompt": 0.1, "ia3": 3e-2}.get(method, 3e-3)  # scaling vectors, soft prompts: larger
     rec = run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method, "train.lr": lr}))
     assert rec.ok and rec.test and rec.data.zero_shot["validation"]["accuracy"] >= 0
-    losses = [r["train_loss"] for r in rec.metrics or _rows(tmp_path / f"{method}-seed0")]
+    losses = [r["train_loss"] for r in rec.metrics or _rows(tmp_path / f"{method}-causal-lm-seed0")]
     assert losses[-1] < losses[0]
 
 
@@ -114,7 +114,7 @@ def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys)
 
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": "lora", "train.lr": 1e-2})
     run(cfg)
-    run_dir = tmp_path / "lora-seed0"
+    run_dir = tmp_path / "lora-causal-lm-seed0"
     rows = predict(run_dir, ["the film was great", "dull plot"], max_new_tokens=3)
     assert [r["label"] for r in rows] == [
         ["neg", "pos"][int(r["words"]["good"] > r["words"]["bad"])] for r in rows
@@ -170,5 +170,9 @@ def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
     text = md.read_text()
     assert "| full | 1 |" in text and "validation loss" in text
     assert "Generated samples" in html.read_text()
+    from tunelab.predict import predict
+
+    (reply,) = predict(tmp_path / "runs" / "full-causal-lm-seed0", ["Repeat the word apple."], 4)
+    assert reply["prompt"] == "Repeat the word apple." and isinstance(reply["response"], str)
     with pytest.raises(TunelabError, match="response column .answer. not found"):
         prepare_data(load_config(None, [*over, "data.response_column=answer"]), lambda labels: None)

@@ -154,13 +154,18 @@ def cmd_config() -> None:
             print(f"    {doc}")
 
 
+def _score(rec) -> str:
+    t = rec.test
+    if "accuracy" in t:
+        return f"test accuracy {100 * t['accuracy']:.2f}%, macro-F1 {100 * t['macro_f1']:.2f}%"
+    if "loss" in t:
+        return f"test loss {t['loss']:.4f}, perplexity {t.get('perplexity', 0):.2f}"
+    return f"best validation {rec.best_validation}"
+
+
 def _print_run(rec) -> None:
     if rec.ok:
-        print(
-            f"  {rec.name}: test accuracy {100 * rec.test['accuracy']:.2f}%, "
-            f"train {rec.timing.train_s:.1f}s",
-            flush=True,
-        )
+        print(f"  {rec.name}: {_score(rec)}, train {rec.timing.train_s:.1f}s", flush=True)
     else:
         print(f"  {rec.name}: {rec.status.upper()}: {rec.reason}", flush=True)
 
@@ -183,7 +188,7 @@ def cmd_tune(args) -> dict:
     best = tune(cfg, methods, workers=args.workers)
     for method, b in best.items():
         t = b["trials"]
-        value = "-" if b["best_value"] is None else f"{100 * b['best_value']:.2f}%"
+        value = "-" if b["best_value"] is None else f"{b['best_value']:.4f}"
         print(
             f"{method}: best validation {value} with {b['best_params']} "
             f"({t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed; "
@@ -248,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _load(args)
             rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
             print(
-                f"{rec.name}: test accuracy {100 * rec.test['accuracy']:.2f}%, "
-                f"macro-F1 {100 * rec.test['macro_f1']:.2f}%, train "
-                f"{rec.timing.train_s:.1f}s -> {run_dir_for(cfg)}"
+                f"{rec.name}: {_score(rec)}, train {rec.timing.train_s:.1f}s -> {run_dir_for(cfg)}"
             )
         elif args.cmd == "compare":
             cmd_compare(args)

@@ -39,9 +39,7 @@ def run_configs(
     for method in methods:
         params = (tuned or {}).get(method, {}).get("best_params", {})
         for seed in range(base.train.seed, base.train.seed + seeds):
-            cfg = for_method(
-                base, method, {**params, "train.seed": seed}, name=f"{method}-seed{seed}"
-            )
+            cfg = for_method(base, method, {**params, "train.seed": seed})
             build_method(cfg.method)
             configs.append(cfg)
     return configs

@@ -181,7 +181,7 @@ class TuneConfig:
 @dataclass
 class RunConfig:
     name: str = ""
-    """Run name; default <method>-seed<seed>."""
+    """Run name; default <method>-seed<seed> (<method>-<task>-seed<seed> for causal-lm)."""
     out_dir: str = "runs"
     """Folder that holds run folders."""
     tracker: str = "tensorboard"

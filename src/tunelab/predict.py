@@ -62,6 +62,8 @@ def predict(run_dir: str | Path, texts: list[str], max_new_tokens: int = 0) -> l
     (and, with ``max_new_tokens``, the model's own greedy continuation of the prompt)."""
     cfg = run_config(run_dir)
     model, tok = load_run_model(run_dir)
+    if cfg.task == "causal-lm" and cfg.data.response_column:
+        return _generate(model, tok, texts, max_new_tokens or 64)
     if cfg.task == "causal-lm":
         return _predict_words(cfg, model, tok, texts, max_new_tokens)
     enc = tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
@@ -104,6 +106,29 @@ def _predict_words(cfg: RunConfig, model, tok, texts, max_new_tokens: int) -> li
             )
             row["generated"] = tok.decode(gen[0, prompt.shape[1] :], skip_special_tokens=True)
         out.append(row)
+    return out
+
+
+def _generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Instruction runs: the model's greedy response to each prompt (its chat template)."""
+    from tunelab.tasks.instruction import Instruction
+
+    task, out = Instruction([]), []
+    for prompt in prompts:
+        x = torch.tensor([task.prompt_ids(tok, prompt)])
+        gen = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        out.append(
+            {
+                "prompt": prompt,
+                "response": tok.decode(gen[0, x.shape[1] :], skip_special_tokens=True),
+            }
+        )
     return out
 
 

@@ -286,7 +286,10 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.out_dir) / (cfg.name or f"{cfg.method_name}-seed{cfg.train.seed}")
+    """OUT/<name>, default <method>-seed<seed> (<method>-<task>-seed<seed> for a task other
+    than classification, so encoder and decoder runs can share one comparison folder)."""
+    task = "" if cfg.task == "classification" else f"-{cfg.task}"
+    return Path(cfg.out_dir) / (cfg.name or f"{cfg.method_name}{task}-seed{cfg.train.seed}")
 
 
 def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:

@@ -410,6 +410,8 @@ def summarize(base: RunConfig, methods: list[str]) -> dict[str, dict]:
             "trials_per_method": base.tune.trials,
             "evals": base.tune.evals,
             "eval_examples": base.tune.eval_examples,
+            "pruner": base.tune.pruner,
+            "metric": objective_metric(base)[0],
             "methods": out,
         },
     )

@@ -119,7 +119,7 @@ def markdown(title: str, a: Analysis) -> str:
     if a.tuning:
         lines += ["", "## Tuning", "", tuning_text(a.tuning), ""]
         lines += [
-            "| method | trials (complete / pruned / failed) | best validation % | best "
+            "| method | trials (complete / pruned / failed) | best validation | best "
             "configuration | examples | seconds | importances |",
             "|---|---|---|---|---|---|---|",
         ]
@@ -215,8 +215,9 @@ def tuning_text(t: dict) -> str:
         f"Every method had the same budget: {t['trials_per_method']} trials, each with the same "
         f"step budget and {t['evals']} validations on the first {t.get('eval_examples') or 'all'}"
         f" validation examples (a fixed subset). Optuna's TPE sampler (seeded) chose the "
-        f"configurations and the {t.get('pruner', 'hyperband')} pruner stopped weak trials. "
-        "The test split was never scored during tuning; the comparison reruns each method's "
+        f"configurations and the {t.get('pruner', 'hyperband')} pruner stopped weak trials "
+        f"(objective: validation {t.get('metric', 'accuracy')}). The test split was never "
+        "scored during tuning; the comparison reruns each method's "
         "best configuration on the full validation split and scores it on test once."
     )
 
@@ -227,7 +228,8 @@ def tuning_rows(t: dict) -> list[dict]:
         space = "; ".join(f"{k.split('.')[-1]}: {_domain(v)}" for k, v in m["space"].items())
         best = ", ".join(f"{k.split('.')[-1]}={_num(v)}" for k, v in m["best_params"].items())
         imp = ", ".join(f"{k.split('.')[-1]} {v:.2f}" for k, v in m["importances"].items())
-        value = "-" if m["best_value"] is None else f"{100 * m['best_value']:.2f}"
+        scale = 1 if t.get("metric") == "loss" else 100
+        value = "-" if m["best_value"] is None else f"{scale * m['best_value']:.4g}"
         n = m["trials"]
         rows.append(
             {

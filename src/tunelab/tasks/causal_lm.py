@@ -109,8 +109,11 @@ class CausalLM(Classification):
     def forward(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer-token loss, and the label predicted by label-word likelihood: from this very
         forward when every word is one token, else (evaluation) by scoring each word."""
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"])  # fmt: skip
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
         one_token = all(len(w) == 1 for w in self.word_ids)
         if one_token or model.training:
             # peft prompt tuning prepends virtual tokens: logits are longer than the ids

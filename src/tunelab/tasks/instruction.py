@@ -70,12 +70,18 @@ class Instruction:
         for i in range(min(SAMPLES, len(data))):
             prompt = data.input_ids[i][: data.prompt_lengths[i]]
             x = torch.tensor([prompt], device=device)
-            gen = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
-                                 max_new_tokens=SAMPLE_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            out.append({
-                "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-                "response": tokenizer.decode(gen[0, len(prompt) :], skip_special_tokens=True),
-            })  # fmt: skip
+            gen = model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=SAMPLE_TOKENS,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            out.append(
+                {
+                    "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                    "response": tokenizer.decode(gen[0, len(prompt) :], skip_special_tokens=True),
+                }
+            )
         model.train(was_training)
         return out
