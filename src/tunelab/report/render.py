@@ -15,7 +15,7 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.report import plots
-from tunelab.report.analysis import Analysis, Estimate, Row, analyse, best_of
+from tunelab.report.analysis import Analysis, Estimate, Row, analyse, best_of, is_trial
 from tunelab.results import RunRecord, load_records, write_text
 
 LEGEND = (
@@ -292,12 +292,15 @@ def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
 def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
     import jinja2
 
+    n_records = len(records)
+    runs = [r for r in records if not is_trial(r)] or records  # trials: the Tuning section
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True)
     return env.get_template("report.html.j2").render(
         title=root.name,
         root=str(root),
         stamp=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        n_runs=len(records),
+        n_runs=n_records,
         table=table(a),
         caption=a.caption,
         tuning_text=tuning_text(a.tuning) if a.tuning else "",
@@ -307,10 +310,10 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         verdicts=a.verdicts,
         failed=a.failed,
         flagged=a.flagged,
-        setup=setup_items(records),
-        samples=samples(records),
-        configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
-        **figures(records, a),
+        setup=setup_items(runs),
+        samples=samples(runs),
+        configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in runs],
+        **figures(runs, a),
     )
 
 
