@@ -83,6 +83,12 @@ def main() -> None:
     print(results_md(result))
 
 
+def rewrite() -> None:
+    """Regenerate the RESULTS.md block from bench/out/tune/tune-bench.json (no rerun)."""
+    result = json.loads((HERE / "out" / "tune" / "tune-bench.json").read_text())
+    write_results(HERE / "RESULTS.md", "tune", results_md(result))
+
+
 def _point(rec) -> dict:
     return {
         "lr": rec.lr,
@@ -144,13 +150,16 @@ def results_md(r: dict) -> str:
             f"{s['wall_s']:.0f} | {s['winner']} | {100 * w['val']:.2f} |"
         )
     same = g["winner"] == t["winner"]
-    gap = 100 * (g["best"][g["winner"]]["val"] - t["best"][t["winner"]]["val"])
+    gap = 100 * (t["best"][t["winner"]]["val"] - g["best"][g["winner"]]["val"])
+    per_run = t["examples"] / max(t["runs"], 1) / (g["examples"] / max(g["runs"], 1))
     lines += [
         "",
         f"Tune spent {ratio_ex:.2f}x the grid's training examples "
-        f"({t['seconds'] / g['seconds']:.2f}x its seconds); same winning method: "
-        f"{'yes' if same else 'no'}; best validation {gap:+.2f} pt below the grid's "
-        "(negative: above). Targets: same winner, within 0.5 pt, at most 1/3 of the compute.",
+        f"({t['seconds'] / g['seconds']:.2f}x its seconds) for {t['runs']} trials against {g['runs']} grid runs: a trial cost "
+        f"{per_run:.2f} of a full run on average ({t['pruned']} of {t['runs']} pruned). Same "
+        f"winning method: {'yes' if same else 'no'}; tune's best validation is "
+        f"{abs(gap):.2f} pt {'above' if gap >= 0 else 'below'} the grid's. Targets: same winner "
+        "(met if yes), within 0.5 pt (met if above or within), at most 1/3 of the grid's compute.",
     ]
     return "\n".join(lines)
 
