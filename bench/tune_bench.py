@@ -155,7 +155,8 @@ def results_md(r: dict) -> str:
     lines += [
         "",
         f"Tune spent {ratio_ex:.2f}x the grid's training examples "
-        f"({t['seconds'] / g['seconds']:.2f}x its seconds) for {t['runs']} trials against {g['runs']} grid runs: a trial cost "
+        f"({t['seconds'] / g['seconds']:.2f}x its seconds) for {t['runs']} trials against "
+        f"{g['runs']} grid runs: a trial cost "
         f"{per_run:.2f} of a full run on average ({t['pruned']} of {t['runs']} pruned). Same "
         f"winning method: {'yes' if same else 'no'}; tune's best validation is "
         f"{abs(gap):.2f} pt {'above' if gap >= 0 else 'below'} the grid's. Targets: same winner "
