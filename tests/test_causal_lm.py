@@ -85,6 +85,7 @@ def test_label_words_that_tokenize_to_nothing_are_refused(tiny_llama):
         CausalLM(["neg", "pos"], "{text}", ["good", " good"]).tokenize_words(tok)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "llrd", "freeze", "lora", "prompt", "ia3"])
 def test_every_method_trains_on_a_decoder(method, tiny_llama, toy_csv, tmp_path):
     lr = {"prompt": 0.1, "ia3": 3e-2}.get(method, 3e-3)  # scaling vectors, soft prompts: larger
@@ -100,6 +101,7 @@ def _rows(run_dir):
     return [r for r in read_metrics(run_dir) if "train_loss" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, reason", [("bitfit", "has none"), ("prefix", "past_key_values")])
 def test_methods_that_cannot_work_on_llama_say_why(method, reason, tiny_llama, toy_csv, tmp_path):
     from tunelab.errors import RunFailed
@@ -108,6 +110,7 @@ def test_methods_that_cannot_work_on_llama_say_why(method, reason, tiny_llama, t
         run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method}))
 
 
+@pytest.mark.slow
 def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys):
     from tunelab.cli import main
     from tunelab.predict import load_run_model, predict
@@ -133,6 +136,7 @@ def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys)
     assert "is not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
     """prompt + response rows: loss on the response only, validation loss / perplexity,
     greedy generations kept at each validation, the report without accuracy columns."""
