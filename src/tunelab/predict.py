@@ -80,6 +80,7 @@ def predict(run_dir: str | Path, texts: list[str], max_new_tokens: int = 0) -> l
 def _predict_words(cfg: RunConfig, model, tok, texts, max_new_tokens: int) -> list[dict]:
     from tunelab.data import Split
     from tunelab.tasks import build_task
+    from tunelab.tasks.instruction import respond
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     labels = [base.config.id2label[i] for i in sorted(base.config.id2label)]  # saved by the run
@@ -97,39 +98,21 @@ def _predict_words(cfg: RunConfig, model, tok, texts, max_new_tokens: int) -> li
             "words": {w: float(p) for w, p in zip(task.label_words, probs[i], strict=True)},
         }
         if max_new_tokens:
-            prompt = torch.tensor([enc.input_ids[i][: enc.prompt_lengths[i]]])
-            gen = model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-            )
-            row["generated"] = tok.decode(gen[0, prompt.shape[1] :], skip_special_tokens=True)
+            prompt = enc.input_ids[i][: enc.prompt_lengths[i]]
+            row["generated"] = respond(model, tok, prompt, max_new_tokens)
         out.append(row)
     return out
 
 
 def _generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Instruction runs: the model's greedy response to each prompt (its chat template)."""
-    from tunelab.tasks.instruction import Instruction
+    from tunelab.tasks.instruction import Instruction, respond
 
-    task, out = Instruction([]), []
-    for prompt in prompts:
-        x = torch.tensor([task.prompt_ids(tok, prompt)])
-        gen = model.generate(
-            input_ids=x,
-            attention_mask=torch.ones_like(x),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-        out.append(
-            {
-                "prompt": prompt,
-                "response": tok.decode(gen[0, x.shape[1] :], skip_special_tokens=True),
-            }
-        )
-    return out
+    task = Instruction([])
+    return [
+        {"prompt": p, "response": respond(model, tok, task.prompt_ids(tok, p), max_new_tokens)}
+        for p in prompts
+    ]
 
 
 def export(run_dir: str | Path, out: str | Path) -> Path:

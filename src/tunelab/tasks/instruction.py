@@ -65,23 +65,29 @@ class Instruction:
         """Greedy continuations of the first validation prompts."""
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        out = []
-        for i in range(min(SAMPLES, len(data))):
-            prompt = data.input_ids[i][: data.prompt_lengths[i]]
-            x = torch.tensor([prompt], device=device)
-            gen = model.generate(
-                input_ids=x,
-                attention_mask=torch.ones_like(x),
-                max_new_tokens=SAMPLE_TOKENS,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            out.append(
-                {
-                    "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-                    "response": tokenizer.decode(gen[0, len(prompt) :], skip_special_tokens=True),
-                }
-            )
+        prompts = [
+            data.input_ids[i][: data.prompt_lengths[i]] for i in range(min(SAMPLES, len(data)))
+        ]
+        out = [
+            {
+                "prompt": tokenizer.decode(p, skip_special_tokens=True),
+                "response": respond(model, tokenizer, p, SAMPLE_TOKENS),
+            }
+            for p in prompts
+        ]
         model.train(was_training)
         return out
+
+
+@torch.no_grad()
+def respond(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> str:
+    """The model's greedy continuation of a prompt, decoded."""
+    x = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    gen = model.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(gen[0, len(prompt_ids) :], skip_special_tokens=True)
