@@ -173,7 +173,7 @@ def test_ctrl_c_then_the_same_command_resumes(tiny_model, toy_csv, tmp_path):
         "4",
         "tune.eval_examples=30",
         "tune.pruner=none",
-        *tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 6}),
+        *tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 30}),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
@@ -185,6 +185,7 @@ def test_ctrl_c_then_the_same_command_resumes(tiny_model, toy_csv, tmp_path):
         time.sleep(0.2)
     while not (trials / "2" / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, "the tune finished before it could be interrupted"
     for _ in range(20):  # a Ctrl-C that lands in a finalizer is swallowed: press it again
         proc.send_signal(signal.SIGINT)
         try:
