@@ -28,8 +28,6 @@ METRICS = "metrics.jsonl"
 STATE = "state.pt"  # resumable training state, removed when the run finishes
 SCHEMA = 2  # 1: records before the schema field (same layout, no data.majority)
 
-STATUSES = ("running", "ok", "failed", "interrupted", "pruned")
-
 
 @dataclass
 class Params:
@@ -98,7 +96,7 @@ class RunRecord:
     name: str
     method: str
     config: dict[str, Any]
-    status: str = "running"
+    status: str = "running"  # running | ok | failed | interrupted | pruned
     reason: str = ""
     schema: int = SCHEMA
     method_knobs: dict[str, Any] = field(default_factory=dict)

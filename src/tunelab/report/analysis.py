@@ -57,7 +57,6 @@ LM_COLUMNS = [
     Column("val_loss", "val loss", lambda r: r.best_validation["loss"], "min", 3),
     Column("val_ppl", "val perplexity", lambda r: math.exp(r.best_validation["loss"]), "min", 2),
 ]
-BY_KEY = {c.key: c for c in COLUMNS + LM_COLUMNS}
 
 
 def columns_for(records: list[RunRecord]) -> list[Column]:
