@@ -67,10 +67,14 @@ def main(method_name: str, n_train: int, lr: float, out: str, precision: str = "
     model = load_model("minilm", splits.label_names, tok.pad_token_id)
     method = build_method({"name": method_name})
     model = method.prepare(model)
-    # the same AdamW parameter groups tunelab uses (LLRD needs them; others: decay split)
-    from torch.optim import AdamW
+    # The Trainer's own default optimizer (transformers 5.24 + torch >= 2.8:
+    # adamw_torch_fused, its decay split) for every method but LLRD, whose per-layer learning
+    # rates need tunelab's parameter groups: those go to the same fused AdamW.
+    optimizers = (None, None)
+    if method_name == "llrd":
+        from torch.optim import AdamW
 
-    optimizer = AdamW(method.param_groups(model, lr, 0.01), lr=lr)
+        optimizers = (AdamW(method.param_groups(model, lr, 0.01), lr=lr, fused=True), None)
     args = TrainingArguments(
         output_dir="/tmp/hf-baseline",
         per_device_train_batch_size=BATCH,
@@ -97,7 +101,7 @@ def main(method_name: str, n_train: int, lr: float, out: str, precision: str = "
         train_dataset=train,
         eval_dataset=val,
         data_collator=DataCollatorWithPadding(tok),
-        optimizers=(optimizer, None),
+        optimizers=optimizers,
     )
     t = time.perf_counter()
     trainer.train()

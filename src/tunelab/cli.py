@@ -50,6 +50,58 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+PLAN_FLAGS = {
+    "batch_size": "train.batch_size",
+    "max_length": "data.max_length",
+    "precision": "train.mixed_precision",
+}
+
+
+def _plan_flags(p: argparse.ArgumentParser) -> None:
+    from tunelab.config import describe
+    from tunelab.methods import METHODS
+
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--config", help="YAML config file with overrides of the defaults")
+    for flag in ("model", "dataset", "epochs", "out"):
+        key = FLAGS[flag]
+        p.add_argument("--" + flag, help=f"{describe(key)} [{key}]")
+    for flag, key in PLAN_FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), help=f"{describe(key)} [{key}]")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    p.add_argument("--examples", type=int, help="training examples (default: the data's)")
+    p.add_argument("--memory", help="memory to fit in, e.g. 16GB (default: this machine's)")
+    p.add_argument("--time", help="training time to fit in, e.g. 2h, 90m")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: this machine's")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="time a few real steps of each method here first (kept in OUT/plan-calibration.json)",
+    )
+
+
+def cmd_plan(args) -> None:
+    from tunelab.compare import parse_methods
+    from tunelab.plan import parse_duration, parse_size, plan, table
+
+    if args.precision is not None:
+        args.precision = {"fp32": "no"}.get(args.precision, args.precision)
+    cfg = _load(args)
+    if args.examples is not None and args.examples < 1:
+        raise TunelabError(f"--examples must be at least 1, got {args.examples}")
+    p = plan(
+        cfg,
+        parse_methods(args.methods),
+        examples=args.examples,
+        device=args.device,
+        memory=parse_size(args.memory) if args.memory else None,
+        seconds=parse_duration(args.time) if args.time else None,
+        calibrate_rate=args.calibrate,
+    )
+    print(p.to_json() if args.json else table(p))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tunelab",
@@ -77,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="trials per method, the same for every method")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     _tune_flags(p)
+    p = sub.add_parser(
+        "plan",
+        help="memory, FLOPs and time of each method before training (no weights loaded)",
+    )
+    _plan_flags(p)
     sub.add_parser("methods", help="list methods, their knobs and defaults")
     p = sub.add_parser("config", help="print every config key with its default and meaning")
     p = sub.add_parser("predict", help="classify texts with a finished run")
@@ -106,7 +163,7 @@ def _load(args):
     path = args.config
     if overrides and overrides[0].endswith((".yaml", ".yml")) and "=" not in overrides[0]:
         path = overrides.pop(0)
-    for flag, key in FLAGS.items():
+    for flag, key in (*FLAGS.items(), *PLAN_FLAGS.items()):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -259,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_compare(args)
         elif args.cmd == "tune":
             cmd_tune(args)
+        elif args.cmd == "plan":
+            cmd_plan(args)
         elif args.cmd == "predict":
             from tunelab.predict import predict
 

@@ -27,6 +27,7 @@ import sys
 import numpy as np
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 _ALLOCATOR_TUNED = False
 
@@ -73,6 +74,11 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        if is_fake(x):  # tunelab.plan traces shapes: the same saved mask, no random draw
+            mask = torch.empty(x.shape, dtype=torch.float32 if x.dtype == torch.float32 else bool)
+            ctx.save_for_backward(mask)
+            ctx.scale = None
+            return x * mask
         if x.dtype == torch.float32:
             mask = dropout_mask(x.shape, p)
             ctx.save_for_backward(mask)

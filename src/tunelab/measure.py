@@ -57,6 +57,44 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
     }
 
 
+def saved_activation_bytes(model: nn.Module, batch: dict, autocast: str | None = None) -> int:
+    """Bytes autograd keeps for backward in one training forward of ``batch``: every tensor
+    saved by a differentiable op, counted once per storage (views and reuses share one), the
+    model's own parameters left out (they are weights, not activations). ``autocast``
+    ("cpu" / "cuda") runs the forward under bf16 autocast, whose cached bf16 weight copies
+    then count here. Works on real tensors and under FakeTensorMode (tunelab.plan)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen.setdefault(storage._cdata, storage.nbytes())
+        return t
+
+    was_training = model.training
+    model.train()
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast(autocast or "cpu", dtype=torch.bfloat16, enabled=autocast is not None),
+    ):
+        model(**batch)
+    model.train(was_training)
+    weights = {p.untyped_storage()._cdata for p in model.parameters()}
+    return sum(n for key, n in seen.items() if key not in weights)
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """Best observed FLOP/s of an n x n matrix product in ``dtype`` on this machine's CPU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
 @torch.inference_mode()
 def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) -> dict:
     """Mean loss and the task's metrics on a split; batches sorted by length, no autograd."""

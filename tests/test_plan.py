@@ -1,0 +1,186 @@
+"""`tunelab plan`: estimates from a config alone, checked against published parameter counts
+and against what real tensors, a real optimizer step and autograd hold."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+
+from tests.conftest import tiny_bert_config
+from tunelab import fast, measure, plan
+from tunelab.cli import main
+from tunelab.methods import build_method
+from tunelab.optim import make_optimizer
+
+
+def llama_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(
+        vocab_size=500,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    return LlamaConfig(**{**base, **kw})
+
+
+def run_plan(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["plan", *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, task, published",
+    [
+        # BertModel 109,482,240 / 335,141,888 (the model cards' 110M / 340M) + a 2-way head
+        ("bert-base", "classification", 109_482_240 + 768 * 2 + 2),
+        ("bert-large", "classification", 335_141_888 + 1024 * 2 + 2),
+        ("llama-2-7b", "causal-lm", 6_738_415_616),  # Touvron et al. 2023, "7B"
+    ],
+)
+def test_parameter_counts_from_config_only_folders(tmp_path, name, task, published):
+    from transformers import BertConfig
+
+    configs = {
+        "bert-base": BertConfig(),
+        "bert-large": BertConfig(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        ),
+        "llama-2-7b": llama_config(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            architectures=["LlamaForCausalLM"],
+        ),
+    }
+    configs[name].save_pretrained(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no weights anywhere
+    config = plan.model_config(str(tmp_path), task, 2)
+    t = plan.trace(config, task, {"name": "full"}, 2, 16, bf16=False, fast_cpu=False)
+    assert t["total"] == published
+    # fp32 AdamW: 4 (weights) + 4 (gradients) + 8 (two moments) = 16 bytes per parameter
+    assert t["gradients"] == 4 * published
+    assert t["optimizer"] - 8 * published < 4 * 1000  # + one float32 step per tensor
+    assert 0 <= t["weights"] - 4 * published < 2**20  # + buffers (position ids, rotary)
+
+
+def real_model(config, task: str, method: str):
+    torch.manual_seed(0)
+    model = build_method({"name": method}).prepare(plan.build(config, task))
+    fast.install(model)
+    return model
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "bitfit", "lora", "prompt", "ia3"])
+def test_state_bytes_are_exact(method):
+    """Weights, gradients and fused AdamW state against the tensors after a real step."""
+    config = tiny_bert_config(num_labels=2)
+    model = real_model(config, "classification", method)
+    m = build_method({"name": method})
+    opt = make_optimizer(m.param_groups(model, 1e-3, 0.01), 1e-3)
+    model(**plan.training_batch(config, "classification", 4, 12)).loss.backward()
+    opt.step()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    state = sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for t in s.values()
+        if torch.is_tensor(t)
+    )
+    t = plan.trace(config, "classification", {"name": method}, 4, 12, bf16=False, fast_cpu=True)
+    assert t["gradients"] == grads
+    assert t["optimizer"] == state
+    assert t["weights"] == plan.state_bytes(model)["weights"]
+    assert t["trainable"] == measure.count_params(model)["trainable"]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("method", ["full", "lora", "prompt"])
+def test_activations_match_what_autograd_saves(arch, method, bf16):
+    """The fake trace against a real forward of the same model, at two batch shapes."""
+    if arch == "bert":
+        config, task = tiny_bert_config(num_labels=2), "classification"
+    else:
+        config, task = llama_config(), "causal-lm"
+    for batch, length in ((4, 16), (2, 48)):
+        model = real_model(config, task, method)
+        data = plan.training_batch(config, task, batch, length)
+        real = measure.saved_activation_bytes(model, data, "cpu" if bf16 else None)
+        t = plan.trace(config, task, {"name": method}, batch, length, bf16, fast_cpu=True)
+        assert real > 0
+        assert abs(t["activations"] - real) <= 0.15 * real, (batch, length, t, real)
+
+
+def test_plan_minilm_prints_every_method_and_a_suggestion(tmp_path):
+    rc, out, err = run_plan("--model", "minilm", "--out", str(tmp_path), "--methods", "full,lora")
+    assert rc == 0, err
+    assert "full" in out and "lora" in out and "suggestion:" in out
+    rc, out, _ = run_plan(
+        "--model", "minilm", "--out", str(tmp_path), "--methods", "full,lora,prompt", "--json"
+    )
+    p = json.loads(out)
+    full, lora, prompt = p["estimates"]
+    assert full["trainable"] == full["total"] > 22e6
+    assert lora["trainable"] < 0.01 * lora["total"]
+    assert full["optimizer"] > 100 * lora["optimizer"]
+    assert full["peak"] > lora["peak"] and full["flops_per_example"] > lora["flops_per_example"]
+    assert p["longest"] <= p["max_length"] and p["mean_tokens"] < p["longest"]
+
+
+def test_plan_fits_budgets_and_says_what_to_change(tmp_path):
+    common = ("--model", "minilm", "--out", str(tmp_path), "--methods", "full,lora", "--json")
+    p = json.loads(run_plan(*common, "--memory", "400MB")[1])
+    fits = {e["method"]: e["fits_memory"] for e in p["estimates"]}
+    assert fits == {"full": False, "lora": True}
+    assert p["suggestion"].startswith("lora")
+    p = json.loads(run_plan(*common, "--memory", "50MB", "--time", "1h")[1])
+    assert "nothing fits" in p["suggestion"] and "batch" in p["suggestion"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--memory", "lots"), "--memory 'lots'"),
+        (("--time", "2 fortnights"), "--time"),
+        (("--methods", "full,dora"), "unknown method"),
+        (("--examples", "0"), "--examples"),
+        (("--model", "/nonexistent/folder"), "cannot read the config"),
+    ],
+)
+def test_plan_bad_input_is_one_line(tmp_path, args, needle):
+    rc, _, err = run_plan("--out", str(tmp_path), *args)
+    assert rc == 2 and needle in err and "Traceback" not in err
+
+
+def test_parse_units():
+    assert plan.parse_size("16GB") == plan.parse_size("16GiB") == 16 * 2**30
+    assert plan.parse_size("512m") == 512 * 2**20
+    assert plan.parse_duration("1h30m") == 5400
+    assert plan.parse_duration("45") == 45
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    from tunelab import optim
+
+    monkeypatch.setattr(optim, "cpu_bf16_flag", lambda: "amx_bf16")
+    assert optim.choose_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(optim, "cpu_bf16_flag", lambda: None)
+    mode, why = optim.choose_precision("auto", "cpu")
+    assert mode == "no" and "no native bf16" in why
+    assert optim.choose_precision("no", "cpu")[0] == "no"
