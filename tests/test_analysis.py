@@ -159,3 +159,42 @@ def test_encoder_and_decoder_runs_share_a_page_and_zero_shot_is_a_floor():
     assert "val_ppl" in a.rows[1].values and a.rows[1]["val_ppl"].mean == pytest.approx(
         1.6487, 1e-3
     )
+
+
+def sized(method, size, test, train_s, mem_mb=1000.0, trainable=1000):
+    rec = record(method, test, test, train_s, mem_mb, trainable)
+    rec.data.train = size
+    rec.name = f"{method}-n{size}-seed0"
+    return rec
+
+
+def test_training_set_sizes_check_the_articles_table():
+    """Full wins with many examples, prompt only with few: the claims say which hold."""
+    recs = [
+        sized("full", 100, 0.60, 2.0, 1000, 10_000),
+        sized("full", 3000, 0.85, 60.0, 1000, 10_000),
+        sized("llrd", 100, 0.61, 2.0, 1000, 10_000),
+        sized("llrd", 3000, 0.845, 61.0, 1000, 10_000),
+        sized("lora", 100, 0.58, 1.5, 700, 50),
+        sized("lora", 3000, 0.80, 25.0, 700, 50),
+        sized("prompt", 100, 0.605, 1.4, 650, 5),
+        sized("prompt", 3000, 0.70, 30.0, 650, 5),
+    ]
+    a = analyse(recs)
+    s = a.sizes
+    assert s.sizes == [100, 3000]
+    assert [r.method for r in a.rows] == ["full", "llrd", "lora", "prompt"]
+    assert all(r.runs[0].data.train == 3000 for r in a.rows)  # main table: largest size only
+    assert s.fits == {"full": [100, 3000], "llrd": [100, 3000], "lora": [], "prompt": [100]}
+    claims = {c.split(":")[0]: c for c in s.claims}
+    assert claims["full, cost high"].startswith("full, cost high: holds")
+    assert "medium: does not hold" in claims["llrd, cost medium"]  # it costs what full costs
+    assert "low: holds. Measured 0.42x" in claims["lora, cost low"]
+    assert "high: does not hold" in claims["lora, efficacy high"]  # 5 points below the best
+    assert "datasets: holds" in claims["prompt, fits small datasets"]
+    assert "datasets: holds" in claims["full, fits large datasets"]
+    assert "cannot be tested with one model" in claims["lora, fits large models"]
+
+
+def test_one_size_is_no_size_study():
+    assert analyse([record("full", 0.8, 0.8), record("lora", 0.8, 0.8)]).sizes is None

@@ -95,7 +95,9 @@ def test_state_bytes_are_exact(method):
     opt = make_optimizer(m.param_groups(model, 1e-3, 0.01), 1e-3)
     model(**plan.training_batch(config, "classification", 4, 12)).loss.backward()
     opt.step()
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    grads = sum(
+        p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
+    )
     state = sum(
         t.numel() * t.element_size()
         for s in opt.state.values()

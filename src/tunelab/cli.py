@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="full,llrd,lora,prompt", help="comma-separated")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (mean ± std)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument(
+        "--train-sizes",
+        metavar="N,N,...",
+        help="run every method at each training-set size (e.g. 100,300,1000,3000,all; nested "
+        "subsets, same validation and test): the report plots accuracy against size and "
+        "checks the article's table",
+    )
     p.add_argument(
         "--tune",
         type=int,
@@ -262,11 +270,20 @@ def cmd_tune(args) -> dict:
 def cmd_compare(args) -> None:
     from pathlib import Path
 
-    from tunelab.compare import compare, parse_methods, summarize
+    from tunelab.compare import compare, parse_methods, parse_sizes, summarize
 
+    sizes = parse_sizes(args.train_sizes) if args.train_sizes else None
     tuned = cmd_tune(args) if args.tune else None
     cfg = _load(args)
     methods = parse_methods(args.methods)
+    if sizes:
+        from tunelab.compare import clip_sizes
+        from tunelab.data import load_splits
+
+        n_train = len(load_splits(dataclasses.replace(cfg.data, max_train_examples=None)).train)
+        sizes, dropped = clip_sizes(sizes, n_train)
+        if dropped:
+            print(f"--train-sizes: {dropped} >= the {n_train:,} training examples: run as 'all'")
     recs = compare(
         cfg,
         methods,
@@ -275,6 +292,7 @@ def cmd_compare(args) -> None:
         resume=args.resume,
         on_run=_print_run,
         tuned=tuned,
+        sizes=sizes,
     )
     md, analysis = summarize(Path(cfg.out_dir))
     print(md)

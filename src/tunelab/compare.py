@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,23 +26,63 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
+def parse_sizes(text: str) -> list[int | None]:
+    """'100,300,1000,all' -> [100, 300, 1000, None] (None: the whole training set)."""
+    sizes: list[int | None] = []
+    for part in (x.strip().lower() for x in text.split(",") if x.strip()):
+        if part == "all":
+            sizes.append(None)
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(int(part))
+        else:
+            raise TunelabError(
+                f"--train-sizes: {part!r} is not a positive count or 'all' "
+                f"(e.g. --train-sizes 100,300,1000,all)"
+            )
+    if not sizes:
+        raise TunelabError("--train-sizes is empty; e.g. --train-sizes 100,300,1000,all")
+    return sorted(set(sizes), key=lambda n: math.inf if n is None else n)
+
+
+def clip_sizes(sizes: list[int | None], n_train: int) -> tuple[list[int | None], list[int]]:
+    """Sizes a training set of ``n_train`` examples can give (a count at or above it would
+    repeat the whole set as a second, identical point): (kept, dropped)."""
+    dropped = [n for n in sizes if n is not None and n >= n_train]
+    kept = [n for n in sizes if n is None or n < n_train]
+    if dropped and None not in kept:
+        kept.append(None)
+    return kept, dropped
+
+
 def run_configs(
-    base: RunConfig, methods: list[str], seeds: int, tuned: dict[str, dict] | None = None
+    base: RunConfig,
+    methods: list[str],
+    seeds: int,
+    tuned: dict[str, dict] | None = None,
+    sizes: list[int | None] | None = None,
 ) -> list[RunConfig]:
-    """One config per method and seed: everything but the method and the seed shared, so the
+    """One config per method, training-set size and seed: everything else shared, so the
     budget is the same. ``train.lr`` is not forced on all methods unless the user set it (LoRA
     and prompt tuning need far larger rates than full fine-tuning); with ``tuned``, each
-    method gets its own best parameters from ``tune``. Every method's knobs are checked
-    here, before the first run starts."""
+    method gets its own best parameters from ``tune``; with ``sizes``, each run trains on the
+    first n examples of the same shuffled training set (nested subsets; validation and test
+    unchanged) in a folder named <method>-n<size>-seed<seed>. Every method's knobs are
+    checked here, before the first run starts."""
     if seeds < 1:
         raise TunelabError(f"--seeds must be at least 1, got {seeds}")
     configs = []
     for method in methods:
         params = (tuned or {}).get(method, {}).get("best_params", {})
-        for seed in range(base.train.seed, base.train.seed + seeds):
-            cfg = for_method(base, method, {**params, "train.seed": seed})
-            build_method(cfg.method)
-            configs.append(cfg)
+        for size in sizes or [base.data.max_train_examples]:
+            for seed in range(base.train.seed, base.train.seed + seeds):
+                top = {}
+                if sizes:
+                    task = "" if base.task == "classification" else f"-{base.task}"
+                    top["name"] = f"{method}{task}-n{size or 'all'}-seed{seed}"
+                cfg = for_method(base, method, {**params, "train.seed": seed}, **top)
+                cfg.data.max_train_examples = size
+                build_method(cfg.method)
+                configs.append(cfg)
     return configs
 
 
@@ -53,11 +94,12 @@ def compare(
     resume: bool = False,
     on_run: Callable[[RunRecord], None] | None = None,
     tuned: dict[str, dict] | None = None,
+    sizes: list[int | None] | None = None,
 ) -> list[RunRecord]:
     """Run every method for ``seeds`` seeds into ``base.out_dir``: at its own defaults, or at
     its best parameters found by ``tune`` (``tuned``: method -> tune's summary)."""
     records = []
-    for cfg in run_configs(base, methods, seeds, tuned):
+    for cfg in run_configs(base, methods, seeds, tuned, sizes):
         tag = None
         if tuned and cfg.method_name in tuned:
             tag = {"trials": base.tune.trials, "params": tuned[cfg.method_name]["best_params"]}

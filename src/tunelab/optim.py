@@ -44,7 +44,9 @@ def cpu_bf16_flag() -> str | None:
     /proc/cpuinfo names them), or None where bf16 would be emulated (slower than fp32)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
     except OSError:  # not Linux: no cheap way to tell, keep fp32
         return None
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import statistics
 import time
@@ -475,11 +474,9 @@ def suggest(p: Plan) -> str:
         least = min(ok, key=lambda e: e.peak)
         b = largest_batch(least, p)
         fix = (
-            f"{least.method} fits at batch size {b} (set train.grad_accum to keep the global "
-            f"batch)"
+            f"{least.method} fits at batch size {b} (set train.grad_accum to keep the global batch)"
             if 0 < b < p.batch_size and least.fits_time is not False
-            else "lower the batch size or data.max_length, or set "
-            "train.gradient_checkpointing=true"
+            else "lower the batch size or data.max_length, or set train.gradient_checkpointing=true"
         )
         return (
             f"nothing fits as asked: the smallest is {least.method} at {gib(least.peak)} and "
@@ -552,8 +549,8 @@ def duration(s: float) -> str:
 def table(p: Plan) -> str:
     """The plan as text: a header saying what was assumed, one row per method."""
     head = (
-        f"plan for {p.model} ({p.task}) on {p.device}, {'bf16 autocast' if p.precision == 'bf16' else 'fp32'}"
-        f" ({p.precision_why})\n"
+        f"plan for {p.model} ({p.task}) on {p.device}, "
+        f"{'bf16 autocast' if p.precision == 'bf16' else 'fp32'} ({p.precision_why})\n"
         f"batch {p.batch_size} x {p.longest} tokens at the peak (mean {p.mean_tokens:.0f} tokens"
         f" per example, from {p.tokens_from}); {p.examples:,} examples x {p.epochs:g} epoch(s)\n"
         f"memory budget: {gib(p.memory_budget) if p.memory_budget else 'none'} ({p.memory_from})"
@@ -570,7 +567,11 @@ def table(p: Plan) -> str:
             rows.append([e.method, "refused (below)"] + [""] * (len(cols) - 2))
             continue
         fits = {True: "yes", False: "NO", None: "-"}
-        fit = fits[e.fits_memory] if e.fits_time is None else f"{fits[e.fits_memory]}/{fits[e.fits_time]}"
+        fit = (
+            fits[e.fits_memory]
+            if e.fits_time is None
+            else f"{fits[e.fits_memory]}/{fits[e.fits_time]}"
+        )
         rows.append(
             [
                 e.method,
@@ -588,7 +589,10 @@ def table(p: Plan) -> str:
             ]
         )
     widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [cols, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [cols, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     fits_note = "fits = memory/time" if p.time_budget else "fits = memory"
     refused = "".join(f"\n{e.method} refused: {e.error}" for e in p.estimates if e.error)

@@ -18,6 +18,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tunelab.results import RunRecord
 
@@ -544,6 +545,7 @@ class Analysis:
     recommendation: str
     failed: list[str]
     flags: dict[str, list[int]]  # run name -> steps flagged as overfitting
+    sizes: Any = None  # report.sizes.Sizes when the runs span several training-set sizes
 
     @property
     def flagged(self) -> list[str]:
@@ -552,6 +554,11 @@ class Analysis:
 
 def analyse(records: list[RunRecord], tuning: dict | None = None) -> Analysis:
     """The comparison of the runs, and the tuning of the trials (records tagged by tune)."""
+    from tunelab.report import sizes  # it builds on this module's estimates
+
+    study = sizes.analyse_sizes(records)  # several training-set sizes: the article's table
+    if study:
+        records = sizes.largest(records)  # and the main comparison at the largest size
     trials = [r for r in records if is_trial(r)]
     records = [r for r in records if not is_trial(r)]
     rows = summarize_methods(records)
@@ -568,4 +575,5 @@ def analyse(records: list[RunRecord], tuning: dict | None = None) -> Analysis:
         recommendation=recommendation(rows),
         failed=failed_lines(records),
         flags={r.name: overfit_flags(r) for r in records if r.ok},
+        sizes=study,
     )

@@ -161,3 +161,23 @@ def progress_plot(points: dict[str, list[dict]]) -> str:
             label=method,
         )
     return _finish(fig, ax, "training examples spent on trials", "best validation accuracy %")
+
+
+def size_plot(points: dict) -> str:
+    """Test accuracy against training examples per method (log x); the band is the 95%
+    interval (seeds, or the test split's binomial interval for one seed)."""
+    fig, ax = _figure()
+    for i, (method, pts) in enumerate(points.items()):
+        color = COLORS[i % len(COLORS)]
+        xs = [p.size for p in pts]
+        ys = [p.test.mean for p in pts]
+        ax.plot(xs, ys, marker="o", color=color, label=method)
+        ax.fill_between(
+            xs,
+            [p.test.mean - p.test.half for p in pts],
+            [p.test.mean + p.test.half for p in pts],
+            color=color,
+            alpha=0.15,
+        )
+    ax.set_xscale("log")
+    return _finish(fig, ax, "training examples (log)", "test accuracy %")

@@ -116,6 +116,8 @@ def markdown(title: str, a: Analysis) -> str:
         lines += ["", "## Failed or stopped runs", ""] + [f"- {f}" for f in a.failed]
     lines += ["", "## Overfitting signal", ""]
     lines += [f"- {f}" for f in a.flagged] or ["- none detected"]
+    if a.sizes:
+        lines += size_markdown(a.sizes)
     if a.tuning:
         lines += ["", "## Tuning", "", tuning_text(a.tuning), ""]
         lines += [
@@ -207,7 +209,65 @@ def figures(records: list[RunRecord], a: Analysis) -> dict:
                 "Best validation accuracy so far against the training examples spent on trials.",
             ),
         ]
-    return {"pareto": pareto, "curves": curves, "overfit_plot": gap, "tuning_plots": tuning}
+    size = []
+    if a.sizes:
+        size = [_figure("size-curve", plots.size_plot(a.sizes.points), SIZE_CAPTION)]
+    return {
+        "pareto": pareto,
+        "curves": curves,
+        "overfit_plot": gap,
+        "tuning_plots": tuning,
+        "size_plots": size,
+    }
+
+
+SIZE_CAPTION = (
+    "Test accuracy against the number of training examples (nested subsets of one shuffled "
+    "training set; the same validation and test sets). Band: 95% interval."
+)
+SIZE_HEADER = [
+    "method",
+    "article: cost",
+    "measured: time / memory vs full",
+    "trainable params",
+    "article: efficacy",
+    "measured: test accuracy % at the largest size",
+    "article: fits",
+    "measured: best or within 1 pt at",
+]
+
+
+def size_rows(s) -> list[list[str]]:
+    """The article's table next to the measured one, one row per method."""
+    from tunelab.report.sizes import fits_text
+
+    rows = []
+    for r in s.measured:
+        art = r["article"] or ("-", "-", "-")
+        cost = "-" if r["time"] is None else f"{r['time']:.2f}x / {r['memory']:.2f}x"
+        rows.append(
+            [
+                r["method"],
+                art[0],
+                cost,
+                f"{r['trainable']:,}",
+                art[1],
+                f"{fmt(r['test'], 2)} ({r['gap']:.2f} below best)"
+                if r["gap"]
+                else fmt(r["test"], 2) + " (best)",
+                art[2],
+                fits_text(r["fits"], s.sizes),
+            ]
+        )
+    return rows
+
+
+def size_markdown(s) -> list[str]:
+    lines = ["", "## Training-set size: the article's table, measured", "", SIZE_CAPTION, ""]
+    lines += ["| " + " | ".join(SIZE_HEADER) + " |", "|" + "---|" * len(SIZE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in size_rows(s)]
+    lines += ["", "Claim by claim:", ""] + [f"- {c}" for c in s.claims]
+    return lines
 
 
 def tuning_text(t: dict) -> str:
@@ -313,6 +373,9 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         setup=setup_items(runs),
         samples=samples(runs),
         configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in runs],
+        sizes=a.sizes,
+        size_header=SIZE_HEADER,
+        size_rows=size_rows(a.sizes) if a.sizes else [],
         **figures(runs, a),
     )
 
