@@ -137,7 +137,8 @@ class TrainConfig:
     seed: int = 0
     """Seed for initialisation, dropout and batch order."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), no (fp32), or bf16 autocast."""
+    """auto (bf16 autocast where the hardware computes bf16 natively: CUDA, or a CPU with AMX or
+    AVX512-BF16; fp32 elsewhere), no (fp32), or bf16 autocast."""
     log_every: Annotated[int, Positive] = 20
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True
