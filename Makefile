@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/tune_bench.py
 	$(BIN)/python bench/decoder_bench.py
+	$(BIN)/python bench/plan_bench.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench

@@ -27,7 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import sh, write_results  # noqa: E402
-
 from tunelab import fast, measure, plan  # noqa: E402
 from tunelab.config import load_config  # noqa: E402
 from tunelab.methods import METHODS, build_method  # noqa: E402
@@ -76,7 +75,9 @@ def state_check() -> list[dict]:
         opt = make_optimizer(build_method({"name": method}).param_groups(model, 1e-4, 0.01), 1e-4)
         model(**plan.training_batch(config, task, 8, 32)).loss.backward()
         opt.step()
-        grads = sum(g.numel() * g.element_size() for p in model.parameters() if (g := p.grad) is not None)
+        grads = sum(
+            g.numel() * g.element_size() for p in model.parameters() if (g := p.grad) is not None
+        )
         state = sum(
             t.numel() * t.element_size()
             for s in opt.state.values()
@@ -181,9 +182,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "out" / "plan"))
     ap.add_argument("--train-examples", type=int, default=3000)
     ap.add_argument("--warm-examples", type=int, default=1000)
+    ap.add_argument(
+        "--reuse-time", action="store_true", help="keep the time section of the last result"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    last = out / "plan-bench.json"
+    if args.reuse_time:
+        old = json.loads(last.read_text())
+        timed = lambda: old["time"]  # noqa: E731
+    else:
+        timed = lambda: time_check(out, args.train_examples, args.warm_examples)  # noqa: E731
     result = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": measure.environment(torch.device("cpu")),
@@ -191,7 +201,7 @@ def main() -> None:
         "fp32_peak": plan.peak_flops("no"),
         "state": state_check(),
         "activations": activation_check(),
-        "time": time_check(out, args.train_examples, args.warm_examples),
+        "time": timed(),
         "examples": args.train_examples,
     }
     (out / "plan-bench.json").write_text(json.dumps(result, indent=1))
@@ -213,9 +223,14 @@ def results_md(r: dict) -> str:
         "|---|---|---|---|",
     ]
     for s in r["state"]:
-        cells = [f"{a:,} / {b:,}{'' if a == b else ' **differs**'}" for a, b in (s["weights"], s["gradients"], s["optimizer"])]
+        cells = [
+            f"{a:,} / {b:,}{'' if a == b else ' **differs**'}"
+            for a, b in (s["weights"], s["gradients"], s["optimizer"])
+        ]
         lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
-    exact = all(a == b for s in r["state"] for k in ("weights", "gradients", "optimizer") for a, b in [s[k]])
+    exact = all(
+        a == b for s in r["state"] for k in ("weights", "gradients", "optimizer") for a, b in [s[k]]
+    )
     lines += ["", f"All exact: {'yes' if exact else 'NO'}.", ""]
     lines += [
         "Activations saved for backward (random weights, fast CPU paths on, as `tunelab run`):",

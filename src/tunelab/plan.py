@@ -151,11 +151,17 @@ def fake_model(config, task: str, knobs: dict, mode):
 
 
 def training_batch(config, task: str, batch: int, length: int, device="cpu") -> dict:
-    """A training batch of the given shape, as the task's loop feeds the model."""
+    """A training batch of the given shape, as the task's loop feeds the model: with a padded
+    position (length-bucketed batches of several rows nearly always have one, and a mask
+    with padding decides which attention kernel runs); a single row has no mask."""
     vocab = getattr(config, "vocab_size", 1000)
     ids = torch.randint(0, min(vocab, 1000), (batch, length), device=device)
     labels = ids if task == "causal-lm" else torch.zeros(batch, dtype=torch.long, device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    if batch == 1:
+        return {"input_ids": ids, "labels": labels}
+    mask = torch.ones_like(ids)
+    mask[-1, -1] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def spec(cfg: RunConfig, method: str) -> dict:
@@ -191,7 +197,7 @@ def peak_flops(precision: str) -> float:
     second to measure, once per process."""
     if precision not in _PEAKS:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        _PEAKS[precision] = measure.matmul_peak(dtype, n=1024, reps=8)
+        _PEAKS[precision] = measure.matmul_peak(dtype, n=1024, reps=30)
     return _PEAKS[precision]
 
 
@@ -234,9 +240,10 @@ def learned_efficiency(
 
 
 def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> None:
-    """A few real training steps of each method on this machine (random weights from the
-    config; above CALIBRATE_MAX_PARAMS a 2-layer model of the same architecture), and the
-    efficiency they reach, kept in ``runs/plan-calibration.json`` for later plans."""
+    """Real training steps of each method on this machine, on the configured data's own
+    batches when its tokenizer loads (else synthetic rows of the mean length), with random
+    weights from the config (above CALIBRATE_MAX_PARAMS a 2-layer model of the same
+    architecture); the efficiency they reach is kept in ``runs/plan-calibration.json``."""
     from tunelab import fast
     from tunelab.optim import make_optimizer
 
@@ -246,7 +253,7 @@ def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> Non
         config.num_hidden_layers = min(2, config.num_hidden_layers)
     cal = runs / CALIBRATION
     table = json.loads(cal.read_text()) if cal.exists() else {}
-    tokens = max(1, round(plan.mean_tokens))
+    batches = calibration_batches(cfg, config, plan)
     for est in plan.estimates:
         if est.error:
             continue
@@ -256,11 +263,9 @@ def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> Non
         if plan.device == "cpu" and cfg.train.fast_cpu:
             fast.install(model)
         opt = make_optimizer(method.param_groups(model, 1e-5, 0.0), 1e-5)
-        batch = training_batch(config, plan.task, plan.batch_size, tokens)
-        step_s = _time_steps(model, opt, batch, plan.precision == "bf16")
-        per_step = measure.flops_per_token(model)["total"] * plan.batch_size * tokens
+        flops_s = _flops_per_s(model, opt, batches, plan.precision == "bf16", cfg.train.grad_clip)
         table[_key(cfg.model.name, est.method, plan.device, plan.precision)] = (
-            per_step / step_s / plan.peak_flops
+            flops_s / plan.peak_flops
         )
     runs.mkdir(parents=True, exist_ok=True)
     from tunelab.results import write_text
@@ -268,25 +273,49 @@ def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> Non
     write_text(cal, json.dumps(table, indent=1))
 
 
-def _time_steps(model, opt, batch: dict, bf16: bool, seconds: float = 2.0) -> float:
-    """Median seconds of a training step, after two warm-up steps."""
+def calibration_batches(cfg: RunConfig, config, plan: Plan, n: int = 12) -> list[tuple]:
+    """(batch, real tokens) pairs: the first ``n`` length-bucketed training batches of the
+    configured data, as the loop builds them; synthetic ones if the data cannot be encoded."""
+    from tunelab.data import prepare_data, train_batches
+    from tunelab.tasks import build_task
 
-    def step() -> None:
+    try:
+        data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    except TunelabError:
+        tokens = max(1, round(plan.mean_tokens))
+        batch = training_batch(config, plan.task, plan.batch_size, tokens)
+        return [(batch, plan.batch_size * tokens)] * n
+    lengths, pad = data.train.lengths, data.tokenizer.pad_token_id
+    out = []
+    for idx in train_batches(lengths, plan.batch_size, cfg.train.seed, 0)[:n]:
+        batch = data.task.collate(data.train, idx, pad)
+        batch.pop("targets", None), batch.pop("prompt_len", None)
+        out.append((batch, sum(lengths[i] for i in idx)))
+    return out
+
+
+def _flops_per_s(model, opt, batches: list[tuple], bf16: bool, clip: float) -> float:
+    """Training FLOP/s (6N rule on real tokens) over the batches, after two warm-up steps;
+    each step as the loop runs it (autocast, backward, clipping, fused AdamW)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    per_token = measure.flops_per_token(model)["total"]
+
+    def step(batch: dict) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, clip, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     model.train()
-    for _ in range(2):
-        step()
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < seconds and len(times) < 10):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    for batch, _ in batches[:2]:
+        step(batch)
+    t = time.perf_counter()
+    for batch, _ in batches[2:]:
+        step(batch)
+    return per_token * sum(n for _, n in batches[2:]) / (time.perf_counter() - t)
 
 
 # ---------------------------------------------------------------- one method
