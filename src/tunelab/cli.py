@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # guard.Interrupted: a checkpoint was written first
         print("tunelab: interrupted; continue with the same command and --resume", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
     return 0
 
 

@@ -11,7 +11,14 @@ from tunelab.errors import RunFailed, TunelabError
 from tunelab.methods import METHODS, build_method
 from tunelab.report.analysis import Analysis, analyse
 from tunelab.report.render import csv_table, markdown_table
-from tunelab.results import RunRecord, load_records, read_record, run_dir_for, write_text
+from tunelab.results import (
+    RunClaimed,
+    RunRecord,
+    load_records,
+    read_record,
+    run_dir_for,
+    write_text,
+)
 from tunelab.train import run
 
 
@@ -105,6 +112,9 @@ def compare(
             tag = {"trials": base.tune.trials, "params": tuned[cfg.method_name]["best_params"]}
         try:
             rec = run(cfg, overwrite=overwrite, resume=resume, tuning=tag)
+        except RunClaimed as e:  # another compare on the same folder runs it: leave it
+            print(f"  skipped: {e}", flush=True)
+            continue
         except RunFailed as e:  # recorded on disk; the other methods still run
             run_dir = run_dir_for(cfg)
             rec = read_record(run_dir) or RunRecord.start(run_dir, cfg.method_name, cfg)

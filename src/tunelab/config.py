@@ -100,6 +100,12 @@ class DataConfig:
 class ModelConfig:
     name: str = "minilm"
     """Built-in name (minilm), a Hugging Face model id or a local folder."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model repository (some Hub models need it). Off: only
+    transformers' own code runs."""
+    allow_pickle: bool = False
+    """Load weights from pickle files (pytorch_model.bin) when a model has no safetensors.
+    Unpickling can run arbitrary code: only for sources you trust."""
 
 
 @dataclass
@@ -143,6 +149,12 @@ class TrainConfig:
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True
     """Save the adapter / model and the tokenizer in the run folder."""
+    save_every_steps: Annotated[int | None, Positive] = None
+    """Also write the resumable checkpoint every N optimizer steps (it is always written at
+    each validation); unset = by time only."""
+    save_every_minutes: Annotated[float | None, Positive] = 10.0
+    """Also write the resumable checkpoint when this many minutes passed since the last one
+    (unset = only at validations and save_every_steps)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward instead of keeping them: less memory for a longer
     step (for large models or long texts)."""

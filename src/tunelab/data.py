@@ -12,6 +12,7 @@ import bz2
 import csv
 import json
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -139,7 +140,14 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
     )
     label_col = _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column")
     raw = ds[label_col]
-    keep = [i for i, y in enumerate(raw) if y is not None and y != -1]  # -1 = hidden test label
+    keep = [i for i, y in enumerate(raw) if not _empty(y) and y != -1]  # -1 = hidden test label
+    empty = sum(_empty(y) for y in raw)
+    if empty:
+        print(
+            f"tunelab: warning: {empty} of {len(raw)} rows have an empty {label_col!r} and are "
+            f"left out",
+            file=sys.stderr,
+        )
     class_names = getattr(ds.features.get(label_col), "names", None)
     if class_names is not None:  # a ClassLabel column: values are already ids 0..K-1
         return _rows(ds, text_col, pair_col, keep, [raw[i] for i in keep]), list(class_names)
@@ -154,6 +162,15 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
             f"training data (labels: {', '.join(label_names)})"
         ) from None
     return _rows(ds, text_col, pair_col, keep, labels), label_names
+
+
+def _empty(value) -> bool:
+    """A missing label: None, NaN or blank text."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value  # NaN
+    return isinstance(value, str) and not value.strip()
 
 
 def _rows(ds, text_col: str, pair_col: str | None, keep: list[int], labels: list[int]) -> Split:
@@ -214,6 +231,8 @@ def _open(cfg: DataConfig):
     except DataError:
         raise
     except Exception as e:
+        if path.is_file():
+            _diagnose(path)  # raises a precise DataError when it finds the problem
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
             f"cannot load dataset {cfg.dataset!r}: {first}. Use a built-in name "
@@ -223,6 +242,39 @@ def _open(cfg: DataConfig):
     if "train" not in dd:
         raise DataError(f"dataset {cfg.dataset!r} has no train split (splits: {', '.join(dd)})")
     return dd
+
+
+def _diagnose(path: Path) -> None:
+    """Find why a local data file did not load: bytes that are not UTF-8, a JSONL line that is
+    not a JSON object, a column mixing numbers and text. Names the line."""
+    types: dict[str, tuple[str, int]] = {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}: line {n} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                    f"{e.start + 1}); save the file as UTF-8"
+                ) from None
+            if path.suffix != ".jsonl" or not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}: line {n} is not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n} is not a JSON object ({{\"text\": ...}})")
+            for key, value in row.items():
+                kind = "text" if isinstance(value, str) else type(value).__name__
+                if value is None:
+                    continue
+                seen = types.setdefault(key, (kind, n))
+                if {seen[0], kind} == {"text", "int"} or {seen[0], kind} == {"text", "float"}:
+                    raise DataError(
+                        f"{path}: column {key!r} mixes {seen[0]} (line {seen[1]}) and {kind} "
+                        f"(line {n}); use one type for the column"
+                    )
 
 
 def load_instructions(cfg: DataConfig) -> Splits:
@@ -410,7 +462,7 @@ def prepare_data(cfg: RunConfig, make_task) -> Prepared:
     key = (json.dumps(vars(cfg.data), sort_keys=True), cfg.model.name, cfg.task)
     if key not in _CACHE:
         splits = load_splits(cfg.data)
-        tok = load_tokenizer(cfg.model.name)
+        tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
         task = make_task(splits.label_names)
         enc = [
             task.encode(s, tok, cfg.data.max_length)

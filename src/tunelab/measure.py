@@ -101,18 +101,47 @@ def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) 
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
-    for idx in D.eval_batches(enc.lengths, batch_size):
+    rank, world = _process()
+    for idx in D.eval_batches(enc.lengths, batch_size)[rank::world]:  # this process's share
         batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
         loss, pred = task.forward(model, batch)
         loss_sum += loss.float().item() * len(idx)
-        preds.append(pred)
-        labels.append(task.targets(batch))
+        preds.append(pred.cpu())
+        labels.append(task.targets(batch).cpu())
     model.train(was_training)
-    metrics = task.metrics(torch.cat(preds).cpu(), torch.cat(labels).cpu())
+    preds, labels, loss_sum = _gather(preds, labels, loss_sum, world)
+    metrics = task.metrics(preds, labels)
     loss = loss_sum / len(enc)
     if not getattr(task, "has_accuracy", True):  # a language model's own quality
         metrics["perplexity"] = math.exp(min(loss, 50.0))
     return {"loss": loss, **metrics}
+
+
+def _process() -> tuple[int, int]:
+    """(rank, number of processes) of a torch.distributed run (DDP), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(preds: list, labels: list, loss_sum: float, world: int):
+    """Every process's predictions, labels and loss sum, joined: each example was scored by
+    exactly one process, and every process gets the same metrics."""
+    mine = (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long),
+            torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), loss_sum)  # fmt: skip
+    if world == 1:
+        return mine
+    import torch.distributed as dist
+
+    parts: list = [None] * world
+    dist.all_gather_object(parts, mine)
+    return (
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        sum(p[2] for p in parts),
+    )
 
 
 _ZERO_SHOT: dict[tuple, dict] = {}

@@ -112,12 +112,12 @@ def resolve(name: str) -> str:
     return str(BUILTIN[name]()) if name in BUILTIN else name
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise TunelabError(_explain(name, e)) from None
     if tok.pad_token is None:  # decoder-only models ship without a pad token
@@ -126,22 +126,31 @@ def load_tokenizer(name: str):
 
 
 def load_model(
-    name: str, label_names: list[str], pad_token_id: int | None = None, lm_head: bool = False
+    name: str,
+    label_names: list[str],
+    pad_token_id: int | None = None,
+    lm_head: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ):
     """Pretrained backbone with a fresh classification head for ``label_names`` (id2label
-    saved with it), or with ``lm_head`` its own language-model head (causal-LM task)."""
+    saved with it), or with ``lm_head`` its own language-model head (causal-LM task).
+    Safe by default: weights only from safetensors (``allow_pickle`` lets pickle files in),
+    and no code from the model repository (``trust_remote_code``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # the "newly initialized head" report is expected here
     logging.disable_progress_bar()
     path = resolve(name)
+    safety = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True}
     try:
         if lm_head:  # the labels ride along in the config, for predict and export
             model = AutoModelForCausalLM.from_pretrained(
                 path,
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
+                **safety,
             )
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -149,6 +158,7 @@ def load_model(
                 num_labels=len(label_names),
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
+                **safety,
             )
     except Exception as e:
         raise TunelabError(_explain(name, e)) from None
@@ -160,6 +170,24 @@ def load_model(
 def _explain(name: str, e: Exception) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     where = "local folder" if Path(name).exists() else "Hugging Face model id"
+    folder = Path(name)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            return (
+                f"model folder {name!r} has weights only as pickle files (*.bin / *.pt), which "
+                f"can run code when loaded; convert them to safetensors, or set "
+                f"model.allow_pickle=true if you trust the source"
+            )
+        if (folder / "config.json").exists():
+            return (
+                f"model folder {name!r} has a config.json but no weights (*.safetensors); "
+                f"copy the weights in, or use `tunelab plan`, which needs only the config"
+            )
+    if "trust_remote_code" in str(e):
+        return (
+            f"model {name!r} needs code from its repository; if you trust it, set "
+            f"model.trust_remote_code=true"
+        )
     return (
         f"cannot load model {name!r} (as a {where}): {first}. Use a built-in name "
         f"({', '.join(BUILTIN)}), a Hub id such as bert-base-uncased (needs internet), or a "

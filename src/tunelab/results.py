@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -169,7 +170,9 @@ class RunRecord:
         return cls(**_build(cls, d))
 
     def write(self, run_dir: Path) -> None:
-        write_json(Path(run_dir) / RESULT, self.to_dict())
+        """result.json, atomically; by the main process only (several processes share a run)."""
+        if is_main():
+            write_json(Path(run_dir) / RESULT, self.to_dict())
 
 
 def _plain(value: Any) -> Any:
@@ -206,7 +209,7 @@ def write_text(path: Path, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, fault_point: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -214,6 +217,10 @@ def _atomic(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if fault_point:
+            from tunelab.guard import fault
+
+            fault(fault_point)  # the kill tests: written, not yet in place
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
@@ -290,32 +297,117 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.out_dir) / (cfg.name or f"{cfg.method_name}{task}-seed{cfg.train.seed}")
 
 
+CLAIM = ".claim"  # pid@host of the process running the folder; removed when it stops
+
+
+class RunClaimed(TunelabError):
+    """Another live process is running this run folder."""
+
+
+def _alive(owner: str) -> bool:
+    """Whether the pid@host that claimed a folder still runs (another host: assume so)."""
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(run_dir: Path) -> None:
+    """Take the folder for this process, atomically (O_EXCL): two processes pointed at one
+    output folder never run the same run. A claim left by a dead process is taken over."""
+    path = run_dir / CLAIM
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = path.read_text().strip() if path.exists() else ""
+            if owner and _alive(owner) and owner != me:
+                raise RunClaimed(f"run {run_dir.name} is being run by process {owner}") from None
+            path.unlink(missing_ok=True)  # its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return
+    raise RunClaimed(f"run {run_dir.name}: could not claim {path}")
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Give the folder back (the claim file of this process only)."""
+    path = Path(run_dir) / CLAIM
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    try:
+        if path.read_text().strip() == me:
+            path.unlink()
+    except OSError:
+        pass
+
+
 def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber a run unless told to overwrite; resume keeps it."""
+    """Claim the folder for this process; refuse to clobber a run unless told to overwrite;
+    resume keeps it."""
+    if not is_main():
+        return  # the main process of a multi-process run owns the folder
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _claim(run_dir)
+    except OSError as e:
+        raise TunelabError(
+            f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}; choose an output "
+            f"folder you can write to (--out / out_dir)"
+        ) from None
+    try:
+        _check_existing(run_dir, overwrite, resume)
+    except BaseException:
+        release_run_dir(run_dir)
+        raise
+
+
+def is_main() -> bool:
+    """The main process (rank 0 under torchrun / accelerate launch; a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_existing(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if (run_dir / RESULT).exists() or (run_dir / STATE).exists():
         if resume and (run_dir / STATE).exists():
             (run_dir / RESULT).unlink(missing_ok=True)  # an "interrupted" record goes on
         elif overwrite:
-            shutil.rmtree(run_dir)
+            for item in run_dir.iterdir():
+                if item.name != CLAIM:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
         elif not resume:
             raise TunelabError(
                 f"output folder {str(run_dir)!r} already holds a run; pass "
                 f"--overwrite to replace it, --resume to continue it, or pick "
                 f"another --out / name"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 # ---------------------------------------------------------------- checkpoint
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
-    """Standard formats: PEFT adapter (+ the base config with labels) or a full HF model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    """Standard formats: PEFT adapter (+ the base config with labels) or a full HF model;
+    written to a temporary folder renamed into place, so ``folder`` is whole or absent."""
+    from tunelab.guard import fault
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.config.save_pretrained(folder)  # id2label + num_labels for loading the adapter back
-    tokenizer.save_pretrained(folder)
+    base.config.save_pretrained(tmp)  # id2label + num_labels for loading the adapter back
+    tokenizer.save_pretrained(tmp)
+    fault("final-save")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -346,12 +438,20 @@ def save_checkpoint(
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    _atomic(Path(run_dir) / STATE, lambda f: torch.save(state, f))
+    _atomic(Path(run_dir) / STATE, lambda f: torch.save(state, f), fault_point="checkpoint")
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
     """Restore what ``save_checkpoint`` wrote; return (progress, best weights)."""
-    st = torch.load(Path(run_dir) / STATE, weights_only=False)
+    # weights_only: tensors and plain containers only; a pickle planted in a shared runs
+    # folder cannot run code here
+    try:
+        st = torch.load(Path(run_dir) / STATE, weights_only=True)
+    except Exception as e:
+        raise TunelabError(
+            f"cannot read the checkpoint {Path(run_dir) / STATE}: {str(e).splitlines()[0][:200]}"
+            f"; start the run again with --overwrite"
+        ) from None
     load_trainable(model, st["trainable"])
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])

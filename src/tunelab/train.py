@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tunelab import fast, measure, results
+from tunelab import fast, guard, measure, results
 from tunelab.config import RunConfig, to_dict
 from tunelab.data import Prepared, data_info, prepare_data, train_batches
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
@@ -68,11 +68,16 @@ class Session:
     total_steps: int
     eval_every: int
     rss_before_model: int
+    stop: guard.StopSignals = field(default_factory=guard.StopSignals)
+    last_save: float = field(default_factory=time.monotonic)  # of the newest checkpoint
 
     def evaluate(self, split) -> dict[str, float]:
         """Loss and the task's metrics on an encoded split."""
         pad_id, batch_size = self.data.tokenizer.pad_token_id, self.cfg.train.eval_batch_size
-        return evaluate(self.model, self.data.task, split, batch_size, pad_id, self.acc.device)
+        # the unwrapped model: under DDP each process scores its own share of the batches, and
+        # the wrapper's forward could wait on a collective the other processes never join
+        model = self.acc.unwrap_model(self.model)
+        return evaluate(model, self.data.task, split, batch_size, pad_id, self.acc.device)
 
 
 def run(
@@ -91,27 +96,35 @@ def run(
     method = build_method(cfg.method)  # bad method names/knobs fail before touching disk
     check_task(cfg)
     results.claim_run_dir(run_dir, overwrite, resume)
-    results.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if results.is_main():
+        results.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
     record.tuning = dict(tuning or {})
     pg, best, logger = Progress(), {}, None
-    try:
-        s = setup(cfg, method, run_dir, record)
-        pg, best = restore(s, resume)
-        logger = make_logger(run_dir, s.acc, cfg, s.total_steps, pg.step)
-        outcome = train_loop(s, pg, best, logger, on_validation)
-        return finish(s, pg, best, outcome)
-    except RunFailed as e:  # recorded, so a comparison reports it and goes on
-        record.fail(str(e), pg.step, pg.curve).write(run_dir)
-        raise type(e)(f"run {run_dir.name} failed: {e}") from None
-    except KeyboardInterrupt:
-        if (run_dir / STATE).exists():
-            reason = "interrupted; continue it with the same command and --resume"
-            record.stop("interrupted", reason, pg.step, pg.curve).write(run_dir)
-        raise
-    finally:
-        if logger:
-            logger.close()
+    resumable = "interrupted; continue it with the same command and --resume"
+    with guard.StopSignals() as stop:
+        try:
+            s = setup(cfg, method, run_dir, record)
+            s.stop = stop
+            pg, best = restore(s, resume)
+            logger = make_logger(run_dir, s.acc, cfg, s.total_steps, pg.step)
+            outcome = train_loop(s, pg, best, logger, on_validation)
+            if outcome == "interrupted":  # checkpoint written: record it, exit 130 / 143
+                if s.acc.is_main_process:
+                    record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)
+                raise guard.Interrupted(stop.signum, pg.step)
+            return finish(s, pg, best, outcome)
+        except RunFailed as e:  # recorded, so a comparison reports it and goes on
+            record.fail(str(e), pg.step, pg.curve).write(run_dir)
+            raise type(e)(f"run {run_dir.name} failed: {e}") from None
+        except KeyboardInterrupt as e:
+            if not isinstance(e, guard.Interrupted) and (run_dir / STATE).exists():
+                record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)
+            raise
+        finally:
+            if logger:
+                logger.close()
+            results.release_run_dir(run_dir)
 
 
 def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> Session:
@@ -131,7 +144,11 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
     rss_before_model = measure.settled_rss()
     pad_id = data.tokenizer.pad_token_id
-    model = load_model(cfg.model.name, data.splits.label_names, pad_id, data.task.lm_head)
+    mc = cfg.model
+    model = load_model(
+        mc.name, data.splits.label_names, pad_id, data.task.lm_head,
+        mc.trust_remote_code, mc.allow_pickle,
+    )  # fmt: skip
     record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device))
     try:
         model = method.prepare(model)
@@ -180,6 +197,7 @@ def train_loop(
                 train_step(s, steps[pg.batch_in_epoch], win)
                 pg.step += 1
                 pg.batch_in_epoch += 1
+                guard.fault("step")
                 last = pg.step == s.total_steps or pg.batch_in_epoch == len(steps)
                 eval_now = pg.step % s.eval_every == 0 or last
                 if eval_now or pg.step % tc.log_every == 0:
@@ -188,6 +206,11 @@ def train_loop(
                         with mem.paused():  # the peak measures training steps only
                             outcome = validate(s, pg, best, logger, on_validation)
                     win = Window(device, accuracy)  # the clock restarts after validation
+                if outcome == "done" and stop_requested(s) and not last:
+                    checkpoint(s, pg, best, win)
+                    outcome = "interrupted"
+                elif outcome == "done" and checkpoint_due(s, pg):
+                    checkpoint(s, pg, best, win)
             if pg.batch_in_epoch >= len(steps):
                 pg.epoch, pg.batch_in_epoch = pg.epoch + 1, 0
     s.record.memory = results.Memory(mem.used, mem.peak, mem.kind)
@@ -197,8 +220,11 @@ def train_loop(
 def epoch_steps(s: Session, epoch: int) -> list[list[list[int]]]:
     """This process's optimizer steps of an epoch, each a list of ``grad_accum`` batches."""
     tc, acc = s.cfg.train, s.acc
-    batches = train_batches(s.data.train.lengths, tc.batch_size, tc.seed, epoch)
-    batches = batches[acc.process_index :: acc.num_processes]
+    n, rank, b = acc.num_processes, acc.process_index, tc.batch_size
+    # global batches of batch_size x processes, each process taking its slice: the same
+    # examples per optimizer step as one process with the global batch size
+    batches = train_batches(s.data.train.lengths, b * n, tc.seed, epoch)
+    batches = [g[rank * b : (rank + 1) * b] for g in batches if len(g) > (n - 1) * b]
     steps = [batches[i : i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
     return [st for st in steps if len(st) == tc.grad_accum]
 
@@ -260,11 +286,48 @@ def validate(
         best.update(results.trainable_state(model))
     else:
         pg.evals_since_best += 1
-    if pg.step < s.total_steps and s.acc.is_main_process:
-        results.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, vars(pg), best)
+    checkpoint(s, pg, best)
     if on_validation and on_validation(pg.step, val) is False:
         return "pruned"
     return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
+
+
+def stop_requested(s: Session) -> bool:
+    """Whether a signal asked the run to stop; with several processes, whether any process
+    got one (all must stop at the same step, or the next all-reduce would wait forever)."""
+    asked = s.stop.signum is not None
+    if s.acc.num_processes > 1:
+        flag = torch.tensor([float(asked)], device=s.acc.device)
+        asked = bool(s.acc.reduce(flag, reduction="sum").item())
+        if asked and s.stop.signum is None:
+            s.stop.signum = 15  # another process got it: stop as for SIGTERM
+    return asked
+
+
+def checkpoint_due(s: Session, pg: Progress) -> bool:
+    """train.save_every_steps or train.save_every_minutes since the newest checkpoint (only
+    the main process writes one, so the processes need not agree)."""
+    tc = s.cfg.train
+    if tc.save_every_steps and pg.step % tc.save_every_steps == 0:
+        return True
+    if not tc.save_every_minutes:
+        return False
+    return time.monotonic() - s.last_save >= 60 * tc.save_every_minutes
+
+
+def checkpoint(s: Session, pg: Progress, best: dict, win: Window | None = None) -> None:
+    """Write the resumable state (main process only), atomically; mid-window, the window's
+    examples, tokens and seconds so far are counted into the saved progress."""
+    s.last_save = time.monotonic()
+    if pg.step >= s.total_steps or not s.acc.is_main_process:
+        return
+    progress = dict(vars(pg))
+    if win is not None:
+        progress["examples"] += win.examples
+        progress["tokens"] += win.tokens
+        progress["train_time"] += time.perf_counter() - win.start
+    model = s.acc.unwrap_model(s.model)
+    results.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, progress, best)
 
 
 def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
@@ -283,7 +346,9 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         stopped_early=outcome == "early",
         steps=pg.step,
         epochs=pg.step / s.per_epoch,
-        timing=results.Timing.of(pg.train_time, pg.eval_time, test_s, pg.examples, pg.tokens),
+        timing=results.Timing.of(  # this process's share of the examples, times processes
+            pg.train_time, pg.eval_time, test_s, *(n * s.acc.num_processes for n in (pg.examples, pg.tokens))
+        ),
         saved_bytes=measure.weights_bytes(s.run_dir / "model"),
         curve=pg.curve,
         best_step=pg.best_step,
