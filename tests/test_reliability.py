@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import pytest
 
 from tests.conftest import tiny_overrides
 from tunelab.results import RunClaimed, _claim, load_records, read_record, release_run_dir
+
+pytestmark = pytest.mark.slow  # real subprocesses: in `make test`, not in `make test-fast`
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
 # 3 epochs of 320 toy examples at batch 16 = 60 steps; a checkpoint every 7 steps and at
@@ -53,6 +54,29 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
     while not predicate():
         assert time.monotonic() < end, "timed out waiting"
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run torchrun in its own process group, so a hang kills its workers too."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def finals(rec) -> tuple:
@@ -98,7 +122,12 @@ def test_signal_stops_cleanly_and_resume_goes_on(sig, code, tiny_model, toy_csv,
     args = ["run", *tiny_overrides(tiny_model, toy_csv, tmp_path, **over)]
     proc = start(*args)
     run_dir = tmp_path / "full-seed0"
-    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 300)
+    wait_for(
+        lambda: (
+            (run_dir / "metrics.jsonl").exists()
+            and (run_dir / "metrics.jsonl").stat().st_size > 300
+        )
+    )
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
@@ -139,8 +168,9 @@ def test_two_compares_on_one_folder_share_the_runs(tiny_model, toy_csv, tmp_path
     recs = load_records(tmp_path)
     assert sorted(r.method for r in recs) == ["bitfit", "full", "lora", "prompt"]
     assert all(r.status == "ok" for r in recs)
-    for r in recs:  # each run trained by exactly one process: one TensorBoard event file
-        assert len(list(Path(r.run_dir).rglob("events.out.tfevents.*"))) == 1, r.name
+    for r in recs:  # each run trained by one process: TensorBoard files of one pid
+        events = list(Path(r.run_dir).rglob("events.out.tfevents.*"))
+        assert events and len({e.name.split(".")[-2] for e in events}) == 1, r.name
     assert not list(tmp_path.rglob(".claim"))
 
 
@@ -180,7 +210,6 @@ def test_resume_state_is_loaded_without_running_pickled_code(tiny_model, toy_csv
     assert not marker.exists()
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and False, reason="torchrun missing")
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, toy_csv, tmp_path):
     """torchrun --nproc_per_node 2 on CPU (gloo): DDP, sharded evaluation gathered, one writer."""
     import torch
@@ -194,27 +223,47 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, to
     cfg = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
     load_tokenizer("minilm").save_pretrained(folder)
-    common = {"train.epochs": 2, "train.mixed_precision": "no", "tracker": "tensorboard"}
-    one = tunelab("run", *tiny_overrides(str(folder), toy_csv, tmp_path / "one", **common, **{"train.batch_size": 16}))
+    common = {
+        "train.epochs": 3,
+        "train.lr": 2e-3,
+        "train.mixed_precision": "no",
+        "tracker": "tensorboard",
+    }
+    one = tunelab(
+        "run",
+        *tiny_overrides(
+            str(folder), toy_csv, tmp_path / "one", **common, **{"train.batch_size": 16}
+        ),
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(
+    two = torchrun(
         [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", "29533", "-m", "tunelab", "run",
-            *tiny_overrides(str(folder), toy_csv, tmp_path / "two", **common, **{"train.batch_size": 8}),
+            "--master_port", str(free_port()), "-m", "tunelab", "run",
+            *tiny_overrides(str(folder), toy_csv, tmp_path / "two", **common), "train.batch_size=8",
         ],
-        capture_output=True, text=True, timeout=300,
         env={**ENV, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = read_record(tmp_path / "one" / "full-seed0"), read_record(tmp_path / "two" / "full-seed0")
+    a, b = (
+        read_record(tmp_path / "one" / "full-seed0"),
+        read_record(tmp_path / "two" / "full-seed0"),
+    )
     assert a.steps == b.steps and a.data.validation == b.data.validation
     assert b.timing.train_examples_seen == a.timing.train_examples_seen
-    assert abs(a.test["accuracy"] - b.test["accuracy"]) <= 1 / a.data.test + 1e-9
+    assert a.test["accuracy"] > 0.9  # it learned, so the comparison means something
+    assert b.test["accuracy"] == a.test["accuracy"]
+    assert b.test["loss"] == pytest.approx(a.test["loss"], rel=1e-4)
     for pa, pb in zip(a.curve, b.curve, strict=True):
         assert pa["step"] == pb["step"]
-        assert pb["val_loss"] == pytest.approx(pa["val_loss"], rel=1e-3)
+        assert pb["val_loss"] == pytest.approx(pa["val_loss"], rel=1e-4)
     # one writer: one event file, one record, no leftovers
-    assert len(list((tmp_path / "two").rglob("events.out.tfevents.*"))) == 1
-    rows = [json.loads(x) for x in (tmp_path / "two" / "full-seed0" / "metrics.jsonl").read_text().splitlines()]
-    assert len({r["step"] for r in rows if "val_loss" in r}) == len([r for r in rows if "val_loss" in r])
+    events = list((tmp_path / "two").rglob("events.out.tfevents.*"))
+    assert events and len({e.name.split(".")[-2] for e in events}) == 1  # the main process's
+    rows = [
+        json.loads(x)
+        for x in (tmp_path / "two" / "full-seed0" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len({r["step"] for r in rows if "val_loss" in r}) == len(
+        [r for r in rows if "val_loss" in r]
+    )

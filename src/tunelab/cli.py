@@ -327,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _load(args)
             rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
-            print(
-                f"{rec.name}: {_score(rec)}, train {rec.timing.train_s:.1f}s -> {run_dir_for(cfg)}"
-            )
+            from tunelab.results import is_main
+
+            if is_main():  # one line, not one per process
+                where = run_dir_for(cfg)
+                print(f"{rec.name}: {_score(rec)}, train {rec.timing.train_s:.1f}s -> {where}")
         elif args.cmd == "compare":
             cmd_compare(args)
         elif args.cmd == "tune":

@@ -153,6 +153,7 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
         return _rows(ds, text_col, pair_col, keep, [raw[i] for i in keep]), list(class_names)
     if label_names is None:
         label_names = [str(v) for v in sorted({raw[i] for i in keep}, key=str)]
+        _check_label_kinds(label_names, label_col)
     lookup = {name: i for i, name in enumerate(label_names)}
     try:
         labels = [lookup[str(raw[i])] for i in keep]
@@ -162,6 +163,26 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
             f"training data (labels: {', '.join(label_names)})"
         ) from None
     return _rows(ds, text_col, pair_col, keep, labels), label_names
+
+
+def _check_label_kinds(names: list[str], column: str) -> None:
+    """Refuse a label column that mixes numbers and words (0, 1, neg, pos): almost always two
+    sources concatenated, which would silently double the classes."""
+
+    def number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    nums = [n for n in names if number(n)]
+    words = [n for n in names if not number(n)]
+    if nums and words:
+        raise DataError(
+            f"label column {column!r} mixes numbers ({', '.join(nums[:3])}) and words "
+            f"({', '.join(words[:3])}); use one kind of label for every row"
+        )
 
 
 def _empty(value) -> bool:
@@ -264,7 +285,7 @@ def _diagnose(path: Path) -> None:
             except ValueError as e:
                 raise DataError(f"{path}: line {n} is not valid JSON ({e})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}: line {n} is not a JSON object ({{\"text\": ...}})")
+                raise DataError(f'{path}: line {n} is not a JSON object ({{"text": ...}})')
             for key, value in row.items():
                 kind = "text" if isinstance(value, str) else type(value).__name__
                 if value is None:

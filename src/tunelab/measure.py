@@ -129,8 +129,8 @@ def _process() -> tuple[int, int]:
 def _gather(preds: list, labels: list, loss_sum: float, world: int):
     """Every process's predictions, labels and loss sum, joined: each example was scored by
     exactly one process, and every process gets the same metrics."""
-    mine = (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long),
-            torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), loss_sum)  # fmt: skip
+    none = torch.empty(0, dtype=torch.long)  # a process that got no batch
+    mine = (torch.cat(preds) if preds else none, torch.cat(labels) if labels else none, loss_sum)
     if world == 1:
         return mine
     import torch.distributed as dist

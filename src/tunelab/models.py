@@ -143,7 +143,10 @@ def load_model(
     logging.set_verbosity_error()  # the "newly initialized head" report is expected here
     logging.disable_progress_bar()
     path = resolve(name)
-    safety = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True}
+    safety = {
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": None if allow_pickle else True,
+    }
     try:
         if lm_head:  # the labels ride along in the config, for predict and export
             model = AutoModelForCausalLM.from_pretrained(
@@ -158,6 +161,7 @@ def load_model(
                 num_labels=len(label_names),
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
+                ignore_mismatched_sizes=True,  # a checkpoint's own head: replaced, fresh
                 **safety,
             )
     except Exception as e:

@@ -367,6 +367,8 @@ def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     except BaseException:
         release_run_dir(run_dir)
         raise
+    for left in run_dir.glob(".*.tmp"):  # half-written files of a killed process (ours now)
+        shutil.rmtree(left) if left.is_dir() else left.unlink()
 
 
 def is_main() -> bool:

@@ -135,7 +135,10 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     tc = cfg.train
     trackers = None if cfg.tracker == "none" else cfg.tracker
     acc = Accelerator(
-        mixed_precision=precision(tc.mixed_precision), log_with=trackers, project_dir=str(run_dir)
+        mixed_precision=precision(tc.mixed_precision),
+        log_with=trackers,
+        project_dir=str(run_dir),
+        cpu=not torch.cuda.is_available(),  # lets torchrun's processes on CPU form a gloo group
     )
     fast_paths = tc.fast_cpu and acc.device.type == "cpu"
     if fast_paths:
@@ -334,6 +337,7 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
     """Test the best validation checkpoint (never the last one), save it, write the record.
     A pruned run is recorded as such, untested."""
     rec, model, main = s.record, s.acc.unwrap_model(s.model), s.acc.is_main_process
+    n_proc = s.acc.num_processes
     results.load_trainable(model, best)
     test_s = 0.0
     if outcome != "pruned" and s.cfg.train.test:
@@ -347,7 +351,7 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         steps=pg.step,
         epochs=pg.step / s.per_epoch,
         timing=results.Timing.of(  # this process's share of the examples, times processes
-            pg.train_time, pg.eval_time, test_s, *(n * s.acc.num_processes for n in (pg.examples, pg.tokens))
+            pg.train_time, pg.eval_time, test_s, pg.examples * n_proc, pg.tokens * n_proc
         ),
         saved_bytes=measure.weights_bytes(s.run_dir / "model"),
         curve=pg.curve,
@@ -360,4 +364,5 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
     if main:
         rec.write(s.run_dir)
         (s.run_dir / STATE).unlink(missing_ok=True)
-    return rec
+    s.acc.wait_for_everyone()  # several processes: leave together (the trackers' shutdown
+    return rec  # tears the process group down, and a peer already gone would hang it)
