@@ -28,28 +28,12 @@ from tunelab.methods import Method, build_method, knobs
 from tunelab.models import load_model
 from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
 from tunelab.results import STATE, RunRecord
+from tunelab.resume import Progress, checkpoint, checkpoint_due, restore, stop_requested
 from tunelab.tasks import build_task, check_task
 
 OnValidation = Callable[[int, dict], bool | None]
 """Called after each validation with (step, validation metrics); False stops the run, which
 is then recorded with status ``pruned`` (e.g. an Optuna pruner)."""
-
-
-@dataclass
-class Progress:
-    """Everything the loop must carry across an interruption."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    train_time: float = 0.0
-    eval_time: float = 0.0
-    examples: int = 0
-    tokens: int = 0
-    best: dict = field(default_factory=dict)
-    best_step: int = -1
-    evals_since_best: int = 0
-    curve: list = field(default_factory=list)
 
 
 @dataclass
@@ -74,9 +58,7 @@ class Session:
     def evaluate(self, split) -> dict[str, float]:
         """Loss and the task's metrics on an encoded split."""
         pad_id, batch_size = self.data.tokenizer.pad_token_id, self.cfg.train.eval_batch_size
-        # the unwrapped model: under DDP each process scores its own share of the batches, and
-        # the wrapper's forward could wait on a collective the other processes never join
-        model = self.acc.unwrap_model(self.model)
+        model = self.acc.unwrap_model(self.model)  # DDP: each process scores its own share
         return evaluate(model, self.data.task, split, batch_size, pad_id, self.acc.device)
 
 
@@ -110,8 +92,7 @@ def run(
             logger = make_logger(run_dir, s.acc, cfg, s.total_steps, pg.step)
             outcome = train_loop(s, pg, best, logger, on_validation)
             if outcome == "interrupted":  # checkpoint written: record it, exit 130 / 143
-                if s.acc.is_main_process:
-                    record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)
+                record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)
                 raise guard.Interrupted(stop.signum, pg.step)
             return finish(s, pg, best, outcome)
         except RunFailed as e:  # recorded, so a comparison reports it and goes on
@@ -134,12 +115,9 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
 
     tc = cfg.train
     trackers = None if cfg.tracker == "none" else cfg.tracker
-    acc = Accelerator(
-        mixed_precision=precision(tc.mixed_precision),
-        log_with=trackers,
-        project_dir=str(run_dir),
-        cpu=not torch.cuda.is_available(),  # lets torchrun's processes on CPU form a gloo group
-    )
+    cpu = not torch.cuda.is_available()  # lets torchrun's CPU processes form a gloo group
+    mp = precision(tc.mixed_precision)
+    acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir), cpu=cpu)
     fast_paths = tc.fast_cpu and acc.device.type == "cpu"
     if fast_paths:
         fast.tune_allocator()
@@ -170,18 +148,6 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     model, optimizer = acc.prepare(model, optimizer)
     parts = (acc, data, model, optimizer, scheduler, record, per_epoch, total, eval_every)
     return Session(cfg, run_dir, *parts, rss_before_model)
-
-
-def restore(s: Session, resume: bool) -> tuple[Progress, dict]:
-    """Progress and best weights of an interrupted run (``--resume``), or a fresh start."""
-    if resume and (s.run_dir / STATE).exists():
-        model = s.acc.unwrap_model(s.model)
-        progress, best = results.load_checkpoint(s.run_dir, model, s.optimizer, s.scheduler)
-        pg = Progress(**progress)
-        results.truncate_metrics(s.run_dir, pg.step)  # rows after the checkpoint come again
-        return pg, best
-    (s.run_dir / results.METRICS).unlink(missing_ok=True)
-    return Progress(), {}
 
 
 def train_loop(
@@ -293,44 +259,6 @@ def validate(
     if on_validation and on_validation(pg.step, val) is False:
         return "pruned"
     return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
-
-
-def stop_requested(s: Session) -> bool:
-    """Whether a signal asked the run to stop; with several processes, whether any process
-    got one (all must stop at the same step, or the next all-reduce would wait forever)."""
-    asked = s.stop.signum is not None
-    if s.acc.num_processes > 1:
-        flag = torch.tensor([float(asked)], device=s.acc.device)
-        asked = bool(s.acc.reduce(flag, reduction="sum").item())
-        if asked and s.stop.signum is None:
-            s.stop.signum = 15  # another process got it: stop as for SIGTERM
-    return asked
-
-
-def checkpoint_due(s: Session, pg: Progress) -> bool:
-    """train.save_every_steps or train.save_every_minutes since the newest checkpoint (only
-    the main process writes one, so the processes need not agree)."""
-    tc = s.cfg.train
-    if tc.save_every_steps and pg.step % tc.save_every_steps == 0:
-        return True
-    if not tc.save_every_minutes:
-        return False
-    return time.monotonic() - s.last_save >= 60 * tc.save_every_minutes
-
-
-def checkpoint(s: Session, pg: Progress, best: dict, win: Window | None = None) -> None:
-    """Write the resumable state (main process only), atomically; mid-window, the window's
-    examples, tokens and seconds so far are counted into the saved progress."""
-    s.last_save = time.monotonic()
-    if pg.step >= s.total_steps or not s.acc.is_main_process:
-        return
-    progress = dict(vars(pg))
-    if win is not None:
-        progress["examples"] += win.examples
-        progress["tokens"] += win.tokens
-        progress["train_time"] += time.perf_counter() - win.start
-    model = s.acc.unwrap_model(s.model)
-    results.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, progress, best)
 
 
 def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
