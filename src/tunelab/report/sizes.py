@@ -177,6 +177,13 @@ def claims(s: Sizes) -> list[str]:
     cannot be tested here, with the numbers."""
     out = []
     small, top = s.sizes[0], s.sizes[-1]
+    halves = [p.test.half for pts in s.points.values() for p in pts if p.test.half]
+    if halves and max(p.n for pts in s.points.values() for p in pts) == 1:
+        out.append(
+            f"One run per method and size: each accuracy carries a ±{min(halves):.1f} to "
+            f"±{max(halves):.1f} point interval, so 'within {WITHIN:g} point' orderings among "
+            f"the leading methods are not significant; run --seeds 3 to separate them"
+        )
     for row in s.measured:
         art = ARTICLE.get(row["method"])
         if art is None:
