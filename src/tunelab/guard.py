@@ -23,8 +23,9 @@ class Interrupted(KeyboardInterrupt):
 
 class StopSignals:
     """While active, the first SIGINT or SIGTERM only sets ``signum`` (the loop finishes its
-    step, checkpoints and stops); a second SIGINT raises KeyboardInterrupt at once. Outside the
-    main thread (a signal handler cannot be installed there) it does nothing."""
+    step, checkpoints and stops); a second SIGINT raises KeyboardInterrupt at once. A signal
+    the process was started with ignored stays ignored; outside the main thread (no handler
+    can be installed there) it does nothing."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -46,6 +47,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored by whoever started us (a script's background job): keep
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
