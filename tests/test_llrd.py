@@ -5,8 +5,8 @@ import torch
 from conftest import tiny_bert_config
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
+from tunelab.anatomy import anatomy
 from tunelab.methods import build_method
-from tunelab.models import depth, num_layers
 
 
 def lr_of(groups, p):
@@ -31,7 +31,8 @@ def test_group_lrs_follow_the_formula(arch):
     model = AutoModelForSequenceClassification.from_config(cfg)
     method = build_method({"name": "llrd", "decay": 0.5})
     groups = method.param_groups(model, 1e-3, 0.01)
-    n = num_layers(model)
+    a = anatomy(model)
+    n = a.n_blocks
     assert n == 3
     for name, p in model.named_parameters():
         if "layers.1." in name or "layer.1." in name:
@@ -41,7 +42,7 @@ def test_group_lrs_follow_the_formula(arch):
         elif "classifier" in name or "score" in name:
             expected = 1e-3
         else:
-            expected = 1e-3 * 0.5 ** (n + 1 - depth(name, n))
+            expected = 1e-3 * 0.5 ** (n + 1 - a.depth(name))
         assert lr_of(groups, p) == pytest.approx(expected), name
     # every trainable parameter in exactly one group; no weight decay on 1-D tensors
     ids = [id(p) for g in groups for p in g["params"]]

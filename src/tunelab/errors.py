@@ -20,3 +20,8 @@ class RunFailed(TunelabError):
 
 class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite; the run is recorded as failed."""
+
+
+class NoTokenizer(TunelabError):
+    """The model has no usable tokenizer (a folder holding only config.json, as published
+    configs are shared); ``tunelab plan`` then counts data.max_length tokens per example."""

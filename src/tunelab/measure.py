@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tunelab import data as D
-from tunelab.models import depth, num_layers
+from tunelab.anatomy import anatomy
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab")
 
@@ -38,18 +38,20 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
     activations 2N' where N' counts the weights at or above the lowest trainable layer
     (nothing below it needs a gradient); weight gradients 2T for T trainable non-embedding
     weights. Attention-score FLOPs (4 L s d per token) are left out: under 2% for the short
-    sequences here.
+    sequences here. Blocks shared across layers (ALBERT) count once per layer that runs them.
     """
-    n_layers = num_layers(model)
-    named = [(name, p, depth(name, n_layers)) for name, p in model.named_parameters()]
-    lowest = min((d for _, p, d in named if p.requires_grad), default=n_layers + 1)
+    a = anatomy(model)
+    named = [(name, p, a.depth(name)) for name, p in model.named_parameters()]
+    lowest = min((d for _, p, d in named if p.requires_grad), default=a.n_blocks + 1)
+    reuse = a.n_layers / a.n_blocks if a.n_blocks else 1
     n = bwd = trainable = 0
     for _, p, d in named:
         if d == 0:  # embedding tables and soft prompts: lookups, no matmul
             continue
-        n += p.numel()
-        bwd += p.numel() if d >= lowest else 0
-        trainable += p.numel() if p.requires_grad else 0
+        size = round(p.numel() * reuse) if d <= a.n_blocks else p.numel()
+        n += size
+        bwd += size if d >= lowest else 0
+        trainable += size if p.requires_grad else 0
     return {
         "forward": 2 * n,
         "backward": 2 * bwd + 2 * trainable,

@@ -1,17 +1,27 @@
 """Backbone + classification head loading (the built-in name ``minilm`` works offline), and
-the layer helpers that layer-wise methods and the FLOP count share."""
+which model class a run uses (the parts of a model: tunelab.anatomy)."""
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from tunelab.assets import package_dir
-from tunelab.errors import TunelabError
+from tunelab.errors import NoTokenizer, TunelabError
+
+# Runs keep the weights in float32 whatever dtype a checkpoint is stored in (transformers 5
+# loads a bf16 checkpoint as bf16 by default): AdamW updates of about lr x 1e-3 relative size
+# vanish when added to bf16 weights (8 bits of mantissa). bf16 speed comes from autocast
+# (train.mixed_precision), which multiplies in bf16 and keeps the master weights exact.
+WEIGHTS_DTYPE = torch.float32
+
+# One cross-entropy for every family: left unset, a few (DeBERTa) pick their loss with a
+# data-dependent `nonzero` that fake tensors cannot trace (tunelab plan)
+PROBLEM_TYPE = "single_label_classification"
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -72,39 +82,19 @@ BUILTIN = {
 }
 
 
-# Names of the per-layer block containers across architectures:
-# BERT/RoBERTa/DeBERTa "encoder.layer.3.", DistilBERT "transformer.layer.3.",
-# Llama/Mistral/Qwen "model.layers.3.", GPT-2 "transformer.h.3.", T5 "block.3.".
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
-
-
-def layer_index(name: str) -> int | None:
-    """Index of the transformer block a parameter belongs to, or None."""
-    m = _LAYER_RE.search(name)
-    return int(m.group(1)) if m else None
-
-
-def num_layers(model: nn.Module) -> int:
-    """Number of transformer blocks, read from the parameter names."""
-    idx = [i for n, _ in model.named_parameters() if (i := layer_index(n)) is not None]
-    return max(idx) + 1 if idx else 0
-
-
-def depth(name: str, n_layers: int) -> int:
-    """Depth used by layer-wise schemes: embeddings 0, block i -> i + 1, the rest (pooler,
-    final norm, classification head) n_layers + 1."""
-    i = layer_index(name)
-    if i is not None:
-        return i + 1
-    if "embed" in name or "wte" in name or "wpe" in name:
-        return 0
-    return n_layers + 1
-
-
 def is_causal_lm(model: nn.Module) -> bool:
-    """A model with a language-model head (its peft task type is CAUSAL_LM, not SEQ_CLS)."""
+    """A model with a language-model head (its peft task type is CAUSAL_LM, not SEQ_CLS):
+    one of the classes transformers' AutoModelForCausalLM builds (GPT-2's is
+    ``GPT2LMHeadModel``, so the class name alone does not tell)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__.endswith("ForCausalLM")
+    names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in _as_tuple(v)}
+    return type(base).__name__ in names or type(base).__name__.endswith("ForCausalLM")
+
+
+def _as_tuple(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 
 def resolve(name: str) -> str:
@@ -112,14 +102,43 @@ def resolve(name: str) -> str:
     return str(BUILTIN[name]()) if name in BUILTIN else name
 
 
+# files a tokenizer is saved as (fast tokenizers, WordPiece, BPE, SentencePiece, tiktoken)
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+    "*.model", "*.tiktoken",
+)  # fmt: skip
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The model's tokenizer (a pad token set for decoders that ship none). Raises
+    ``NoTokenizer`` for a folder without tokenizer files or a tokenizer that cannot split a
+    sentence (transformers builds an empty one from config.json alone: every text would be
+    one token)."""
     from transformers import AutoTokenizer
 
     path = resolve(name)
+    folder = Path(path)
+    configured = (folder / "config.json").exists()
+    if configured and not any(any(folder.glob(f)) for f in TOKENIZER_FILES):
+        if not any(folder.glob("*.safetensors")):
+            raise NoTokenizer(
+                f"model folder {name!r} has a config.json but no weights (*.safetensors) and no "
+                f"tokenizer; copy them in, or use `tunelab plan`, which needs only the config"
+            )
+        raise NoTokenizer(
+            f"model folder {name!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            f"copy the model's tokenizer files in"
+        )  # (a folder without config.json is not a model: the loader below says so)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise TunelabError(_explain(name, e)) from None
+    ids = tok("the film was good, the plot was not", add_special_tokens=False)["input_ids"]
+    if len(set(ids)) < 3:
+        raise NoTokenizer(
+            f"the tokenizer of model {name!r} splits a 8-word sentence into {len(ids)} "
+            f"token(s): its vocabulary is missing; copy the model's tokenizer files in"
+        )
     if tok.pad_token is None:  # decoder-only models ship without a pad token
         tok.pad_token = tok.eos_token
     return tok
@@ -143,7 +162,8 @@ def load_model(
     logging.set_verbosity_error()  # the "newly initialized head" report is expected here
     logging.disable_progress_bar()
     path = resolve(name)
-    safety = {
+    options = {
+        "dtype": WEIGHTS_DTYPE,
         "trust_remote_code": trust_remote_code,
         "use_safetensors": None if allow_pickle else True,
     }
@@ -153,16 +173,17 @@ def load_model(
                 path,
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
-                **safety,
+                **options,
             )
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
                 path,
                 num_labels=len(label_names),
+                problem_type=PROBLEM_TYPE,
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
                 ignore_mismatched_sizes=True,  # a checkpoint's own head: replaced, fresh
-                **safety,
+                **options,
             )
     except Exception as e:
         raise TunelabError(_explain(name, e)) from None

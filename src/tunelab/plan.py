@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from tunelab import measure
+from tunelab.anatomy import config_layers, with_layers
 from tunelab.config import RunConfig
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError, NoTokenizer, TunelabError
 from tunelab.methods import build_method
-from tunelab.models import resolve
+from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve
 
 ASSUMED_EFFICIENCY = 0.5  # bench/RESULTS.md: 54-71% of the fp32 matmul peak on MiniLM
 CALIBRATION = "plan-calibration.json"
 CALIBRATE_MAX_PARAMS = 400e6  # calibrate on the real architecture up to this size
-PEFT_METHODS = {"lora", "prompt", "prefix", "ia3"}  # save an adapter, not the whole model
 
 
 @dataclass
@@ -51,6 +51,8 @@ class Estimate:
     gradients: int = 0
     optimizer: int = 0
     activations: int = 0
+    activations_from: str = ""
+    """How the activations were measured: a fake-tensor trace, or real shallow copies."""
     peak: int = 0
     flops_per_example: float = 0.0
     flops_per_epoch: float = 0.0
@@ -73,6 +75,10 @@ class Plan:
     device: str
     precision: str
     precision_why: str
+    weights_dtype: str
+    """The dtype runs keep the weights in (float32: see models.WEIGHTS_DTYPE)."""
+    stored_dtype: str
+    """The dtype the config says the checkpoint is stored in ("" if it does not say)."""
     batch_size: int
     max_length: int
     longest: int
@@ -109,6 +115,7 @@ def model_config(name: str, task: str, n_labels: int):
         ) from None
     if task == "classification":
         config.num_labels = n_labels
+        config.problem_type = PROBLEM_TYPE
     if getattr(config, "pad_token_id", None) is None:  # decoders: classification needs one
         config.pad_token_id = getattr(config, "eos_token_id", None) or 0
         if isinstance(config.pad_token_id, list):
@@ -123,8 +130,8 @@ def build(config, task: str):
 
     logging.set_verbosity_error()
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    try:
-        return cls.from_config(config)
+    try:  # in the dtype runs train in, whatever dtype the checkpoint is stored in
+        return cls.from_config(config, dtype=WEIGHTS_DTYPE)
     except Exception as e:
         raise TunelabError(f"cannot build {config.model_type} for {task}: {e}") from None
 
@@ -136,7 +143,10 @@ def fake_model(config, task: str, knobs: dict, mode):
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        model = build_method(knobs).prepare(build(config, task))
+        model = build(config, task)
+    model.tie_weights()  # inside init_empty_weights, tied weights come out as two parameters
+    with init_empty_weights():
+        model = build_method(knobs).prepare(model)
     fakes: dict[int, torch.nn.Parameter] = {}
     with mode:
         for module in model.modules():
@@ -250,7 +260,7 @@ def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> Non
     config = model_config(cfg.model.name, plan.task, 2)
     total = max((e.total for e in plan.estimates), default=0)
     if total > CALIBRATE_MAX_PARAMS:
-        config.num_hidden_layers = min(2, config.num_hidden_layers)
+        config = with_layers(config, 2)
     cal = runs / CALIBRATION
     table = json.loads(cal.read_text()) if cal.exists() else {}
     batches = calibration_batches(cfg, config, plan)
@@ -323,11 +333,17 @@ def _flops_per_s(model, opt, batches: list[tuple], bf16: bool, clip: float) -> f
 
 def trace(
     config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
-) -> dict[str, int]:
+) -> dict:
     """Parameters, state bytes, activation bytes and FLOPs per token of one method on a fake
     model for a [batch, length] training batch (what ``estimate`` and the tests compare with
-    real runs)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    real runs). A forward fake tensors cannot follow (an op whose output shape depends on the
+    data, such as ``nonzero``) has its activations measured on real shallow copies instead
+    (``layer_scaled_activations``); ``activations_from`` says which route was taken."""
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+        FakeTensorMode,
+    )
 
     from tunelab import fast
 
@@ -338,15 +354,48 @@ def trace(
         with mode:
             if fast_cpu:
                 fast.install(model)
-            data = training_batch(config, task, batch, length)
-            # traced on (fake) CPU tensors, so CPU autocast; on CUDA the same ops run in bf16
-            activations = measure.saved_activation_bytes(model, data, "cpu" if bf16 else None)
-            return {
+            out = {
                 **measure.count_params(model),
                 **state_bytes(model),
-                "activations": activations,
                 "flops_per_token": measure.flops_per_token(model)["total"],
             }
+            data = training_batch(config, task, batch, length)
+            try:  # traced on (fake) CPU tensors, so CPU autocast; on CUDA the ops run in bf16
+                out["activations"] = measure.saved_activation_bytes(
+                    model, data, "cpu" if bf16 else None
+                )
+                out["activations_from"] = "fake-tensor trace"
+                return out
+            except (DynamicOutputShapeException, DataDependentOutputException) as e:
+                why = f"{type(e).__name__} ({e}) under fake tensors"
+        out["activations"], n = layer_scaled_activations(
+            config, task, knobs, batch, length, bf16, fast_cpu
+        )
+        out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
+        return out
+
+
+def layer_scaled_activations(
+    config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
+) -> tuple[int, int]:
+    """(activation bytes, layers): a real forward of 1- and 2-layer copies of the model with
+    the method applied, random weights, the same batch shape; every block adds the same
+    activations, so N layers keep a1 + (N - 1) (a2 - a1). Costs the memory of two blocks, the
+    embeddings and the head, never the whole model."""
+    from tunelab import fast
+
+    layers = config_layers(config)
+    saved = []
+    for k in (1, 2):
+        torch.manual_seed(0)
+        small = with_layers(config, k)
+        model = build_method(knobs).prepare(build(small, task))
+        if fast_cpu:
+            fast.install(model)
+        data = training_batch(small, task, batch, length)
+        saved.append(measure.saved_activation_bytes(model, data, "cpu" if bf16 else None))
+        del model
+    return saved[0] + (layers - 1) * (saved[1] - saved[0]), layers
 
 
 def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Estimate:
@@ -368,7 +417,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Est
         return est
     est.trainable, est.total = t["trainable"], t["total"]
     est.weights, est.gradients, est.optimizer = t["weights"], t["gradients"], t["optimizer"]
-    est.activations = t["activations"]
+    est.activations, est.activations_from = t["activations"], t["activations_from"]
     est.peak = est.weights + est.gradients + est.optimizer + est.activations
     est.flops_per_example = t["flops_per_token"] * plan.mean_tokens
     est.flops_per_epoch = est.flops_per_example * plan.examples
@@ -376,7 +425,8 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Est
         runs, cfg.model.name, method, plan.device, plan.precision, plan.peak_flops
     )
     est.seconds = est.flops_per_epoch * plan.epochs / (plan.peak_flops * est.efficiency)
-    est.saves_bytes = est.weights if method not in PEFT_METHODS else est.gradients
+    saves_adapter = build_method(spec(cfg, method)).saves_adapter
+    est.saves_bytes = est.gradients if saves_adapter else est.weights
     est.checkpoint_bytes = 2 * est.gradients + est.optimizer
     return est
 
@@ -399,15 +449,21 @@ def plan(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mode, why = choose_precision(cfg.train.mixed_precision, device)
+    config = model_config(cfg.model.name, cfg.task, 2)  # a bad model name fails first
     mean, longest, n, labels, source = data_shape(cfg)
+    if cfg.task == "classification":
+        config.num_labels = labels
     runs = Path(cfg.out_dir)
     budget, budget_from = memory_budget(memory, device)
+    stored = str(getattr(config, "dtype", None) or "").removeprefix("torch.")
     p = Plan(
         model=cfg.model.name,
         task=cfg.task,
         device=device,
         precision=mode,
         precision_why=why,
+        weights_dtype=str(WEIGHTS_DTYPE).removeprefix("torch."),
+        stored_dtype=stored,
         batch_size=cfg.train.batch_size,
         max_length=cfg.data.max_length,
         longest=longest,
@@ -420,7 +476,6 @@ def plan(
         memory_from=budget_from,
         time_budget=seconds,
     )
-    config = model_config(cfg.model.name, cfg.task, labels)
     p.estimates = [estimate(cfg, m, p, config, runs) for m in methods]
     if calibrate_rate:
         calibrate(cfg, methods, p, runs)
@@ -436,19 +491,18 @@ def plan(
 def data_shape(cfg: RunConfig) -> tuple[float, int, int, int, str]:
     """(mean tokens per training example, tokens of the longest batch row, training
     examples, number of labels, where the token counts come from). From the configured data
-    tokenized by the model's tokenizer; a folder with a config only falls back to
-    data.max_length for both."""
+    tokenized by the model's tokenizer; a model without one (a folder holding only the
+    published config.json) counts data.max_length tokens for every example, and says so."""
     from tunelab.data import load_splits, prepare_data
     from tunelab.tasks import build_task
 
     try:
         data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
-    except TunelabError as e:
-        if "cannot load model" not in str(e):
-            raise
+    except NoTokenizer:
         splits = load_splits(cfg.data)
         n, labels = len(splits.train), max(2, len(splits.label_names))
-        return float(cfg.data.max_length), cfg.data.max_length, n, labels, "data.max_length"
+        source = "data.max_length for every example: the model has no tokenizer"
+        return float(cfg.data.max_length), cfg.data.max_length, n, labels, source
     lengths = data.train.lengths
     n_labels = max(2, len(data.splits.label_names))
     source = f"{data.splits.source}, tokenized"
@@ -575,17 +629,28 @@ def duration(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
-def table(p: Plan) -> str:
-    """The plan as text: a header saying what was assumed, one row per method."""
-    head = (
+def header(p: Plan) -> str:
+    """What the plan assumed: model, task, device, precision, dtypes, batch shape, budgets."""
+    stored = (
+        f" (the checkpoint is stored in {p.stored_dtype}; training keeps {p.weights_dtype} weights)"
+        if p.stored_dtype and p.stored_dtype != p.weights_dtype
+        else ""
+    )
+    return (
         f"plan for {p.model} ({p.task}) on {p.device}, "
-        f"{'bf16 autocast' if p.precision == 'bf16' else 'fp32'} ({p.precision_why})\n"
+        f"{'bf16 autocast' if p.precision == 'bf16' else 'fp32'} ({p.precision_why}); weights "
+        f"in {p.weights_dtype}{stored}\n"
         f"batch {p.batch_size} x {p.longest} tokens at the peak (mean {p.mean_tokens:.0f} tokens"
         f" per example, from {p.tokens_from}); {p.examples:,} examples x {p.epochs:g} epoch(s)\n"
         f"memory budget: {gib(p.memory_budget) if p.memory_budget else 'none'} ({p.memory_from})"
         f"; time budget: {duration(p.time_budget) if p.time_budget else 'none'}; matmul peak "
         f"{p.peak_flops / 1e9:,.0f} GFLOP/s\n"
     )
+
+
+def table(p: Plan) -> str:
+    """The plan as text: a header saying what was assumed, one row per method."""
+    head = header(p)
     cols = [
         "method", "trainable", "weights", "grads", "AdamW", "activations", "peak",
         "GFLOP/ex", "train time", "rate from", "saves", "fits",
@@ -625,6 +690,11 @@ def table(p: Plan) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     fits_note = "fits = memory/time" if p.time_budget else "fits = memory"
     refused = "".join(f"\n{e.method} refused: {e.error}" for e in p.estimates if e.error)
+    refused += "".join(
+        f"\n{e.method} activations from {e.activations_from}"
+        for e in p.estimates
+        if e.activations_from and e.activations_from != "fake-tensor trace"
+    )
     return (
         head
         + "\n".join(lines)

@@ -10,6 +10,7 @@ import torch
 
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
+from tunelab.models import WEIGHTS_DTYPE
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -44,7 +45,7 @@ def load_run_model(run_dir: str | Path):
         base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
         config = AutoConfig.from_pretrained(folder)  # carries num_labels and id2label
         try:
-            base = auto.from_pretrained(base_path, config=config)
+            base = auto.from_pretrained(base_path, config=config, dtype=WEIGHTS_DTYPE)
         except Exception as e:
             raise TunelabError(
                 f"cannot load the adapter's base model {base_path!r}: "
@@ -52,7 +53,7 @@ def load_run_model(run_dir: str | Path):
             ) from None
         model = PeftModel.from_pretrained(base, folder)
     else:
-        model = auto.from_pretrained(folder)
+        model = auto.from_pretrained(folder, dtype=WEIGHTS_DTYPE)
     return model.eval(), tok
 
 

@@ -141,7 +141,10 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.fast_cpu = fast.install(model) if fast_paths else {}
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
-    record.env = {**measure.environment(acc.device), "precision": acc.mixed_precision}
+    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
+    record.env = {
+        **measure.environment(acc.device), "precision": acc.mixed_precision, "weights": weights,
+    }  # fmt: skip
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)

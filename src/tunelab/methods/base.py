@@ -7,17 +7,11 @@ from typing import Annotated, Any, ClassVar
 
 from torch import nn
 
+from tunelab.anatomy import Anatomy, NotApplicable
 from tunelab.config import Positive
 from tunelab.models import is_causal_lm
 
-_HEAD_NAMES = ("classifier", "score", "pre_classifier")
-
 LR = Annotated[float, Positive]  # the type of every method's `lr` knob
-
-
-def is_head(name: str) -> bool:
-    """True for parameters of the task head trained from scratch."""
-    return any(part in _HEAD_NAMES for part in name.split("."))
 
 
 def no_decay(name: str, p: nn.Parameter) -> bool:
@@ -46,6 +40,35 @@ def peft_task(model: nn.Module):
     return TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS
 
 
+def peft_head(model: nn.Module, a: Anatomy) -> dict[str, Any]:
+    """peft keywords that train the task head in full (``modules_to_save``): every module of
+    it, found from the model (peft alone knows only ``classifier`` and ``score``, and would
+    leave DistilBERT's ``pre_classifier`` or DeBERTa's fresh ``pooler`` frozen)."""
+    return {} if is_causal_lm(model) or not a.heads else {"modules_to_save": list(a.heads)}
+
+
+def stack_targets(
+    a: Anatomy, table: dict[str, list[str]], roles: list[tuple[str, ...]], method: str
+) -> list[str]:
+    """Block-relative paths of the modules an adapter goes into: the ones peft's ``table``
+    names for this architecture when they exist in its blocks, else those of the first group
+    of ``roles`` the blocks have (e.g. query+value, else a fused qkv)."""
+    every = [p for paths in a.roles.values() for p in paths]
+    names = table.get(a.model_type) or []
+    hit = [p for p in every if any(p == n or p.endswith("." + n) for n in names)]
+    for group in roles:
+        if hit:
+            break
+        hit = [p for r in group for p in a.roles.get(r, ())]
+    if not hit:
+        raise NotApplicable(
+            f"{method} on {a.model_type}: no linear layers of the kinds it adapts "
+            f"({', '.join('+'.join(g) for g in roles)}) were found in its blocks; use full, "
+            f"bitfit or prompt"
+        )
+    return hit
+
+
 def set_trainable(model: nn.Module, keep) -> None:
     """requires_grad = keep(name) for every parameter."""
     for n, p in model.named_parameters():
@@ -69,6 +92,8 @@ class Method:
     # high) | ("int", low, high) | ("choice", [values]). The lr is always searched
     # log-uniformly from lr/10 to lr*10 unless a method says otherwise here.
     space: ClassVar[dict[str, tuple]] = {}
+    saves_adapter: ClassVar[bool] = False
+    """True when the run saves a peft adapter (small) instead of the whole model."""
     lr: LR = 5e-5
     """Default peak learning rate of this method (train.lr overrides it)."""
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tunelab.errors import TunelabError
-from tunelab.methods.base import LR, Method, is_head, set_trainable
+from tunelab.anatomy import NotApplicable, anatomy
+from tunelab.methods.base import LR, Method, set_trainable
 
 
 @dataclass
@@ -21,9 +21,11 @@ class BitFit(Method):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         if not any(n.endswith(".bias") for n, _ in model.named_parameters()):
-            raise TunelabError(
-                f"bitfit trains only bias terms and {type(model).__name__} has none (Llama-style "
-                f"models drop them); use lora, ia3 or prompt instead"
+            raise NotApplicable(
+                f"bitfit on {model.config.model_type}: it trains only bias terms and "
+                f"{type(model).__name__} has none (Llama-style models drop them); use lora, ia3 "
+                f"or prompt instead"
             )
-        set_trainable(model, lambda name: name.endswith(".bias") or is_head(name))
+        a = anatomy(model)
+        set_trainable(model, lambda name: name.endswith(".bias") or a.is_head(name))
         return model

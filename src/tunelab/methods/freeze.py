@@ -11,10 +11,10 @@ from typing import Annotated
 
 from torch import nn
 
+from tunelab.anatomy import anatomy
 from tunelab.config import NonNegative
 from tunelab.errors import ConfigError
 from tunelab.methods.base import LR, Method, set_trainable
-from tunelab.models import depth, num_layers
 
 
 @dataclass
@@ -27,10 +27,12 @@ class Freeze(Method):
     """Number of top transformer blocks that train."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        n = num_layers(model)
+        a = anatomy(model)
+        a.require_layers("freeze", "full, lora or bitfit")
+        n = a.n_blocks
         if not 0 <= self.k <= n:
             raise ConfigError(
                 f"method.k must be between 0 and the model's {n} layers, got {self.k}"
             )
-        set_trainable(model, lambda name: depth(name, n) > n - self.k)
+        set_trainable(model, lambda name: a.depth(name) > n - self.k)
         return model

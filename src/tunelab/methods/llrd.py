@@ -13,9 +13,9 @@ from typing import Annotated
 
 from torch import nn
 
+from tunelab.anatomy import anatomy
 from tunelab.config import Range
 from tunelab.methods.base import LR, Method, adamw_groups
-from tunelab.models import depth, num_layers
 
 
 @dataclass
@@ -27,11 +27,17 @@ class LLRD(Method):
     decay: Annotated[float, Range(gt=0, le=1)] = 0.8
     """Multiplier per layer going down from the head (0 < decay <= 1)."""
 
+    def prepare(self, model: nn.Module) -> nn.Module:
+        anatomy(model).require_layers("llrd", "full, lora or bitfit")
+        return model
+
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-        n = num_layers(model)
+        a = anatomy(model)
+        a.require_layers("llrd", "full, lora or bitfit")
+        n = a.n_blocks
         by_depth: dict[int, list] = {}
         for name, p in model.named_parameters():
-            by_depth.setdefault(depth(name, n), []).append((name, p))
+            by_depth.setdefault(a.depth(name), []).append((name, p))
         groups = []
         for d, named in sorted(by_depth.items()):
             layer_lr = lr * self.decay ** (n + 1 - d)

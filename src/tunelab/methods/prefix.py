@@ -31,6 +31,7 @@ def accepts_past_key_values(model: nn.Module) -> bool:
 class Prefix(Method):
     name = "prefix"
     description = "trainable key/value prefixes in every attention layer (peft); head trains"
+    saves_adapter = True
     note = (
         "no configs/prefix.yaml: peft injects prefixes through past_key_values, which the "
         "default MiniLM (BERT) and Llama models no longer accept under transformers 5; the run "

@@ -13,14 +13,16 @@ from typing import Annotated, Literal
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
+from tunelab.anatomy import anatomy
 from tunelab.config import Positive
-from tunelab.methods.base import LR, Method, peft_task
+from tunelab.methods.base import LR, Method, peft_head, peft_task
 
 
 @dataclass
 class Prompt(Method):
     name = "prompt"
     description = "trainable virtual tokens prepended to the input (peft); backbone frozen"
+    saves_adapter = True
     lr: LR = 0.1
     space = {"num_virtual_tokens": ("choice", [5, 10, 20]), "init": ("choice", ["random", "text"])}
     num_virtual_tokens: Annotated[int, Positive] = 10
@@ -38,7 +40,16 @@ class Prompt(Method):
                 prompt_tuning_init_text=self.init_text,
                 tokenizer_name_or_path=model.config._name_or_path,
             )
+        a = anatomy(model)
         cfg = PromptTuningConfig(
-            task_type=peft_task(model), num_virtual_tokens=self.num_virtual_tokens, **kwargs
+            task_type=peft_task(model),
+            num_virtual_tokens=self.num_virtual_tokens,
+            # the virtual tokens join the input embeddings, so they take the embeddings' width
+            # (narrower than the hidden size in ELECTRA and ALBERT; DistilBERT calls it `dim`)
+            token_dim=a.embed_dim,
+            num_attention_heads=a.n_heads or None,
+            num_layers=a.n_layers or None,
+            **peft_head(model, a),
+            **kwargs,
         )
         return get_peft_model(model, cfg)

@@ -1,0 +1,153 @@
+"""Any model a user brings: every method on tiny random models of 13 families (each saved
+with a real packaged tokenizer, as a published checkpoint is) either trains two steps and
+saves a run that reloads to the same test metrics, or is refused in one line that names the
+method, the architecture and the reason (exit 2, no traceback); `tunelab plan` answers for
+each. ``bench/arch_table.py`` renders the README's table from this test's outcomes (set
+TUNELAB_MATRIX to a file and each case appends its outcome there)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from tests.archs import FAMILIES, save_tiny, tokenizer
+from tests.conftest import toy_rows, write_csv
+from tests.test_corpus import cli
+from tunelab.methods import METHODS
+
+FAST = {  # the cases make test-fast keeps: every family once, every method at least once
+    ("bert", "classification", "full"), ("roberta", "classification", "llrd"),
+    ("distilbert", "classification", "lora"), ("electra", "classification", "prompt"),
+    ("albert", "classification", "freeze"), ("deberta-v2", "classification", "bitfit"),
+    ("modernbert", "classification", "ia3"), ("gpt2", "causal-lm", "prompt"),
+    ("llama", "classification", "prefix"), ("qwen2", "causal-lm", "ia3"),
+    ("mistral", "classification", "lora"), ("phi3", "causal-lm", "lora"),
+    ("gemma", "causal-lm", "full"),
+}  # fmt: skip
+FAST_PLANS = {  # the families whose plans used to crash
+    ("distilbert", "classification"), ("albert", "classification"),
+    ("deberta-v2", "classification"), ("modernbert", "classification"),
+    ("gpt2", "causal-lm"), ("phi3", "causal-lm"),
+}  # fmt: skip
+
+
+def tasks(family: str) -> list[str]:
+    return ["classification"] + (["causal-lm"] if FAMILIES[family][0] == "decoder" else [])
+
+
+def cases(kinds):
+    out = []
+    for family in FAMILIES:
+        for task in tasks(family):
+            for method in kinds:
+                if method == "plan":
+                    fast = (family, task) in FAST_PLANS
+                else:
+                    fast = (family, task, method) in FAST
+                marks = () if fast else (pytest.mark.slow,)
+                out.append(
+                    pytest.param(family, task, method, marks=marks, id=f"{family}-{task}-{method}")
+                )
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, smollm2_tokenizer):
+    """family -> folder of its tiny model, built on first use; and the toy data."""
+    root = tmp_path_factory.mktemp("archs")
+    toks: dict = {}
+    folders: dict[str, str] = {}
+
+    def folder(family: str) -> str:
+        if family not in folders:
+            kind = FAMILIES[family][0]
+            if kind not in toks:  # loaded and saved once
+                toks[kind] = tokenizer(kind, smollm2_tokenizer)
+                toks[kind].save_pretrained(root / f"tokenizer-{kind}")
+            tok_files = root / f"tokenizer-{kind}"
+            folders[family] = str(save_tiny(family, root / family, toks[kind], 0, tok_files))
+        return folders[family]
+
+    data = str(write_csv(root / "toy.csv", toy_rows(60)))
+    # Each run collects garbage twice to measure settled memory (measure.settled_rss); in a
+    # long pytest process that walks every object earlier tests left alive (~2 s a case).
+    # Frozen objects are skipped: the collections then only walk what each case creates.
+    gc.collect()
+    gc.freeze()
+    yield folder, data
+    gc.unfreeze()
+
+
+def record(family: str, task: str, method: str, outcome: str, detail: str = "") -> None:
+    """Append this case's outcome to $TUNELAB_MATRIX (for bench/arch_table.py)."""
+    path = os.environ.get("TUNELAB_MATRIX")
+    if path:
+        row = {"family": family, "task": task, "method": method, "outcome": outcome}
+        with open(path, "a") as f:
+            f.write(json.dumps({**row, "detail": detail}) + "\n")
+
+
+def names_architecture(message: str, family: str) -> bool:
+    squash = re.sub(r"[^a-z0-9]", "", message.lower())
+    return re.sub(r"[^a-z0-9]", "", family) in squash
+
+
+@pytest.mark.parametrize("family,task,method", cases(list(METHODS)))
+def test_every_method_runs_or_is_refused(built, family, task, method, tmp_path):
+    from tunelab.config import load_config
+    from tunelab.data import prepare_data
+    from tunelab.measure import evaluate
+    from tunelab.predict import load_run_model
+    from tunelab.results import read_record, run_dir_for
+    from tunelab.tasks import build_task
+
+    make, data = built
+    folder = make(family)
+    overrides = [
+        f"model.name={folder}", f"data.dataset={data}", f"method.name={method}", f"task={task}",
+        "train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=16", "tracker=none",
+        f"out_dir={tmp_path}",
+    ]  # fmt: skip
+    rc, err = cli("run", *overrides)
+    if rc != 0:
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert method in lines[0] and names_architecture(lines[0], family), lines[0]
+        record(family, task, method, "refused", lines[0].split("failed: ", 1)[-1])
+        return
+    cfg = load_config(None, overrides)
+    rec = read_record(run_dir_for(cfg))
+    assert rec.ok and rec.curve and rec.curve[-1]["step"] == 2, rec
+    # the saved run reloads (predict's loader) and scores the test split exactly as recorded
+    model, _ = load_run_model(run_dir_for(cfg))
+    d = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    again = evaluate(model, d.task, d.test, 16, d.tokenizer.pad_token_id, torch.device("cpu"))
+    assert again["accuracy"] == pytest.approx(rec.test["accuracy"], abs=1e-9), (again, rec.test)
+    record(family, task, method, "ran", f"{rec.params.trainable:,} trainable")
+
+
+@pytest.mark.parametrize("family,task,method", cases(["plan"]))
+def test_plan_answers_for_every_architecture(built, family, task, method, tmp_path, capsys):
+    from tunelab.cli import main
+
+    make, data = built
+    folder = make(family)
+    args = ["plan", "--model", folder, f"task={task}", f"data.dataset={data}", "--json"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    rows = {e["method"]: e for e in plan["estimates"]}
+    assert set(rows) == set(METHODS)
+    full = rows["full"]
+    assert not full["error"] and full["trainable"] == full["total"] > 0
+    # weights + gradients + AdamW: 16 bytes a parameter in fp32 (+4 per tensor: AdamW's step)
+    state = full["weights"] + full["gradients"] + full["optimizer"]
+    assert 16 * full["total"] <= state <= 16 * full["total"] + 64 * 1024
+    for e in rows.values():
+        assert e["error"] or e["activations"] > 0, e
+    ok = [m for m, e in rows.items() if not e["error"]]
+    record(family, task, "plan", "ran", f"{len(ok)} of {len(rows)} methods planned")
