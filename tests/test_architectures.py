@@ -20,20 +20,14 @@ from tests.conftest import toy_rows, write_csv
 from tests.test_corpus import cli
 from tunelab.methods import METHODS
 
-FAST = {  # the cases make test-fast keeps: every family once, every method at least once
-    ("bert", "classification", "full"), ("roberta", "classification", "llrd"),
+FAST = {  # what make test-fast keeps: the cases that used to crash (the rest run in make test)
     ("distilbert", "classification", "lora"), ("electra", "classification", "prompt"),
-    ("albert", "classification", "freeze"), ("deberta-v2", "classification", "bitfit"),
-    ("modernbert", "classification", "ia3"), ("gpt2", "causal-lm", "prompt"),
-    ("llama", "classification", "prefix"), ("qwen2", "causal-lm", "ia3"),
-    ("mistral", "classification", "lora"), ("phi3", "causal-lm", "lora"),
-    ("gemma", "causal-lm", "full"),
+    ("albert", "classification", "freeze"), ("modernbert", "classification", "ia3"),
+    ("gpt2", "causal-lm", "prompt"), ("phi3", "causal-lm", "ia3"),
+    ("deberta-v2", "classification", "full"),
 }  # fmt: skip
-FAST_PLANS = {  # the families whose plans used to crash
-    ("distilbert", "classification"), ("albert", "classification"),
-    ("deberta-v2", "classification"), ("modernbert", "classification"),
-    ("gpt2", "causal-lm"), ("phi3", "causal-lm"),
-}  # fmt: skip
+FAST_PLANS = {("distilbert", "classification"), ("deberta-v2", "classification"),
+              ("gpt2", "causal-lm")}  # fmt: skip
 
 
 def tasks(family: str) -> list[str]:

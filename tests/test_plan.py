@@ -206,7 +206,11 @@ PUBLISHED_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=() if n in ("gpt2", "phi-3-mini") else pytest.mark.slow)
+     for n in PUBLISHED_PARAMS],
+)  # fmt: skip
 def test_plan_from_a_published_config_alone(name, tmp_path):
     folder = PUBLISHED / name
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
