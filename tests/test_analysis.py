@@ -198,3 +198,28 @@ def test_training_set_sizes_check_the_articles_table():
 
 def test_one_size_is_no_size_study():
     assert analyse([record("full", 0.8, 0.8), record("lora", 0.8, 0.8)]).sizes is None
+
+
+def test_times_taken_while_the_cpu_was_shared_are_not_compared():
+    """The issue's report: the same runs alone (LoRA fastest) and beside another job (full
+    'the fastest', LoRA '3.1x more training time'). A run whose machine was busy with other
+    processes is flagged from its record, and no time verdict or time-based pick is drawn."""
+
+    def timed(method, train_s, others_cpu_s):
+        rec = record(method, 0.8, 0.8, train_s=train_s, mem_mb=1000, trainable=1000)
+        rec.timing = Timing.of(train_s, 1.0, 1.0, 5000, 100_000, (2 * train_s, others_cpu_s, 2, 2))
+        return rec
+
+    alone = [timed("full", 46, 1.0), timed("lora", 34, 1.0)]
+    assert not any(r.timing.contended for r in alone)
+    assert "fastest to train" in recommendation(summarize_methods(alone))
+    assert any("less training time" in line for line in verdicts(summarize_methods(alone)))
+    shared = [timed("full", 68, 1.0), timed("lora", 209, 0.9 * 209)]  # another job: ~1 core
+    assert shared[1].timing.contended and not shared[0].timing.contended
+    rows = summarize_methods(shared)
+    text = recommendation(rows)
+    assert "fastest to train" not in text and "Training times are not compared" in text
+    assert "lora (0.9 of 2 cores)" in text
+    assert not any("training time" in line for line in verdicts(rows))
+    # a record without the measurement (older schema, or a GPU run) is never flagged
+    assert not Timing.of(10, 1, 1, 10, 10).contended

@@ -28,10 +28,34 @@ def test_yaml_file_then_overrides(tmp_path):
     assert cfg.train.epochs == 3 and cfg.train.batch_size == 8 and cfg.method["r"] == 4
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) and k != "space" else {key: v})
+    return out
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_parses(path):
+    """Every value the YAML sets is the value the run gets (a key silently dropped or
+    renamed would leave the default in place)."""
+    import yaml
+
     cfg = load_config(path)
-    build_method(cfg.method)
+    method = build_method(cfg.method)
+    raw = yaml.safe_load(path.read_text()) or {}
+    assert raw, f"{path.name} sets nothing"
+    for key, value in _flat(raw).items():
+        if key == "method" or key == "method.name":
+            assert method.name == (value if isinstance(value, str) else value["name"])
+        elif key.startswith("method."):
+            assert getattr(method, key.split(".", 1)[1]) == value, key
+        else:
+            got = cfg
+            for part in key.split("."):
+                got = got[part] if isinstance(got, dict) else getattr(got, part)
+            assert got == value or str(got) == str(value), (key, got, value)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -268,8 +269,10 @@ def test_bad_input(case, tiny_model, toy_csv, tmp_path):
     assert not list(out.rglob("state.pt"))
 
 
-def test_the_corpus_is_large():
-    assert len(CASES) >= 40
+def test_the_readme_states_the_corpus_size():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    stated = re.search(r"a corpus of (\d+) cases", readme)
+    assert stated and int(stated.group(1)) == len(CASES) >= 40
 
 
 def test_rows_with_empty_labels_are_counted(tiny_model, tmp_path):
@@ -288,10 +291,18 @@ def test_huge_texts_are_truncated_not_refused(tiny_model, tmp_path):
     rows = toy_rows(60)
     rows[0]["review"] = "good " * 200_000  # a megabyte in one cell
     data = write_csv(tmp_path / "huge.csv", rows)
-    rc, err = cli(
-        "run", *tiny_overrides(tiny_model, str(data), tmp_path / "runs", **{"train.epochs": 1})
-    )
+    over = tiny_overrides(tiny_model, str(data), tmp_path / "runs", **{"train.epochs": 1})
+    rc, err = cli("run", *over)
     assert rc == 0, err
+    # the megabyte row is in one split, cut to data.max_length tokens (not dropped)
+    from tunelab.config import load_config
+    from tunelab.data import prepare_data
+    from tunelab.tasks import build_task
+
+    cfg = load_config(None, over)
+    d = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    lengths = [n for split in (d.train, d.validation, d.test) for n in split.lengths]
+    assert len(lengths) == 60 and max(lengths) == cfg.data.max_length
 
 
 def test_corrupt_records_are_skipped_by_report_with_the_file_named(tiny_model, toy_csv, tmp_path):

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import pytest
 from conftest import toy_rows, write_csv
 
 from tunelab.config import DataConfig
@@ -97,3 +98,30 @@ def test_glue_like_folder_pairs_classlabel_hidden_test(tmp_path):
     tok = load_tokenizer("minilm")
     enc = encode(s.train, tok, 32)
     assert enc.token_type_ids is not None and 1 in enc.token_type_ids[0]
+
+
+def test_ddp_shards_use_every_example_once_and_weight_to_the_global_mean():
+    """For any data size and process count: each example in exactly one process's part of
+    one global batch; parts of a global batch differ by at most one example; the loss scales
+    make the DDP average of the part means the global batch's mean; the epoch's step count
+    is what step_budget plans."""
+    from tunelab.data import global_batches, shard_batches, train_batches
+
+    for n in (1, 2, 3, 4):
+        for size in (1, 2, 3, 5, 7, 8, 9, 17, 33, 64, 65, 101):
+            lengths = [i % 13 + 1 for i in range(size)]
+            b = 4
+            batches = train_batches(lengths, b * n, seed=0, epoch=1)
+            parts = [shard_batches(batches, n, r) for r in range(n)]
+            steps = {len(p) for p in parts}
+            assert len(steps) == 1, (n, size)  # every process takes the same number of steps
+            seen = sorted(i for p in parts for idx, _ in p for i in idx)
+            if size >= n:
+                assert seen == list(range(size)), (n, size)
+                assert steps.pop() == global_batches(size, b * n, n), (n, size)
+            for k in range(len(parts[0])):
+                sizes = [len(p[k][0]) for p in parts]
+                assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+                total = sum(sizes)
+                for p in parts:  # scale = n x part / global: the weights of a global mean
+                    assert p[k][1] == pytest.approx(n * len(p[k][0]) / total)

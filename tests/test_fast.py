@@ -124,9 +124,14 @@ def test_saved_model_config_says_sdpa(tmp_path):
 
 
 def test_allocator_tuning_is_idempotent():
+    import ctypes.util
+    import sys
+
     first = fast.tune_allocator()
-    assert fast.tune_allocator() == first
-    assert isinstance(first, bool)
+    assert fast.tune_allocator() is first
+    # on Linux with glibc (this project's CI) the settings must really apply
+    glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+    assert first is True or not glibc
 
 
 @pytest.mark.slow

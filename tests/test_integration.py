@@ -71,22 +71,35 @@ def test_tensorboard_event_files_are_readable(compared):
 
 
 def test_saved_adapter_loads_with_peft(compared):
+    """The adapter, loaded with plain transformers + peft (not tunelab's loader), scores the
+    test split as the run record says: test accuracy within one example."""
     import torch
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from tunelab.config import load_config
+    from tunelab.data import load_splits
     from tunelab.models import resolve
 
-    folder = compared / "lora-seed0" / "model"
+    run = compared / "lora-seed0"
+    folder = run / "model"
     assert (folder / "adapter_model.safetensors").exists()
     config = AutoConfig.from_pretrained(folder)
     assert config.id2label == {0: "negative", 1: "positive"}
     base = AutoModelForSequenceClassification.from_pretrained(resolve("minilm"), config=config)
     model = PeftModel.from_pretrained(base, folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
+    cfg = load_config(run / "config.yaml")
+    test = load_splits(cfg.data).test
+    correct = 0
     with torch.inference_mode():
-        logits = model(**tok(["a delight from start to finish"], return_tensors="pt")).logits
-    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+        for i in range(0, len(test), 50):
+            enc = tok(test.texts[i : i + 50], padding=True, truncation=True,
+                      max_length=cfg.data.max_length, return_tensors="pt")  # fmt: skip
+            pred = model(**enc).logits.argmax(-1).tolist()
+            correct += sum(p == y for p, y in zip(pred, test.labels[i : i + 50], strict=True))
+    recorded = json.loads((run / "result.json").read_text())["test"]["accuracy"]
+    assert abs(correct / len(test) - recorded) <= 1 / len(test) + 1e-9
 
 
 def test_predict_command(compared, capsys):
@@ -103,4 +116,16 @@ def test_predict_command(compared, capsys):
     )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["a wonderful, moving film", "dull and lifeless"]
-    assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)
+    # the label and score are the saved model's own softmax, computed here with transformers
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = compared / "full-seed0" / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    with torch.inference_mode():
+        probs = model(**tok([r["text"] for r in rows], padding=True, return_tensors="pt"))
+        probs = probs.logits.softmax(-1)
+    for r, p in zip(rows, probs, strict=True):
+        assert r["label"] == model.config.id2label[int(p.argmax())]
+        assert r["score"] == pytest.approx(float(p.max()), abs=1e-5)

@@ -65,3 +65,19 @@ def test_corrupt_record_is_skipped_with_a_warning(tmp_path, capsys):
 
     assert main(["report", str(tmp_path / "a")]) == 0
     assert "full-seed0" in capsys.readouterr().err
+
+
+def test_a_cpu_run_records_its_cpu_time_and_the_machines_other_load(tiny_model, toy_csv, tmp_path):
+    import os
+
+    import torch
+
+    from tests.conftest import tiny_overrides
+    from tunelab.config import load_config
+    from tunelab.train import run
+
+    rec = run(load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path)))
+    t = rec.timing
+    assert t.threads == torch.get_num_threads() and t.cores == os.cpu_count()
+    assert 0 < t.cpu_s <= 1.2 * t.threads * t.train_s + 0.1  # no more than its threads allow
+    assert t.other_cpu_s >= 0

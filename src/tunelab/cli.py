@@ -19,6 +19,7 @@ FLAGS = {
     "label_column": "data.label_column",
     "max_train_examples": "data.max_train_examples",
     "epochs": "train.epochs",
+    "task": "task",
     "out": "out_dir",
     "tracker": "tracker",
 }
@@ -64,7 +65,7 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--config", help="YAML config file with overrides of the defaults")
-    for flag in ("model", "dataset", "epochs", "out"):
+    for flag in ("model", "dataset", "task", "epochs", "out"):
         key = FLAGS[flag]
         p.add_argument("--" + flag, help=f"{describe(key)} [{key}]")
     for flag, key in PLAN_FLAGS.items():
@@ -86,8 +87,6 @@ def cmd_plan(args) -> None:
     from tunelab.compare import parse_methods
     from tunelab.plan import parse_duration, parse_size, plan, table
 
-    if args.precision is not None:
-        args.precision = {"fp32": "no"}.get(args.precision, args.precision)
     cfg = _load(args)
     if args.examples is not None and args.examples < 1:
         raise TunelabError(f"--examples must be at least 1, got {args.examples}")
@@ -173,6 +172,8 @@ def _load(args):
         path = overrides.pop(0)
     for flag, key in (*FLAGS.items(), *PLAN_FLAGS.items()):
         value = getattr(args, flag, None)
+        if flag == "precision" and value == "fp32":  # --precision fp32 = train.mixed_precision=no
+            value = "no"
         if value is not None:
             overrides.append(f"{key}={value}")
     for flag, key in (
@@ -307,7 +308,8 @@ def cmd_compare(args) -> None:
         raise TunelabError("every run of the comparison failed (reasons above)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line as parsed (argparse exits with its usage message on a bad one)."""
     parser = build_parser()
     # KEY=VALUE overrides may come before or after the flags (argparse alone stops at a flag)
     args, extra = parser.parse_known_args(argv)
@@ -315,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.cmd == "methods":

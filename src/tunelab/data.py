@@ -446,6 +446,43 @@ def train_batches(
     return batches
 
 
+def shard_batches(
+    batches: list[list[int]], processes: int, rank: int
+) -> list[tuple[list[int], float]]:
+    """This process's part of each global batch, and the factor its mean loss is scaled by.
+
+    Every example is used exactly once: a global batch is cut into ``processes`` contiguous
+    parts whose sizes differ by at most one, and the epoch's short batch, when it is too small
+    to give every process an example, joins the batch before it (``global_batches`` counts
+    the same). DDP averages gradients over processes, so part r of
+    a global batch of G examples scales its loss by processes x len(part) / G: the average is
+    then the gradient of the global batch's mean loss, as one process would compute it.
+    """
+    n = processes
+    short = next((i for i, g in enumerate(batches) if len(g) < n), None)
+    if short is not None and len(batches) > 1:  # batches are shuffled: it can be anywhere
+        into = short - 1 if short > 0 else 1
+        merged = batches[into] + batches[short]
+        batches = [merged if i == into else g for i, g in enumerate(batches) if i != short]
+    out = []
+    for g in batches:
+        if len(g) < n:  # fewer examples than processes in the whole epoch
+            continue
+        size, extra = divmod(len(g), n)
+        start = rank * size + min(rank, extra)
+        part = g[start : start + size + (rank < extra)]
+        out.append((part, n * len(part) / len(g)))
+    return out
+
+
+def global_batches(n_train: int, global_batch: int, processes: int) -> int:
+    """Global batches an epoch has after ``shard_batches`` (the short one merged when it has
+    fewer examples than processes)."""
+    count, rest = divmod(n_train, global_batch)
+    merged = processes > 1 and count > 0 and 0 < rest < processes
+    return count + (rest > 0) - merged
+
+
 def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches sorted by length (least padding; order does not matter)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)

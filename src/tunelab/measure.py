@@ -60,11 +60,19 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
 
 
 def saved_activation_bytes(model: nn.Module, batch: dict, autocast: str | None = None) -> int:
+    """Bytes autograd keeps for backward in one training forward (``saved_activations``)."""
+    return saved_activations(model, batch, autocast)[0]
+
+
+def saved_activations(
+    model: nn.Module, batch: dict, autocast: str | None = None
+) -> tuple[int, int]:
     """Bytes autograd keeps for backward in one training forward of ``batch``: every tensor
     saved by a differentiable op, counted once per storage (views and reuses share one), the
     model's own parameters left out (they are weights, not activations). ``autocast``
     ("cpu" / "cuda") runs the forward under bf16 autocast, whose cached bf16 weight copies
-    then count here. Works on real tensors and under FakeTensorMode (tunelab.plan)."""
+    then count here. Works on real tensors and under FakeTensorMode (tunelab.plan).
+    Returns (total bytes, bytes of the largest saved storage)."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -81,7 +89,8 @@ def saved_activation_bytes(model: nn.Module, batch: dict, autocast: str | None =
         model(**batch)
     model.train(was_training)
     weights = {p.untyped_storage()._cdata for p in model.parameters()}
-    return sum(n for key, n in seen.items() if key not in weights)
+    kept = [n for key, n in seen.items() if key not in weights]
+    return sum(kept), max(kept, default=0)
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
@@ -286,6 +295,31 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds every process on the machine has used (user, system, interrupts and a
+    hypervisor's steal), from /proc/stat; None where it is not readable or counts other CPUs
+    than this process can see (a container on a larger host)."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    cpus = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
+    if cpus != os.cpu_count():
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, lines[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_usage(device: torch.device, own_s: float, others_s: float) -> tuple:
+    """(this process's CPU s, other processes' CPU s, threads, cores) over the training
+    steps, for the record's contention check; nothing on a GPU (the CPU only feeds it)."""
+    if device.type != "cpu":
+        return (0.0, 0.0, 0, 0)
+    cores = (os.cpu_count() or 0) if machine_busy_s() is not None else 0
+    return own_s, others_s, torch.get_num_threads(), cores
+
+
 class Window:
     """Training statistics (loss, accuracy, throughput) between two logging steps. Loss, hits
     and the NaN flag stay on the device and are read only at logging steps: reading them every
@@ -298,6 +332,8 @@ class Window:
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
         self.micro = self.examples = self.tokens = 0
         self.start = time.perf_counter()
+        self.cpu_start = time.process_time()  # all of this process's threads
+        self.busy_start = machine_busy_s()
 
     def add(self, loss: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, tokens: int):
         """One micro-batch: its mean loss, predictions and real (non-pad) token count."""
@@ -321,4 +357,10 @@ class Window:
             "examples_per_s": self.examples / seconds,
             "tokens_per_s": self.tokens / seconds,
             "seconds": seconds,
+            "cpu_seconds": (cpu := time.process_time() - self.cpu_start),
+            "other_cpu_seconds": max(
+                0.0, (machine_busy_s() or 0.0) - (self.busy_start or 0.0) - cpu
+            )
+            if self.busy_start is not None
+            else 0.0,
         }

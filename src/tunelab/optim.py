@@ -8,6 +8,7 @@ import math
 import torch
 
 from tunelab.config import RunConfig, TrainConfig
+from tunelab.data import global_batches
 
 
 def make_optimizer(groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -32,7 +33,9 @@ def make_scheduler(optimizer, cfg: RunConfig, total_steps: int):
 
 def step_budget(tc: TrainConfig, n_train: int, processes: int) -> tuple[int, int, int]:
     """(optimizer steps per epoch, total steps, validate every N steps) for a training set."""
-    per_epoch = max(math.ceil(n_train / (tc.batch_size * processes)) // tc.grad_accum, 1)
+    per_epoch = max(
+        global_batches(n_train, tc.batch_size * processes, processes) // tc.grad_accum, 1
+    )
     total = tc.max_steps or max(1, int(per_epoch * tc.epochs))
     # ceil: the last in-epoch validation lands on the epoch end, not one step before it
     eval_every = tc.eval_every or max(1, math.ceil(per_epoch / tc.evals_per_epoch))

@@ -8,11 +8,16 @@ that measures real runs (``measure.saved_activation_bytes``): the fake kernels c
 same attention path and autocast casts as the real ones, so activations are what autograd
 would keep, not a formula. A 7B model plans in about two seconds.
 
-Memory at the training peak = weights + gradients + AdamW state + activations (gradients and
-activations both counted in full: an upper bound, since backward frees activations as it
-writes gradients). Time = training FLOPs (6N rule on real tokens, as run records count them)
-/ (this machine's measured matmul peak x an efficiency): from ``--calibrate`` (a few real
-steps of each method), else from past run records in the runs folder, else an assumed 0.5.
+Memory at the training peak = weights + AdamW state + the larger of activations and
+gradients (backward frees each layer's activations as it writes that layer's gradients, so
+the two peak at opposite ends of backward) + backward's temporaries, taken as twice the
+largest saved tensor (its gradient and the gradient flowing through it: for a decoder, the
+logits' and log-softmax's over the vocabulary). Checked against torch.profiler's allocation
+events of real steps by bench/plan_memory.py.
+
+Time = training FLOPs (6N rule on real tokens, as run records count them) / (this machine's
+measured matmul peak x an efficiency): from ``--calibrate`` (a few real steps of each
+method), else from past run records in the runs folder, else an assumed 0.5.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Estimate:
     activations: int = 0
     activations_from: str = ""
     """How the activations were measured: a fake-tensor trace, or real shallow copies."""
+    temporaries: int = 0
+    """Backward's transient tensors at the peak: twice the largest saved activation."""
     peak: int = 0
     flops_per_example: float = 0.0
     flops_per_epoch: float = 0.0
@@ -361,25 +368,33 @@ def trace(
             }
             data = training_batch(config, task, batch, length)
             try:  # traced on (fake) CPU tensors, so CPU autocast; on CUDA the ops run in bf16
-                out["activations"] = measure.saved_activation_bytes(
+                out["activations"], out["largest"] = measure.saved_activations(
                     model, data, "cpu" if bf16 else None
                 )
                 out["activations_from"] = "fake-tensor trace"
-                return out
+                return with_peak(out)
             except (DynamicOutputShapeException, DataDependentOutputException) as e:
                 why = f"{type(e).__name__} ({e}) under fake tensors"
-        out["activations"], n = layer_scaled_activations(
+        out["activations"], out["largest"], n = layer_scaled_activations(
             config, task, knobs, batch, length, bf16, fast_cpu
         )
         out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
-        return out
+        return with_peak(out)
+
+
+def with_peak(t: dict) -> dict:
+    """The traced parts plus the training peak they imply (see the module docstring)."""
+    temporaries = 2 * t["largest"]
+    peak = t["weights"] + t["optimizer"] + max(t["activations"], t["gradients"]) + temporaries
+    return {**t, "temporaries": temporaries, "peak": peak}
 
 
 def layer_scaled_activations(
     config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
-) -> tuple[int, int]:
-    """(activation bytes, layers): a real forward of 1- and 2-layer copies of the model with
-    the method applied, random weights, the same batch shape; every block adds the same
+) -> tuple[int, int, int]:
+    """(activation bytes, largest saved tensor's bytes, layers): a real forward of 1- and
+    2-layer copies of the model with the method applied, random weights, the same batch
+    shape; every block adds the same
     activations, so N layers keep a1 + (N - 1) (a2 - a1). Costs the memory of two blocks, the
     embeddings and the head, never the whole model."""
     from tunelab import fast
@@ -393,9 +408,10 @@ def layer_scaled_activations(
         if fast_cpu:
             fast.install(model)
         data = training_batch(small, task, batch, length)
-        saved.append(measure.saved_activation_bytes(model, data, "cpu" if bf16 else None))
+        saved.append(measure.saved_activations(model, data, "cpu" if bf16 else None))
         del model
-    return saved[0] + (layers - 1) * (saved[1] - saved[0]), layers
+    (a1, largest), (a2, _) = saved
+    return a1 + (layers - 1) * (a2 - a1), largest, layers
 
 
 def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Estimate:
@@ -418,7 +434,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Est
     est.trainable, est.total = t["trainable"], t["total"]
     est.weights, est.gradients, est.optimizer = t["weights"], t["gradients"], t["optimizer"]
     est.activations, est.activations_from = t["activations"], t["activations_from"]
-    est.peak = est.weights + est.gradients + est.optimizer + est.activations
+    est.temporaries, est.peak = t["temporaries"], t["peak"]
     est.flops_per_example = t["flops_per_token"] * plan.mean_tokens
     est.flops_per_epoch = est.flops_per_example * plan.examples
     est.efficiency, est.efficiency_from = learned_efficiency(
@@ -540,11 +556,14 @@ def cuda_peak(precision: str) -> float:
 
 
 def largest_batch(e: Estimate, p: Plan) -> int:
-    """The largest batch size whose peak fits the memory budget (activations scale with it)."""
+    """The largest batch size whose peak fits the memory budget (activations and temporaries
+    scale with it; the gradients do not)."""
     if p.memory_budget is None or not e.activations:
         return p.batch_size
-    room = p.memory_budget - (e.weights + e.gradients + e.optimizer)
-    return max(0, int(room // (e.activations / p.batch_size)))
+    room = p.memory_budget - (e.weights + e.optimizer)
+    if room < e.gradients:
+        return 0
+    return max(0, int(room // ((e.activations + e.temporaries) / p.batch_size)))
 
 
 def suggest(p: Plan) -> str:
@@ -698,6 +717,6 @@ def table(p: Plan) -> str:
     return (
         head
         + "\n".join(lines)
-        + f"\n({fits_note}; peak = weights + grads + AdamW + activations){refused}"
-        + f"\n\nsuggestion: {p.suggestion}"
+        + f"\n({fits_note}; peak = weights + AdamW + max(activations, grads) + backward's "
+        f"temporaries (2x the largest saved tensor)){refused}" + f"\n\nsuggestion: {p.suggestion}"
     )

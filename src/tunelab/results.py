@@ -46,11 +46,44 @@ class Timing:
     tokens_per_s: float = 0.0
     train_examples_seen: int = 0
     train_tokens_seen: int = 0
+    cpu_s: float = 0.0
+    """This process's CPU time (all threads) during the training steps."""
+    other_cpu_s: float = 0.0
+    """CPU time every other process on the machine used meanwhile (/proc/stat, steal
+    included)."""
+    threads: int = 0
+    """CPU threads torch computed with (0: trained on a GPU, or not measured)."""
+    cores: int = 0
+    """CPUs of the machine as /proc/stat counts them (0: not readable here)."""
 
     @classmethod
-    def of(cls, train_s: float, eval_s: float, test_s: float, examples: int, tokens: int):
+    def of(
+        cls, train_s: float, eval_s: float, test_s: float, examples: int, tokens: int,
+        cpu: tuple[float, float, int, int] = (0.0, 0.0, 0, 0),
+    ):  # fmt: skip
+        """``cpu``: (cpu_s, other_cpu_s, threads, cores)."""
         seconds = max(train_s, 1e-9)
-        return cls(train_s, eval_s, test_s, examples / seconds, tokens / seconds, examples, tokens)
+        per_s = (examples / seconds, tokens / seconds)
+        return cls(train_s, eval_s, test_s, *per_s, examples, tokens, *cpu)
+
+    @property
+    def others_load(self) -> float:
+        """Cores other processes kept busy on average while this run trained."""
+        return self.other_cpu_s / self.train_s if self.train_s > 0 else 0.0
+
+    @property
+    def contended(self) -> bool:
+        """True when other processes took more than the cores this run left free plus a
+        quarter of the ones it computed on: its times then say little about the method."""
+        if not self.threads or not self.cores:
+            return False
+        spare = max(self.cores - self.threads, 0)
+        return self.others_load > spare + CONTENDED_SHARE * self.threads
+
+
+# A run alone on its machine leaves the others' load near 0 (measured here: under 0.05 cores
+# for tunelab's own runs on 2 cores); another training job sharing the cores takes about one.
+CONTENDED_SHARE = 0.25
 
 
 @dataclass

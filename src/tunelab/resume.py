@@ -23,6 +23,8 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0
     train_time: float = 0.0
+    train_cpu: float = 0.0
+    train_other_cpu: float = 0.0
     eval_time: float = 0.0
     examples: int = 0
     tokens: int = 0

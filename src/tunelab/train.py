@@ -20,7 +20,7 @@ import yaml
 
 from tunelab import fast, guard, measure, results
 from tunelab.config import RunConfig, to_dict
-from tunelab.data import Prepared, data_info, prepare_data, train_batches
+from tunelab.data import Prepared, data_info, prepare_data, shard_batches, train_batches
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, make_logger
 from tunelab.measure import PeakMemory, Window, evaluate, improved
@@ -141,10 +141,8 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.fast_cpu = fast.install(model) if fast_paths else {}
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
-    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
-    record.env = {
-        **measure.environment(acc.device), "precision": acc.mixed_precision, "weights": weights,
-    }  # fmt: skip
+    weights, env = str(next(model.parameters()).dtype)[6:], measure.environment(acc.device)
+    record.env = {**env, "precision": acc.mixed_precision, "weights": weights}  # weights: dtype
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)
@@ -189,28 +187,28 @@ def train_loop(
     return outcome
 
 
-def epoch_steps(s: Session, epoch: int) -> list[list[list[int]]]:
-    """This process's optimizer steps of an epoch, each a list of ``grad_accum`` batches."""
+def epoch_steps(s: Session, epoch: int) -> list[list[tuple[list[int], float]]]:
+    """This process's optimizer steps of an epoch, each ``grad_accum`` (batch, loss scale)."""
     tc, acc = s.cfg.train, s.acc
-    n, rank, b = acc.num_processes, acc.process_index, tc.batch_size
-    # global batches of batch_size x processes, each process taking its slice: the same
+    n, b = acc.num_processes, tc.batch_size
+    # global batches of batch_size x processes, each process taking its part: the same
     # examples per optimizer step as one process with the global batch size
     batches = train_batches(s.data.train.lengths, b * n, tc.seed, epoch)
-    batches = [g[rank * b : (rank + 1) * b] for g in batches if len(g) > (n - 1) * b]
+    batches = shard_batches(batches, n, acc.process_index)
     steps = [batches[i : i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
     return [st for st in steps if len(st) == tc.grad_accum]
 
 
-def train_step(s: Session, micro: list[list[int]], win: Window) -> None:
+def train_step(s: Session, micro: list[tuple[list[int], float]], win: Window) -> None:
     """One optimizer step over its micro-batches (gradients all-reduced on the last only)."""
     tc, task, pad_id = s.cfg.train, s.data.task, s.data.tokenizer.pad_token_id
-    for j, idx in enumerate(micro):
+    for j, (idx, scale) in enumerate(micro):
         batch = task.collate(s.data.train, idx, pad_id)
         batch = {k: v.to(s.acc.device, non_blocking=True) for k, v in batch.items()}
         sync = j == len(micro) - 1
         with contextlib.nullcontext() if sync else s.acc.no_sync(s.model):
             loss, preds = task.forward(s.model, batch)
-            s.acc.backward(loss / tc.grad_accum)
+            s.acc.backward(loss * (scale / tc.grad_accum))
         win.add(loss, preds, task.targets(batch), sum(s.data.train.lengths[i] for i in idx))
     if tc.grad_clip > 0:
         # foreach: one fused norm over all gradients (torch's CPU default loops per tensor,
@@ -231,6 +229,8 @@ def log_window(s: Session, pg: Progress, win: Window, logger: Logger) -> None:
         )
     stats = win.summary()
     pg.train_time += stats.pop("seconds")
+    pg.train_cpu += stats.pop("cpu_seconds")
+    pg.train_other_cpu += stats.pop("other_cpu_seconds")
     pg.examples += win.examples
     pg.tokens += win.tokens
     lr = s.scheduler.get_last_lr()[-1]
@@ -277,13 +277,13 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         test_s = time.perf_counter() - t0
     if outcome != "pruned" and s.cfg.train.save_model and main:
         results.save_model(model, s.data.tokenizer, s.run_dir / "model")
+    seen = (pg.examples * n_proc, pg.tokens * n_proc)  # this process's share x processes
+    cpu = measure.cpu_usage(s.acc.device, pg.train_cpu, pg.train_other_cpu)
     rec.finish(
         stopped_early=outcome == "early",
         steps=pg.step,
         epochs=pg.step / s.per_epoch,
-        timing=results.Timing.of(  # this process's share of the examples, times processes
-            pg.train_time, pg.eval_time, test_s, pg.examples * n_proc, pg.tokens * n_proc
-        ),
+        timing=results.Timing.of(pg.train_time, pg.eval_time, test_s, *seen, cpu),
         saved_bytes=measure.weights_bytes(s.run_dir / "model"),
         curve=pg.curve,
         best_step=pg.best_step,

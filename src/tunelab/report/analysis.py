@@ -250,9 +250,33 @@ def memory_noise(row: Row) -> float:
     return MEMORY_NOISE.get(kind, MEMORY_NOISE["process_rss_above_baseline"])
 
 
+def contended(row: Row) -> bool:
+    """A run of this method trained while something else used the CPU (results.Timing)."""
+    return any(run.timing.contended for run in row.runs)
+
+
+def contention_note(rows: list[Row]) -> str:
+    """Why training times are not compared, or "" when every run had its CPU."""
+    hit = [
+        f"{r.method} ({max(run.timing.others_load for run in r.runs):.1f} of "
+        f"{r.runs[0].timing.cores} cores)"
+        for r in rows
+        if contended(r)
+    ]
+    if not hit:
+        return ""
+    return (
+        f"Training times are not compared: other processes kept the CPU busy while some runs "
+        f"trained (cores they used on average: {', '.join(hit)}), so those times say little "
+        f"about the methods; rerun them alone to compare times."
+    )
+
+
 def time_close(a: Row, b: Row) -> bool:
     """Training times equal within noise: the seed intervals overlap or, with one seed each,
-    they are within TIME_NOISE."""
+    they are within TIME_NOISE. Times of a run that shared its CPU are never told apart."""
+    if contended(a) or contended(b):
+        return True
     x, y = a["train_s"], b["train_s"]
     if x.half or y.half:
         return same(x, y)
@@ -383,7 +407,8 @@ def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
         f"Recommendation: {pick.method}: {scope}; trains in {pick['train_s'].mean:.0f} s with "
         f"{pick['trainable_pct'].mean:.3g}% of the parameters"
     )
-    return text + (f"; also within reach: {', '.join(others)}." if others else ".")
+    text += f"; also within reach: {', '.join(others)}." if others else "."
+    return text + (f" {contention_note(near)}" if contention_note(near) else "")
 
 
 def _by_loss(good: list[Row], within: float = 0.02) -> str:
@@ -392,10 +417,11 @@ def _by_loss(good: list[Row], within: float = 0.02) -> str:
     best = min(r["val_loss"].mean for r in good)
     near = [r for r in good if r["val_loss"].mean <= best * (1 + within)]
     pick, why = _fastest(near)
+    note = contention_note(near)
     return (
         f"Recommendation: {pick.method}: the {why} among the methods within {100 * within:g}% "
         f"of the lowest validation loss ({best:.3f}); trains in {pick['train_s'].mean:.0f} s "
-        f"with {pick['trainable_pct'].mean:.3g}% of the parameters."
+        f"with {pick['trainable_pct'].mean:.3g}% of the parameters." + (f" {note}" if note else "")
     )
 
 
@@ -406,6 +432,8 @@ def _fastest(near: list[Row]) -> tuple[Row, str]:
     tied = [r for r in near if time_close(r, fastest)]
     if len(tied) == 1:
         return fastest, "fastest to train"
+    if any(contended(r) for r in near):
+        tied = near  # no time ranks a method when one of them shared its CPU
     low = min(tied, key=lambda r: r["peak_mb"].mean)
     if all(
         r is low or not close(r["peak_mb"].mean, low["peak_mb"].mean, memory_noise(r)) for r in tied

@@ -48,6 +48,8 @@ class Point:
     train_s: Estimate
     peak_mb: Estimate
     trainable: int
+    contended: bool = False
+    """A run here trained while another process used the CPU: its time says nothing."""
 
 
 @dataclass
@@ -94,6 +96,7 @@ def analyse_sizes(records: list[RunRecord]) -> Sizes | None:
                         estimate(_COL["train_s"], runs),
                         estimate(_COL["peak_mb"], runs),
                         runs[0].params.trainable,
+                        any(r.timing.contended for r in runs),
                     )
                 )
     s = Sizes(sizes, points)
@@ -136,7 +139,9 @@ def measured_rows(s: Sizes) -> list[dict]:
         rows.append(
             {
                 "method": method,
-                "time": _ratio(p, ref, "train_s"),
+                "time": None
+                if p.contended or (ref and ref.contended)
+                else _ratio(p, ref, "train_s"),
                 "memory": _ratio(p, ref, "peak_mb"),
                 "train_s": p.train_s.mean,
                 "peak_mb": p.peak_mb.mean,
@@ -189,6 +194,12 @@ def claims(s: Sizes) -> list[str]:
         if art is None:
             continue
         m, (cost, eff, where) = row["method"], art
+        if row["time"] is None and row["memory"] is not None:
+            out.append(
+                f"{m}, cost {cost}: cannot be tested from these runs: a run of {m} or of full "
+                f"fine-tuning trained while another process used the CPU, so its time says "
+                f"nothing about the method; rerun it alone"
+            )
         if row["time"] is not None:
             measured = cost_word(row)
             verdict = "holds" if measured == cost else "does not hold"
