@@ -10,7 +10,8 @@ tunelab's method modules, random weights from each config, the plan's own batch 
 architectures (MiniLM / BERT classification, DistilBERT-base classification, SmolLM2-135M /
 Llama as a causal LM).
 
-    .venv/bin/python bench/plan_memory.py          # ~5 min on 2 cores
+    .venv/bin/python bench/plan_memory.py                # every case (~15 min on 2 cores)
+    .venv/bin/python bench/plan_memory.py smollm2-135m   # one model's cases again
 
 Writes bench/results/plan-memory-<date>.json (every case: both figures, their parts, ratio)
 and prints the table. Target (issue 17): plan / measured within 15% in every case.
@@ -96,8 +97,15 @@ def measured_peak(config, task: str, method: str, batch: int, length: int, bf16:
 
 
 def main() -> None:
-    rows = []
+    """Every case, or those of the models named on the command line; the results file is
+    rewritten after each case, so an interrupted run keeps what it measured."""
+    only = set(sys.argv[1:])
+    out = ROOT / "bench" / "results" / f"plan-memory-{datetime.date.today().isoformat()}.json"
+    rows = json.loads(out.read_text())["cases"] if out.exists() and only else []
+    rows = [r for r in rows if r["model"] not in only]
     for name, source, task, shapes in CASES:
+        if only and name not in only:
+            continue
         config = config_of(source, task)
         for batch, length in shapes:
             for method in ("full", "lora"):
@@ -114,22 +122,25 @@ def main() -> None:
                                                     "activations", "temporaries")},
                     }  # fmt: skip
                     rows.append(row)
+                    save(rows, out)
                     print(
                         f"{name:16} {method:5} {row['precision']:5} {batch:3}x{length:<4} "
                         f"plan {planned / 2**20:9.1f} MiB  measured {measured / 2**20:9.1f} MiB"
                         f"  plan/measured {row['ratio']:.3f}",
                         flush=True,
                     )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    out = ROOT / "bench" / "results" / f"plan-memory-{datetime.date.today().isoformat()}.json"
-    out.parent.mkdir(exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "commit": commit, "command": "python bench/plan_memory.py"}  # fmt: skip
-    out.write_text(json.dumps({**meta, "cases": rows}, indent=1) + "\n")
     worst = max(rows, key=lambda r: abs(r["ratio"] - 1))
     print(f"{len(rows)} cases -> {out.relative_to(ROOT)}; worst plan/measured {worst['ratio']:.3f}")
     readme_table(rows, out)
+
+
+def save(rows: list[dict], out: Path) -> None:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "commit": commit, "command": "python bench/plan_memory.py"}  # fmt: skip
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({**meta, "cases": rows}, indent=1) + "\n")
 
 
 def readme_table(rows: list[dict], source: Path) -> None:

@@ -51,16 +51,12 @@ def test_readme_command_parses_and_configures(command):
         cli._load(args)  # every flag, key and value checked, nothing loaded
 
 
-# run at a tiny budget: one command of each kind that trains on the built-in model and data
-# (the others differ only in flags, which the parse test above checks): a run with a knob, a
-# tune, and the decoder comparison (whose `--task` flag once did not exist)
+# run at a tiny budget: the decoder comparison (its `--task` flag once did not exist); the
+# other commands differ from what the rest of the suite runs only in flags, which the parse
+# test above checks (make test's time budget keeps this list short)
 RUNNABLE = [c for c in COMMANDS if shlex.split(c)[0] in ("run", "compare", "tune")
             and not OFFLINE_UNKNOWN.search(c)]  # fmt: skip
-EXECUTABLE = [
-    next(c for c in RUNNABLE if c.startswith("run method=lora method.r")),
-    next(c for c in RUNNABLE if c.startswith("tune --methods")),
-    next(c for c in RUNNABLE if c.startswith("compare --model smollm2")),
-]
+EXECUTABLE = [next(c for c in RUNNABLE if c.startswith("compare --model smollm2"))]
 
 
 @pytest.mark.slow
