@@ -268,7 +268,6 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
     """Test the best validation checkpoint (never the last one), save it, write the record.
     A pruned run is recorded as such, untested."""
     rec, model, main = s.record, s.acc.unwrap_model(s.model), s.acc.is_main_process
-    n_proc = s.acc.num_processes
     results.load_trainable(model, best)
     test_s = 0.0
     if outcome != "pruned" and s.cfg.train.test:
@@ -277,7 +276,8 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         test_s = time.perf_counter() - t0
     if outcome != "pruned" and s.cfg.train.save_model and main:
         results.save_model(model, s.data.tokenizer, s.run_dir / "model")
-    seen = (pg.examples * n_proc, pg.tokens * n_proc)  # this process's share x processes
+    seen = torch.tensor([pg.examples, pg.tokens], device=s.acc.device)  # summed: parts differ
+    seen = [int(x) for x in (s.acc.reduce(seen, "sum") if s.acc.num_processes > 1 else seen)]
     cpu = measure.cpu_usage(s.acc.device, pg.train_cpu, pg.train_other_cpu)
     rec.finish(
         stopped_early=outcome == "early",
