@@ -37,7 +37,7 @@ from tunelab import measure
 from tunelab.anatomy import config_layers, with_layers
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, NoTokenizer, TunelabError
-from tunelab.methods import build_method
+from tunelab.methods import METHODS, build_method
 from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve
 
 ASSUMED_EFFICIENCY = 0.5  # bench/RESULTS.md: 54-71% of the fp32 matmul peak on MiniLM
@@ -441,8 +441,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Est
         runs, cfg.model.name, method, plan.device, plan.precision, plan.peak_flops
     )
     est.seconds = est.flops_per_epoch * plan.epochs / (plan.peak_flops * est.efficiency)
-    saves_adapter = build_method(spec(cfg, method)).saves_adapter
-    est.saves_bytes = est.gradients if saves_adapter else est.weights
+    est.saves_bytes = est.gradients if METHODS[method].saves_adapter else est.weights
     est.checkpoint_bytes = 2 * est.gradients + est.optimizer
     return est
 
