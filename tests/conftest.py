@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 POS = ["good", "great", "fine", "lovely", "superb", "brilliant"]
 NEG = ["bad", "awful", "poor", "boring", "dull", "terrible"]
 FILLER = ["the", "movie", "film", "was", "plot", "actors", "story", "and", "very", "quite"]
+
+
+def as_a_shell_starts(argv: list[str]) -> list[str]:
+    """argv started with Ctrl-C at its default, as a shell starts a command (a process started
+    with SIGINT ignored, as background jobs of a script are, keeps ignoring it). A tiny exec
+    wrapper instead of Popen's preexec_fn: preexec_fn makes Python fork() the whole pytest
+    process, which fails with ENOMEM once the process is large; without it, it uses vfork."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    return [sys.executable, "-c", reset + "os.execv(sys.argv[1], sys.argv[1:])", *argv]
 
 
 def toy_rows(n: int, seed: int = 0) -> list[dict]:

@@ -20,11 +20,17 @@ from tests.conftest import toy_rows, write_csv
 from tests.test_corpus import cli
 from tunelab.methods import METHODS
 
-FAST = {  # what make test-fast keeps: the cases that used to crash (the rest run in make test)
+FAST = {  # what make test and test-fast keep: the cases that used to crash (the rest: make
+    # test-archs, which CI runs after make test)
     ("distilbert", "classification", "lora"), ("electra", "classification", "prompt"),
     ("albert", "classification", "freeze"), ("modernbert", "classification", "ia3"),
     ("gpt2", "causal-lm", "prompt"), ("phi3", "causal-lm", "ia3"),
     ("deberta-v2", "classification", "full"),
+}  # fmt: skip
+EVERY_FAMILY = {  # + make test: each other family once, each method once somewhere
+    ("bert", "classification", "bitfit"), ("roberta", "classification", "llrd"),
+    ("llama", "causal-lm", "lora"), ("qwen2", "classification", "lora"),
+    ("mistral", "causal-lm", "llrd"), ("gemma", "causal-lm", "prompt"),
 }  # fmt: skip
 FAST_PLANS = {("distilbert", "classification"), ("deberta-v2", "classification"),
               ("gpt2", "causal-lm")}  # fmt: skip
@@ -44,6 +50,8 @@ def cases(kinds):
                 else:
                     fast = (family, task, method) in FAST
                 marks = () if fast else (pytest.mark.slow,)
+                if not fast and (family, task, method) not in EVERY_FAMILY:
+                    marks += (pytest.mark.archs,)
                 out.append(
                     pytest.param(family, task, method, marks=marks, id=f"{family}-{task}-{method}")
                 )

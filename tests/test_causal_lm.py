@@ -44,7 +44,7 @@ def test_answer_only_loss_and_label_word_scoring(tiny_llama, toy_csv, tmp_path):
     gold = torch.tensor([task.word_ids[y][0] for y in batch["targets"]])
     manual = torch.nn.functional.cross_entropy(logits[torch.arange(4), pos], gold)
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
-    assert torch.equal(preds, task.score(model, batch).argmax(-1))  # fast path = full scoring
+    assert torch.equal(preds, task.score(model, batch)[1].argmax(-1))  # fast path = scoring
 
 
 def test_multi_token_words_are_length_normalised(tiny_llama):
@@ -55,7 +55,7 @@ def test_multi_token_words_are_length_normalised(tiny_llama):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     batch = task.collate(enc, [0, 1], tok.pad_token_id)
-    scores = task.score(model, batch)
+    _, scores = task.score(model, batch)
     row = enc.input_ids[0][: enc.prompt_lengths[0]] + task.word_ids[0]
     logp = model(input_ids=torch.tensor([row])).logits.log_softmax(-1)[0]
     start = enc.prompt_lengths[0]
@@ -130,7 +130,7 @@ def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys)
     data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
     batch = data.task.collate(data.test, list(range(16)), tok.pad_token_id)
     with torch.no_grad():
-        a, b = data.task.score(peft_model, batch), data.task.score(plain, batch)
+        a, b = data.task.score(peft_model, batch)[1], data.task.score(plain, batch)[1]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert main(["export", str(run_dir), str(tmp_path / "plain")]) == 2  # not empty: refused
     assert "is not empty" in capsys.readouterr().err

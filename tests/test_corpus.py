@@ -231,6 +231,9 @@ CASES = {
         ["run", "out_dir=/proc/tunelab-runs"],
         ["cannot write the run folder"],
     ),
+    "run name climbs out": (["run", "name=../elsewhere"], ["name must be a plain folder name"]),
+    "run name absolute": (["run", "name=/tmp/elsewhere"], ["name must be a plain folder name"]),
+    "run name with a folder": (["run", "name=a/b"], ["name must be a plain folder name"]),
     "report of nothing": (["report", "{out}/no-runs"], ["no run records"]),
     "predict without a run": (["predict", "{file:empty_folder}", "text"], ["run"]),
     # commands and flags

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_overrides
+from tests.conftest import as_a_shell_starts, tiny_overrides
 from tunelab.results import RunClaimed, _claim, load_records, read_record, release_run_dir
 
 pytestmark = pytest.mark.slow  # real subprocesses: in `make test`, not in `make test-fast`
@@ -40,12 +40,11 @@ def tunelab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
 
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tunelab", *args],
+        as_a_shell_starts([sys.executable, "-m", "tunelab", *args]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -118,7 +117,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_cleanly_and_resume_goes_on(sig, code, tiny_model, toy_csv, tmp_path):
-    over = {"train.epochs": 30, "train.log_every": 1}
+    over = {"train.epochs": 30, "train.log_every": 1, "data.max_train_examples": 160}
     args = ["run", *tiny_overrides(tiny_model, toy_csv, tmp_path, **over)]
     proc = start(*args)
     run_dir = tmp_path / "full-seed0"
@@ -138,7 +137,7 @@ def test_signal_stops_cleanly_and_resume_goes_on(sig, code, tiny_model, toy_csv,
     done = tunelab(*args, "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     final = read_record(run_dir)
-    assert final.status == "ok" and final.steps == 600
+    assert final.status == "ok" and final.steps == 300  # 30 epochs x 10 steps
 
 
 def test_stopped_compare_resumes_with_finished_runs_untouched(tiny_model, toy_csv, tmp_path):

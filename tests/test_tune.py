@@ -9,7 +9,7 @@ import re
 
 import optuna
 import pytest
-from conftest import tiny_overrides
+from conftest import as_a_shell_starts, tiny_overrides
 
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
@@ -173,18 +173,19 @@ def test_ctrl_c_then_the_same_command_resumes(tiny_model, toy_csv, tmp_path):
         "4",
         "tune.eval_examples=30",
         "tune.pruner=none",
-        *tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 30}),
+        *tiny_overrides(
+            tiny_model, toy_csv, tmp_path, **{"train.epochs": 30, "data.max_train_examples": 96}
+        ),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # a process started with SIGINT ignored (as other tests in this session may leave it, and
     # as background jobs of a script get it) keeps ignoring Ctrl-C: start it as a shell would
     proc = subprocess.Popen(
-        args,
+        as_a_shell_starts(args),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     trials = tmp_path / "trials" / "full"
     deadline = time.time() + 240

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import os
 import re
 import types
 import typing
@@ -382,7 +383,22 @@ def load_config(
     if sections:
         apply_fields(cfg, "", {k: v for k, v in sections.items() if v is not None})
     apply_fields(cfg, "", parse_overrides(overrides or []))
+    check_run_name(cfg.name)
     return cfg
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain folder name inside --out: no separator, no ``..``, not
+    absolute, not hidden (tunelab's own temporary and claim files start with a dot)."""
+    bad = (
+        "/" in name or "\\" in name or name.startswith(".") or os.path.isabs(name)
+        or any(ord(c) < 32 for c in name) or len(name) > 200
+    )  # fmt: skip
+    if bad:
+        raise ConfigError(
+            f"name must be a plain folder name (letters, digits, -, _, no '/', '\\' or "
+            f"leading '.'), got {name!r}: a run is written only inside --out"
+        )
 
 
 def for_method(base: RunConfig, method: str, params: dict[str, Any] | None = None, **top: Any):
@@ -408,8 +424,36 @@ def _read_yaml(p: Path) -> dict[str, Any]:
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """Plain nested dict of the config (what config.yaml holds)."""
+    """Plain nested dict of the config, secrets included (in memory only: files get
+    ``public_dict``)."""
     return dataclasses.asdict(cfg)
+
+
+def public_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as files, logs, trackers and reports show it: secrets redacted."""
+    return redact(to_dict(cfg))
+
+
+SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api_?key|credential)s?$", re.I)
+URL_PASSWORD = re.compile(r"(?P<head>[a-z][\w+.-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)", re.I)
+QUERY_SECRET = re.compile(r"(?P<key>[?&;](pass(word|wd)?|secret|token|api_?key)=)[^&;\s]*", re.I)
+
+
+def redact(value: Any) -> Any:
+    """``value`` with secrets replaced by ``***``: a URL's password (postgresql://user:***@host)
+    and query secrets (?password=***), and every value under a key named like a password,
+    secret, token or API key."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if SECRET_KEY.search(str(k)) and value[k] else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, str):
+        value = URL_PASSWORD.sub(r"\g<head>***\g<at>", value)
+        return QUERY_SECRET.sub(r"\g<key>***", value)
+    return value
 
 
 # ---------------------------------------------------------------- documentation

@@ -245,8 +245,15 @@ def _open(cfg: DataConfig):
                 # "glue/sst2" means dataset glue, config sst2; "user/repo" is a plain hub id
                 try:
                     dd = datasets.load_dataset(name, subset)
-                except Exception:
-                    dd = datasets.load_dataset(cfg.dataset)
+                except Exception as first_try:  # "user/repo" after all? both errors are kept
+                    try:
+                        dd = datasets.load_dataset(cfg.dataset)
+                    except Exception as e:
+                        raise DataError(
+                            f"cannot load dataset {cfg.dataset!r}: as dataset {name!r} with "
+                            f"config {subset!r}: {_first(first_try)}; as the repository "
+                            f"{cfg.dataset!r}: {_first(e)}"
+                        ) from e
             else:
                 dd = datasets.load_dataset(cfg.dataset)
     except DataError:
@@ -254,12 +261,11 @@ def _open(cfg: DataConfig):
     except Exception as e:
         if path.is_file():
             _diagnose(path)  # raises a precise DataError when it finds the problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"cannot load dataset {cfg.dataset!r}: {first}. Use a built-in name "
+            f"cannot load dataset {cfg.dataset!r}: {_first(e)}. Use a built-in name "
             f"(rotten-tomatoes), a Hugging Face dataset id, or a local "
             f".csv/.jsonl/.parquet file"
-        ) from None
+        ) from e
     if "train" not in dd:
         raise DataError(f"dataset {cfg.dataset!r} has no train split (splits: {', '.join(dd)})")
     return dd
@@ -548,3 +554,7 @@ def data_info(data: Prepared, zero_shot: dict | None = None) -> DataInfo:
         else {},
         zero_shot=zero_shot or {},
     )
+
+
+def _first(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -103,8 +103,19 @@ class Loggers:
             s.log_validation(step, values)
 
     def close(self) -> None:
-        for s in self.sinks:
-            s.close()
+        for s in self.sinks:  # each one, even after another failed
+            close_quietly(s)
+
+
+def close_quietly(logger: Logger | None) -> None:
+    """Close ``logger``; a failure to close is a warning on stderr, never an error that would
+    replace the run's own outcome (the metrics are in metrics.jsonl already)."""
+    if logger is None:
+        return
+    try:
+        logger.close()
+    except Exception as e:
+        print(f"tunelab: warning: closing {type(logger).__name__} failed: {e}", file=sys.stderr)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -121,10 +132,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def make_logger(run_dir: Path, accelerator, cfg, total_steps: int, step: int) -> Logger:
     """metrics.jsonl + a progress bar, + the configured accelerate tracker (if any)."""
-    from tunelab.config import to_dict
+    from tunelab.config import public_dict
 
     main = accelerator.is_main_process
     sinks = [JsonlLogger(run_dir, main), ConsoleLogger(run_dir.name, total_steps, step, main)]
     if cfg.tracker != "none":
-        sinks.append(TrackerLogger(accelerator, to_dict(cfg)))
+        sinks.append(TrackerLogger(accelerator, public_dict(cfg)))
     return Loggers(*sinks)

@@ -39,8 +39,17 @@ def smollm2() -> Path:
     folder = cache_dir() / "smollm2-135m-instruct"
     if (folder / "model.safetensors").exists():
         return folder
+    from filelock import FileLock
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir() / ".smollm2.lock")):  # two processes: one converts
+        if not (folder / "model.safetensors").exists():
+            _convert_smollm2(folder)
+    return folder
+
+
+def _convert_smollm2(folder: Path) -> None:
     import shutil
-    import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,13 +73,12 @@ def smollm2() -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf.state_dict(), strict=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".smollm2-"))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # whole folder or nothing
-    return folder
+    from tunelab.results import atomic_folder
+
+    shutil.rmtree(folder, ignore_errors=True)  # a folder without weights: not a finished one
+    with atomic_folder(folder) as tmp:  # whole folder or nothing; leftovers removed
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
 
 BUILTIN = {
@@ -132,7 +140,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise TunelabError(_explain(name, e)) from None
+        raise TunelabError(_explain(name, e)) from e
     ids = tok("the film was good, the plot was not", add_special_tokens=False)["input_ids"]
     if len(set(ids)) < 3:
         raise NoTokenizer(
@@ -161,35 +169,40 @@ def load_model(
 
     logging.set_verbosity_error()  # the "newly initialized head" report is expected here
     logging.disable_progress_bar()
-    path = resolve(name)
-    options = {
-        "dtype": WEIGHTS_DTYPE,
-        "trust_remote_code": trust_remote_code,
-        "use_safetensors": None if allow_pickle else True,
-    }
-    try:
-        if lm_head:  # the labels ride along in the config, for predict and export
-            model = AutoModelForCausalLM.from_pretrained(
-                path,
-                id2label=dict(enumerate(label_names)),
-                label2id={n: i for i, n in enumerate(label_names)},
-                **options,
-            )
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=len(label_names),
-                problem_type=PROBLEM_TYPE,
-                id2label=dict(enumerate(label_names)),
-                label2id={n: i for i, n in enumerate(label_names)},
-                ignore_mismatched_sizes=True,  # a checkpoint's own head: replaced, fresh
-                **options,
-            )
-    except Exception as e:
-        raise TunelabError(_explain(name, e)) from None
+    labels = {
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)},
+    }  # the labels ride along in the config, for predict and export
+    if lm_head:
+        auto, extra = AutoModelForCausalLM, labels
+    else:
+        auto = AutoModelForSequenceClassification
+        extra = {**labels, "num_labels": len(label_names), "problem_type": PROBLEM_TYPE,
+                 "ignore_mismatched_sizes": True}  # fmt: skip  # a checkpoint's head: replaced
+    model = safe_load(auto, name, trust_remote_code, allow_pickle, **extra)
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def safe_load(auto, name: str, trust_remote_code: bool, allow_pickle: bool, **kw):
+    """``auto.from_pretrained`` under tunelab's rules, for every command that loads weights
+    (run, predict, export): float32 weights, safetensors only unless ``allow_pickle`` (a
+    pickle can run code when loaded), no code from the repository unless
+    ``trust_remote_code``; a failure becomes one line that says what to fix (the original
+    chained; out of memory is not hidden)."""
+    try:
+        return auto.from_pretrained(
+            resolve(name),
+            dtype=WEIGHTS_DTYPE,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            **kw,
+        )
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise TunelabError(_explain(name, e)) from e
 
 
 def _explain(name: str, e: Exception) -> str:

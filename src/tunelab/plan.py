@@ -61,6 +61,8 @@ class Estimate:
     temporaries: int = 0
     """Backward's transient tensors at the peak: twice the largest saved activation."""
     peak: int = 0
+    eval_peak: int = 0
+    """Evaluation's peak: weights + one evaluation batch's working set (``eval_working_set``)."""
     flops_per_example: float = 0.0
     flops_per_epoch: float = 0.0
     efficiency: float = 0.0
@@ -435,6 +437,8 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Est
     est.weights, est.gradients, est.optimizer = t["weights"], t["gradients"], t["optimizer"]
     est.activations, est.activations_from = t["activations"], t["activations_from"]
     est.temporaries, est.peak = t["temporaries"], t["peak"]
+    rows = cfg.train.eval_batch_size
+    est.eval_peak = est.weights + eval_working_set(config, plan.task, rows, plan.longest)
     est.flops_per_example = t["flops_per_token"] * plan.mean_tokens
     est.flops_per_epoch = est.flops_per_example * plan.examples
     est.efficiency, est.efficiency_from = learned_efficiency(
@@ -444,6 +448,30 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Est
     est.saves_bytes = est.gradients if METHODS[method].saves_adapter else est.weights
     est.checkpoint_bytes = 2 * est.gradients + est.optimizer
     return est
+
+
+def eval_working_set(config, task: str, rows: int, longest: int, word_tokens: int = 4) -> int:
+    """Bytes one evaluation batch holds at once, beyond the weights (no gradients, nothing
+    saved for backward): one layer's widest tensors (the MLP's inner activation and the
+    attention scores, each with a copy in flight) for the rows; for a decoder scoring label
+    words (``tasks.label_words``), also the key/value cache of a chunk of rows and the copy
+    a word's forward extends, and the logits at the scored positions (``word_tokens`` per
+    word). float32 throughout."""
+    from tunelab.tasks.label_words import CACHE_BYTES, kv_bytes_per_token
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0) or 0
+    inner = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", 1) or 1
+    layer = rows * longest * max(inner or 4 * hidden, heads * longest) * 4 * 2
+    if task != "causal-lm":
+        return layer
+    per_row = longest * kv_bytes_per_token(config)
+    chunk = min(rows, max(1, CACHE_BYTES // max(1, per_row)))
+    logits = chunk * word_tokens * (getattr(text, "vocab_size", 0) or 0) * 4
+    return chunk * longest * max(inner or 4 * hidden, heads * longest) * 4 * 2 + (
+        2 * chunk * per_row + logits
+    )
 
 
 # ---------------------------------------------------------------- the whole plan
@@ -497,7 +525,7 @@ def plan(
         p.estimates = [estimate(cfg, m, p, config, runs) for m in methods]
     for e in p.estimates:
         if not e.error:
-            e.fits_memory = None if budget is None else e.peak <= budget
+            e.fits_memory = None if budget is None else max(e.peak, e.eval_peak) <= budget
             e.fits_time = None if seconds is None else e.seconds <= seconds
     p.suggestion = suggest(p)
     return p
@@ -671,7 +699,7 @@ def table(p: Plan) -> str:
     head = header(p)
     cols = [
         "method", "trainable", "weights", "grads", "AdamW", "activations", "peak",
-        "GFLOP/ex", "train time", "rate from", "saves", "fits",
+        "eval peak", "GFLOP/ex", "train time", "rate from", "saves", "fits",
     ]  # fmt: skip
     rows = []
     for e in p.estimates:
@@ -693,6 +721,7 @@ def table(p: Plan) -> str:
                 gib(e.optimizer),
                 gib(e.activations),
                 gib(e.peak),
+                gib(e.eval_peak),
                 f"{e.flops_per_example / 1e9:.1f}",
                 duration(e.seconds),
                 f"{e.efficiency:.0%} {e.efficiency_from}",
@@ -717,5 +746,7 @@ def table(p: Plan) -> str:
         head
         + "\n".join(lines)
         + f"\n({fits_note}; peak = weights + AdamW + max(activations, grads) + backward's "
-        f"temporaries (2x the largest saved tensor)){refused}" + f"\n\nsuggestion: {p.suggestion}"
+        f"temporaries (2x the largest saved tensor); eval peak = weights + one evaluation batch: "
+        f"a layer's widest tensors, and a decoder's key/value cache for label words){refused}"
+        + f"\n\nsuggestion: {p.suggestion}"
     )

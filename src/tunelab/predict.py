@@ -10,7 +10,8 @@ import torch
 
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
-from tunelab.models import WEIGHTS_DTYPE
+from tunelab.guard import fault
+from tunelab.models import BUILTIN, resolve, safe_load
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -22,13 +23,12 @@ def run_config(run_dir: str | Path) -> RunConfig:
 
 def load_run_model(run_dir: str | Path):
     """(model, tokenizer) from ``RUN_DIR/model``: a PEFT adapter or a full HF model, with a
-    classification head or (task=causal-lm) its language-model head."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    classification head or (task=causal-lm) its language-model head. Loaded by the same safe
+    loader as the run (``models.safe_load``) under the run's own model.allow_pickle and
+    model.trust_remote_code; an adapter's base model is the one the run recorded
+    (config.yaml), never whatever adapter_config.json names: a folder whose adapter points
+    elsewhere is refused."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder = Path(run_dir) / "model"
     if not (folder / "config.json").exists():
@@ -36,25 +36,53 @@ def load_run_model(run_dir: str | Path):
             f"{str(run_dir)!r} holds no saved model (expected {folder}/config.json);"
             f" is it a finished run folder with train.save_model=true?"
         )
-    causal = run_config(run_dir).task == "causal-lm"
-    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    tok = AutoTokenizer.from_pretrained(folder)
-    if (folder / "adapter_config.json").exists():
-        from peft import PeftConfig, PeftModel
+    cfg = run_config(run_dir)
+    mc = cfg.model
+    auto = AutoModelForCausalLM if cfg.task == "causal-lm" else AutoModelForSequenceClassification
+    tok = _tokenizer(folder, mc.trust_remote_code)
+    if not (folder / "adapter_config.json").exists():
+        return safe_load(auto, str(folder), mc.trust_remote_code, mc.allow_pickle).eval(), tok
+    from peft import PeftModel
 
-        base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
-        config = AutoConfig.from_pretrained(folder)  # carries num_labels and id2label
-        try:
-            base = auto.from_pretrained(base_path, config=config, dtype=WEIGHTS_DTYPE)
-        except Exception as e:
-            raise TunelabError(
-                f"cannot load the adapter's base model {base_path!r}: "
-                f"{str(e).splitlines()[0][:200]}"
-            ) from None
-        model = PeftModel.from_pretrained(base, folder)
-    else:
-        model = auto.from_pretrained(folder, dtype=WEIGHTS_DTYPE)
-    return model.eval(), tok
+    check_adapter(folder, mc.name, mc.allow_pickle)
+    config = AutoConfig.from_pretrained(folder)  # carries num_labels and id2label
+    base = safe_load(auto, mc.name, mc.trust_remote_code, mc.allow_pickle, config=config)
+    return PeftModel.from_pretrained(base, folder).eval(), tok
+
+
+def _tokenizer(folder: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise TunelabError(f"cannot load the run's tokenizer from {folder}: {e}") from e
+
+
+def check_adapter(folder: Path, model_name: str, allow_pickle: bool) -> None:
+    """Refuse an adapter whose config names another base model than the run recorded, or
+    whose weights are a pickle (unless model.allow_pickle)."""
+    import json
+
+    try:
+        named = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TunelabError(f"{folder}/adapter_config.json is unreadable: {e}") from e
+    ours = resolve(model_name)
+    same = named in (model_name, ours) or (
+        model_name in BUILTIN and Path(str(named)).name == Path(ours).name  # moved machine
+    )
+    if not same:
+        raise TunelabError(
+            f"{folder}/adapter_config.json names the base model {named!r}, but the run "
+            f"trained on {model_name!r} (its config.yaml): the folder was changed; refusing to "
+            f"load another model"
+        )
+    if not (folder / "adapter_model.safetensors").exists() and not allow_pickle:
+        raise TunelabError(
+            f"{folder} has no adapter_model.safetensors (a pickled adapter can run code when "
+            f"loaded); set model.allow_pickle=true in the run's config.yaml if you trust it"
+        )
 
 
 @torch.inference_mode()
@@ -88,7 +116,7 @@ def _predict_words(cfg: RunConfig, model, tok, texts, max_new_tokens: int) -> li
     task = build_task(cfg, labels)
     enc = task.encode(Split(list(texts), None, [0] * len(texts)), tok, cfg.data.max_length)
     batch = task.collate(enc, list(range(len(texts))), tok.pad_token_id or 0)
-    probs = task.score(model, batch).softmax(-1)
+    probs = task.score(model, batch)[1].softmax(-1)
     out = []
     for i, text in enumerate(texts):
         k = int(probs[i].argmax())
@@ -118,24 +146,29 @@ def _generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[dict]
 
 def export(run_dir: str | Path, out: str | Path) -> Path:
     """A standalone HF folder (safetensors + tokenizer) that plain transformers loads with no
-    peft: LoRA / IA3 adapters merged into the base weights, a full model copied."""
+    peft: LoRA / IA3 adapters merged into the base weights, a full model copied. Written to a
+    temporary folder renamed into place: ``out`` is whole or absent (a failed export can be
+    retried as it is)."""
+    from tunelab.results import atomic_folder
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError(f"export folder {str(out)!r} is not empty; pick a new one")
     folder = Path(run_dir) / "model"
     model, tok = load_run_model(run_dir)
-    if (folder / "adapter_config.json").exists():
-        if (
-            not hasattr(model, "merge_and_unload")
-            or model.peft_config["default"].is_prompt_learning
-        ):
-            raise TunelabError(
-                "this run trained virtual tokens (prompt/prefix tuning): there are no weights to "
-                "merge into the model; load it with peft (PeftModel.from_pretrained)"
-            )
-        model = model.merge_and_unload()
-        model.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-    else:
-        shutil.copytree(folder, out, dirs_exist_ok=True)
+    adapter = (folder / "adapter_config.json").exists()
+    if adapter and (
+        not hasattr(model, "merge_and_unload") or model.peft_config["default"].is_prompt_learning
+    ):
+        raise TunelabError(
+            "this run trained virtual tokens (prompt/prefix tuning): there are no weights to "
+            "merge into the model; load it with peft (PeftModel.from_pretrained)"
+        )
+    with atomic_folder(out) as tmp:
+        if adapter:
+            model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        else:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        fault("export")  # the kill tests: written, not yet in place
     return out

@@ -8,6 +8,7 @@ atomically (temporary file, fsync, rename), so a reader never sees half of one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from tunelab.config import RunConfig, to_dict
-from tunelab.errors import TunelabError
+from tunelab.config import RunConfig, check_run_name, public_dict
+from tunelab.errors import RunFailed, TunelabError
 
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
 STATE = "state.pt"  # resumable training state, removed when the run finishes
+ERROR = "error.txt"  # the traceback of the error that ended a failed run
 SCHEMA = 2  # 1: records before the schema field (same layout, no data.majority)
 
 
@@ -159,7 +162,7 @@ class RunRecord:
 
     @classmethod
     def start(cls, run_dir: Path, method: str, cfg: RunConfig, **fields: Any) -> RunRecord:
-        return cls(name=Path(run_dir).name, method=method, config=to_dict(cfg), **fields)
+        return cls(name=Path(run_dir).name, method=method, config=public_dict(cfg), **fields)
 
     def fail(self, reason: str, steps: int = 0, curve: list | None = None) -> RunRecord:
         self.status, self.reason, self.steps = "failed", reason, steps
@@ -261,6 +264,30 @@ def _atomic(path: Path, write, fault_point: str = "") -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(dest: Path):
+    """Yield a temporary folder next to ``dest``; on success it is renamed to ``dest`` (which
+    must be absent or empty), on any error removed: ``dest`` is whole or absent. Temporary
+    folders that killed writers left (named after their pid) are removed first."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for left in dest.parent.glob(f".{dest.name}.*.tmp"):
+        pid = left.name[len(dest.name) + 2 : -4]
+        if pid.isdigit() and not _alive(f"{pid}@{socket.gethostname()}"):
+            shutil.rmtree(left, ignore_errors=True)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dest.exists():
+            dest.rmdir()  # empty (checked by the caller): replaced by the finished folder
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def read_record(run_dir: Path) -> RunRecord | None:
     """The run record of a folder, None if it has none; a corrupt one raises TunelabError."""
     path = Path(run_dir) / RESULT
@@ -327,7 +354,9 @@ def run_dir_for(cfg: RunConfig) -> Path:
     """OUT/<name>, default <method>-seed<seed> (<method>-<task>-seed<seed> for a task other
     than classification, so encoder and decoder runs can share one comparison folder)."""
     task = "" if cfg.task == "classification" else f"-{cfg.task}"
-    return Path(cfg.out_dir) / (cfg.name or f"{cfg.method_name}{task}-seed{cfg.train.seed}")
+    name = cfg.name or f"{cfg.method_name}{task}-seed{cfg.train.seed}"
+    check_run_name(name)  # a method name comes from the user too: one folder inside out_dir
+    return Path(cfg.out_dir) / name
 
 
 CLAIM = ".claim"  # pid@host of the process running the folder; removed when it stops
@@ -382,9 +411,9 @@ def release_run_dir(run_dir: Path) -> None:
         pass
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) -> None:
     """Claim the folder for this process; refuse to clobber a run unless told to overwrite;
-    resume keeps it."""
+    resume keeps it. Writes the config (secrets redacted) to config.yaml."""
     if not is_main():
         return  # the main process of a multi-process run owns the folder
     try:
@@ -402,6 +431,7 @@ def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
         raise
     for left in run_dir.glob(".*.tmp"):  # half-written files of a killed process (ours now)
         shutil.rmtree(left) if left.is_dir() else left.unlink()
+    write_text(run_dir / "config.yaml", yaml.safe_dump(public_dict(cfg), sort_keys=False))
 
 
 def is_main() -> bool:
@@ -413,7 +443,7 @@ def _check_existing(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if (run_dir / RESULT).exists() or (run_dir / STATE).exists():
         if resume and (run_dir / STATE).exists():
             (run_dir / RESULT).unlink(missing_ok=True)  # an "interrupted" record goes on
-        elif overwrite:
+        elif overwrite or _failed_without_progress(run_dir):
             for item in run_dir.iterdir():
                 if item.name != CLAIM:
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
@@ -423,6 +453,47 @@ def _check_existing(run_dir: Path, overwrite: bool, resume: bool) -> None:
                 f"--overwrite to replace it, --resume to continue it, or pick "
                 f"another --out / name"
             )
+
+
+def _failed_without_progress(run_dir: Path) -> bool:
+    """A run that failed with no checkpoint to keep (a typo in a column name, a crash in its
+    first steps): nothing to protect, the same command simply runs it again."""
+    rec = read_record(run_dir)
+    return rec is not None and rec.status == "failed" and not (run_dir / STATE).exists()
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The error's type and first line: what a one-line message can say of it."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
+
+
+OUT_OF_MEMORY = (
+    "; lower train.batch_size (train.grad_accum keeps the effective batch), "
+    "train.eval_batch_size or data.max_length, or set train.gradient_checkpointing=true "
+    "(`tunelab plan` estimates the peak)"
+)
+
+
+def record_failure(record: RunRecord, run_dir: Path, error: Exception, steps: int, curve):
+    """Record an error that ended a run: result.json status ``failed`` with the one-line
+    reason, the full traceback in ``error.txt``; returns it as RunFailed (a comparison records
+    it and goes on) chained to the original. Bad input (a TunelabError: an unknown model, a
+    missing column, a corrupt checkpoint) is returned as it is, unrecorded: it is the
+    command that is wrong, not the run, and the same fix applies to every run."""
+    import traceback
+
+    if isinstance(error, TunelabError):
+        return error
+    oom = isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+    reason = first_line(error) + (OUT_OF_MEMORY if oom else "")
+    if is_main():
+        trace = "".join(traceback.format_exception(error))
+        write_text(run_dir / ERROR, trace)
+        record.fail(f"{reason} (traceback: {ERROR})", steps, curve).write(run_dir)
+    failed = RunFailed(f"run {run_dir.name} failed: {reason} (traceback: {run_dir / ERROR})")
+    failed.__cause__ = error
+    return failed
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -480,13 +551,15 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, d
     """Restore what ``save_checkpoint`` wrote; return (progress, best weights)."""
     # weights_only: tensors and plain containers only; a pickle planted in a shared runs
     # folder cannot run code here
+    path = Path(run_dir) / STATE
     try:
-        st = torch.load(Path(run_dir) / STATE, weights_only=True)
+        st = torch.load(path, weights_only=True)
     except Exception as e:
         raise TunelabError(
-            f"cannot read the checkpoint {Path(run_dir) / STATE}: {str(e).splitlines()[0][:200]}"
-            f"; start the run again with --overwrite"
-        ) from None
+            f"cannot read the checkpoint {path}: {first_line(e)}; it is left as it is: to keep "
+            f"it, move it out of the folder (mv {path} {path}.bad) and run without --resume; "
+            f"to discard it and start over, run again with --overwrite"
+        ) from e
     load_trainable(model, st["trainable"])
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])

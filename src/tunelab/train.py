@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from tunelab import fast, guard, measure, results
-from tunelab.config import RunConfig, to_dict
+from tunelab.config import RunConfig
 from tunelab.data import Prepared, data_info, prepare_data, shard_batches, train_batches
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
-from tunelab.loggers import Logger, make_logger
+from tunelab.loggers import Logger, close_quietly, make_logger
 from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, build_method, knobs
 from tunelab.models import load_model
@@ -77,14 +76,12 @@ def run(
         return done
     method = build_method(cfg.method)  # bad method names/knobs fail before touching disk
     check_task(cfg)
-    results.claim_run_dir(run_dir, overwrite, resume)
-    if results.is_main():
-        results.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    results.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (secrets redacted)
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
     record.tuning = dict(tuning or {})
     pg, best, logger = Progress(), {}, None
     resumable = "interrupted; continue it with the same command and --resume"
-    with guard.StopSignals() as stop:
+    with guard.StopSignals() as stop, guard.MemoryGuard():  # Ctrl-C; memory running out
         try:
             s = setup(cfg, method, run_dir, record)
             s.stop = stop
@@ -102,9 +99,10 @@ def run(
             if not isinstance(e, guard.Interrupted) and (run_dir / STATE).exists():
                 record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)
             raise
+        except Exception as e:  # anything else: recorded too, its traceback in error.txt
+            raise results.record_failure(record, run_dir, e, pg.step, pg.curve)  # noqa: B904
         finally:
-            if logger:
-                logger.close()
+            close_quietly(logger)
             results.release_run_dir(run_dir)
 
 

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, TuneConfig, for_method, load_config, to_dict
-from tunelab.errors import ConfigError, RunFailed
+from tunelab.config import RunConfig, TuneConfig, for_method, load_config, redact, to_dict
+from tunelab.errors import ConfigError, RunFailed, TunelabError
+from tunelab.guard import fault
 from tunelab.methods import METHODS, build_method
-from tunelab.results import RunRecord, load_records, write_json
+from tunelab.results import RunRecord, load_records, write_json, write_text
 from tunelab.train import run
 
 SHARED = {  # shared knobs a user can switch on with tune.shared / --space
@@ -33,6 +34,7 @@ SHARED = {  # shared knobs a user can switch on with tune.shared / --space
     "weight_decay": ("float", 0.0, 0.1),
 }
 JOURNAL = "tune.journal"
+STORAGE_ENV = "TUNELAB_STORAGE"  # an RDB URL for tune.storage kept out of config files
 SUMMARY = "tuning.json"
 
 
@@ -196,13 +198,19 @@ def objective_metric(base: RunConfig) -> tuple[str, str]:
     return base.train.metric, "maximize"
 
 
+def storage_name(base: RunConfig) -> str:
+    """tune.storage, else $TUNELAB_STORAGE (a URL with a password need not be in any file),
+    else the output folder (its journal file)."""
+    return base.tune.storage or os.environ.get(STORAGE_ENV, "") or base.out_dir
+
+
 def storage_for(base: RunConfig):
     """The study storage: tune.storage (an RDB URL) or the journal file in the output folder."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-    if base.tune.storage:
-        return base.tune.storage
+    if storage_name(base) != base.out_dir:
+        return storage_name(base)
     path = Path(base.out_dir) / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     # a lock left by a killed process is released after 10 s (optuna issue #5921)
@@ -252,7 +260,7 @@ def same_setup(study, base: RunConfig) -> None:
         study.set_user_attr("config", fp)
     elif old != fp:
         raise ConfigError(
-            f"the study {study.study_name!r} in {base.tune.storage or base.out_dir} was run with "
+            f"the study {study.study_name!r} in {redact(storage_name(base))} was run with "
             f"another config; pass --overwrite to start it again or pick another --out"
         )
 
@@ -325,7 +333,30 @@ def _worker(base: RunConfig, methods: list[str], worker: int, threads: int) -> N
     import torch
 
     torch.set_num_threads(threads)
-    optimize(base, methods, worker)
+    try:
+        if worker:
+            fault("worker")  # the tests: a worker process that dies
+        optimize(base, methods, worker)
+    except BaseException as e:  # what the parent reports if this process dies
+        write_text(worker_log(base, worker), f"{type(e).__name__}: {e}\n")
+        raise
+
+
+def worker_log(base: RunConfig, worker: int) -> Path:
+    return Path(base.out_dir) / f".tune-worker-{worker}.error"
+
+
+def check_workers(base: RunConfig, procs) -> None:
+    """Fail the command if a worker process died (its exit code and its last words)."""
+    dead = [(i, p.exitcode) for i, p in enumerate(procs, 1) if p.exitcode != 0]
+    if dead:
+        i, code = dead[0]
+        log = worker_log(base, i)
+        last = log.read_text().strip().splitlines()[-1] if log.exists() else "no message"
+        raise TunelabError(
+            f"{len(dead)} tune worker process(es) died; worker {i} exited with code {code}: "
+            f"{last}; the trials it finished are kept: run the same command to go on"
+        )
 
 
 def tune(base: RunConfig, methods: list[str], workers: int = 1) -> dict[str, dict]:
@@ -339,7 +370,8 @@ def tune(base: RunConfig, methods: list[str], workers: int = 1) -> dict[str, dic
     procs = [
         ctx.Process(target=_worker, args=(base, methods, i, threads)) for i in range(1, workers)
     ]
-    for p in procs:
+    for i, p in enumerate(procs, 1):
+        worker_log(base, i).unlink(missing_ok=True)  # an earlier tune's
         p.start()
     try:
         if workers > 1:
@@ -349,6 +381,7 @@ def tune(base: RunConfig, methods: list[str], workers: int = 1) -> dict[str, dic
     finally:
         for p in procs:
             p.join()
+    check_workers(base, procs)
     return summarize(base, methods)
 
 

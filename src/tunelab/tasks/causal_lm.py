@@ -14,6 +14,7 @@ import torch
 from tunelab import data as D
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classification import Classification
+from tunelab.tasks.label_words import word_logprobs
 
 
 @dataclass
@@ -107,40 +108,33 @@ class CausalLM(Classification):
         return batch["targets"]
 
     def forward(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Answer-token loss, and the label predicted by label-word likelihood: from this very
-        forward when every word is one token, else (evaluation) by scoring each word."""
+        """Answer-token loss, and the label predicted by label-word likelihood. Training: one
+        forward (predictions from the first answer token's logits, approximate for
+        multi-token words); evaluation: every label word scored exactly (``score``)."""
+        if not model.training:
+            return self.forward_eval(model, batch)
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
         )
-        one_token = all(len(w) == 1 for w in self.word_ids)
-        if one_token or model.training:
-            # peft prompt tuning prepends virtual tokens: logits are longer than the ids
-            offset = out.logits.shape[1] - batch["input_ids"].shape[1]
-            pos = offset + batch["prompt_len"] - 1
-            first = torch.tensor([w[0] for w in self.word_ids], device=pos.device)
-            picked = out.logits[torch.arange(len(pos), device=pos.device), pos][:, first]
-            return out.loss, picked.argmax(-1)
-        return out.loss, self.score(model, batch).argmax(-1)
+        # peft prompt tuning prepends virtual tokens: logits are longer than the ids
+        offset = out.logits.shape[1] - batch["input_ids"].shape[1]
+        pos = offset + batch["prompt_len"] - 1
+        first = torch.tensor([w[0] for w in self.word_ids], device=pos.device)
+        picked = out.logits[torch.arange(len(pos), device=pos.device), pos][:, first]
+        return out.loss, picked.argmax(-1)
 
-    @torch.no_grad()
-    def score(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[batch, labels] mean log-probability of each label word's tokens after the prompt."""
-        ids, starts = batch["input_ids"], batch["prompt_len"]
-        scores = []
-        for word in self.word_ids:
-            rows = [ids[i, : starts[i]].tolist() + word for i in range(len(ids))]
-            width = max(map(len, rows))
-            x = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=ids.device)
-            mask = torch.tensor(
-                [[1] * len(r) + [0] * (width - len(r)) for r in rows], device=ids.device
-            )
-            logp = model(input_ids=x, attention_mask=mask).logits.float().log_softmax(-1)
-            offset = logp.shape[1] - width
-            total = torch.zeros(len(ids), device=ids.device)
-            for j, tok in enumerate(word):
-                pos = offset + starts + j - 1
-                total += logp[torch.arange(len(ids), device=ids.device), pos, tok]
-            scores.append(total / len(word))
-        return torch.stack(scores, dim=-1)
+    def score(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer-token loss, ``[rows, labels]`` scores): each label word's mean token
+        log-probability after the prompt (length-normalised), with a bounded memory
+        (``tasks.label_words``); the loss is the true words' mean negative token
+        log-probability, as the training forward's loss is."""
+        logp = word_logprobs(model, batch["input_ids"], batch["prompt_len"], self.word_ids)
+        scores = torch.stack([w.mean(-1) for w in logp], dim=-1)
+        true = [logp[int(k)][i] for i, k in enumerate(batch["targets"].tolist())]
+        return -torch.cat(true).sum() / sum(len(t) for t in true), scores
+
+    def forward_eval(self, model, batch: dict[str, torch.Tensor]):
+        loss, scores = self.score(model, batch)
+        return loss, scores.argmax(-1)
