@@ -253,3 +253,54 @@ def test_untraceable_forward_falls_back_to_real_shallow_copies():
     batch = plan.training_batch(config, "classification", 4, 24)
     measured = measure.saved_activation_bytes(real, batch)
     assert abs(t["activations"] - measured) <= 0.001 * measured
+
+
+def allocation_peak(fn) -> int:
+    """The high-water mark of tensor bytes ``fn`` allocates (torch.profiler's allocation and
+    free events): a measure the plan does not use."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        running += e.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("rows", [8, 48])
+def test_the_evaluation_peak_matches_what_label_word_scoring_allocates(rows, monkeypatch):
+    """The plan's evaluation working set for a decoder scoring label words, against the
+    allocations of the real scoring (tasks/label_words.py) on a random Llama; with 48 rows
+    the cache budget splits the batch into chunks, which the plan must follow."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.tasks import label_words
+
+    config = llama_config(hidden_size=64, intermediate_size=128, num_hidden_layers=4)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    length = 96
+    per_row = length * label_words.cache_bytes_per_token(model)
+    monkeypatch.setattr(label_words, "CACHE_BYTES", 16 * per_row)  # 16 rows a chunk
+    ids = torch.randint(1, 500, (rows, length))
+    starts = torch.full((rows,), length)
+    words = [[5, 6], [7, 8, 9], [10]]
+    measured = allocation_peak(lambda: label_words.word_logprobs(model, ids, starts, words))
+    planned = plan.eval_working_set(config, "causal-lm", rows, length, word_tokens=3)
+    assert 0.7 <= planned / measured <= 1.5, (planned, measured)
+
+
+def test_a_plan_that_fits_training_but_not_evaluation_does_not_fit(tmp_path):
+    args = ["--model", "smollm2", "task=causal-lm", "--methods", "lora", "--json",
+            "--out", str(tmp_path), "train.eval_batch_size=512"]  # fmt: skip
+    rc, out, err = run_plan(*args)
+    assert rc == 0, err
+    e = json.loads(out)["estimates"][0]
+    assert e["eval_peak"] > e["peak"]  # 512 rows of key/value cache and activations
+    between = (e["peak"] + e["eval_peak"]) / 2 / 2**30
+    rc, out, err = run_plan(*args, "--memory", f"{between:.3f}GiB")
+    assert rc == 0, err
+    assert json.loads(out)["estimates"][0]["fits_memory"] is False
