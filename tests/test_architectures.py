@@ -21,7 +21,7 @@ from tests.test_corpus import cli
 from tunelab.methods import METHODS
 
 FAST = {  # what make test and test-fast keep: the cases that used to crash (the rest: make
-    # test-archs, which CI runs after make test)
+    # test-extended, which CI runs after make test)
     ("distilbert", "classification", "lora"), ("electra", "classification", "prompt"),
     ("albert", "classification", "freeze"), ("modernbert", "classification", "ia3"),
     ("gpt2", "causal-lm", "prompt"), ("phi3", "causal-lm", "ia3"),
@@ -51,7 +51,7 @@ def cases(kinds):
                     fast = (family, task, method) in FAST
                 marks = () if fast else (pytest.mark.slow,)
                 if not fast and (family, task, method) not in EVERY_FAMILY:
-                    marks += (pytest.mark.archs,)
+                    marks += (pytest.mark.extended,)
                 out.append(
                     pytest.param(family, task, method, marks=marks, id=f"{family}-{task}-{method}")
                 )

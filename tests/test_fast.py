@@ -135,6 +135,7 @@ def test_allocator_tuning_is_idempotent():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # three real MiniLM runs, ~100 s: make test-extended (CI runs it)
 def test_same_seed_training_matches_torch_dropout_within_noise(tmp_path):
     """MiniLM on 640 real snippets (2 epochs), same seed, fast dropout vs torch's: the masks
     differ, so compare against seed noise, i.e. torch's own dropout under another seed."""

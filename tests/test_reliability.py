@@ -117,7 +117,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_cleanly_and_resume_goes_on(sig, code, tiny_model, toy_csv, tmp_path):
-    over = {"train.epochs": 30, "train.log_every": 1, "data.max_train_examples": 160}
+    over = {"train.epochs": 15, "train.log_every": 1, "data.max_train_examples": 160}
     args = ["run", *tiny_overrides(tiny_model, toy_csv, tmp_path, **over)]
     proc = start(*args)
     run_dir = tmp_path / "full-seed0"
@@ -137,12 +137,13 @@ def test_signal_stops_cleanly_and_resume_goes_on(sig, code, tiny_model, toy_csv,
     done = tunelab(*args, "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     final = read_record(run_dir)
-    assert final.status == "ok" and final.steps == 300  # 30 epochs x 10 steps
+    assert final.status == "ok" and final.steps == 150  # 15 epochs x 10 steps
 
 
 def test_stopped_compare_resumes_with_finished_runs_untouched(tiny_model, toy_csv, tmp_path):
-    over = tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 20})
-    args = ["compare", *over, "--methods", "bitfit,full", "--no-report"]
+    over = {"train.epochs": 20, "data.max_train_examples": 160}
+    args = ["compare", *tiny_overrides(tiny_model, toy_csv, tmp_path, **over)]
+    args += ["--methods", "bitfit,full", "--no-report"]
     proc = start(*args)
     first = tmp_path / "bitfit-seed0" / "result.json"
     second = tmp_path / "full-seed0" / "metrics.jsonl"

@@ -264,3 +264,42 @@ def test_debug_prints_the_chained_traceback(tmp_path, monkeypatch):
     assert rc == 2 and "Traceback" not in err
     monkeypatch.setenv("TUNELAB_DEBUG", "1")
     assert "Traceback" in cli(*args)[1]
+
+
+def test_two_processes_converting_the_built_in_model_convert_it_once(tmp_path):
+    """The SmolLM2 conversion under its file lock: the second process waits, then finds the
+    folder whole (the slow conversion itself is replaced by a stand-in that takes 2 s)."""
+    script = (
+        "import time, pathlib, tunelab.models as m\n"
+        "def convert(folder):\n"
+        "    with open(m.cache_dir() / 'conversions', 'a') as f: f.write('1')\n"
+        "    time.sleep(2)\n"
+        "    from tunelab.results import atomic_folder\n"
+        "    with atomic_folder(folder) as tmp: (tmp / 'model.safetensors').write_text('w')\n"
+        "m._convert_smollm2 = convert\n"
+        "print(m.smollm2())\n"
+    )
+    env = {**ENV, "TUNELAB_CACHE": str(tmp_path)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (tmp_path / "conversions").read_text() == "1"
+    assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").exists()
+    assert not list(tmp_path.glob(".smollm2-135m-instruct.*.tmp"))
+
+
+def test_out_of_memory_while_loading_a_model_is_not_flattened(monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.models import safe_load
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", no_memory)
+    with pytest.raises(MemoryError):
+        safe_load(AutoModelForSequenceClassification, "minilm", False, False)

@@ -34,7 +34,7 @@ def test_conversion_keeps_the_model(converted):
     from tunelab.data import load_splits
     from tunelab.models import SMOLLM2_GGUF
 
-    texts = load_splits(DataConfig(max_eval_examples=200)).validation.texts
+    texts = load_splits(DataConfig(max_eval_examples=60)).validation.texts
     tok = AutoTokenizer.from_pretrained(converted)
     ours = AutoModelForCausalLM.from_pretrained(converted).eval()
     gguf = AutoModelForCausalLM.from_pretrained(
