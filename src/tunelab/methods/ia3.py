@@ -10,9 +10,6 @@ output projection (tunelab.anatomy).
 
 from dataclasses import dataclass
 
-from peft import IA3Config, get_peft_model
-from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF_TABLE
-from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TABLE
 from torch import nn
 
 from tunelab.anatomy import anatomy
@@ -27,6 +24,10 @@ class IA3(Method):
     lr: LR = 3e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        from peft import IA3Config, get_peft_model
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF_TABLE
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TABLE
+
         a = anatomy(model)
         ff = stack_targets(a, FF_TABLE, [("mlp_out",)], "ia3")
         kv = stack_targets(a, TABLE, [("k", "v"), ("qkv",)], "ia3")

@@ -15,8 +15,6 @@ the same leaf name is never adapted.
 from dataclasses import dataclass
 from typing import Annotated
 
-from peft import LoraConfig, get_peft_model
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
 from torch import nn
 
 from tunelab.anatomy import anatomy
@@ -50,6 +48,9 @@ class LoRA(Method):
     [all-linear] = every linear layer of the transformer blocks."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
+
         a = anatomy(model)
         if not self.target_modules or self.target_modules == ["all-linear"]:
             roles = ALL_LINEAR if self.target_modules else DEFAULT_ROLES

@@ -10,7 +10,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Annotated
 
-from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 from tunelab.config import Positive
@@ -43,6 +42,8 @@ class Prefix(Method):
     """Number of prefix positions per layer."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        from peft import PrefixTuningConfig, get_peft_model
+
         if not accepts_past_key_values(model):
             import transformers
 

@@ -10,7 +10,6 @@ test accuracy, 0.1 -> 68.2%. Soft prompts need many steps; small backbones gain 
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
 from tunelab.anatomy import anatomy
@@ -33,6 +32,8 @@ class Prompt(Method):
     """Text whose token embeddings initialise the prompt when init=text."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
         kwargs = {}
         if self.init == "text":
             kwargs = dict(
