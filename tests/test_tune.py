@@ -174,7 +174,7 @@ def test_ctrl_c_then_the_same_command_resumes(tiny_model, toy_csv, tmp_path):
         "tune.eval_examples=30",
         "tune.pruner=none",
         *tiny_overrides(
-            tiny_model, toy_csv, tmp_path, **{"train.epochs": 30, "data.max_train_examples": 96}
+            tiny_model, toy_csv, tmp_path, **{"train.epochs": 12, "data.max_train_examples": 96}
         ),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
