@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tunelab.measure import matmul_peak
 from tunelab.results import read_record
 
 HERE = Path(__file__).parent
@@ -35,19 +36,6 @@ ROOT = HERE.parent
 METHODS = ["full", "llrd", "freeze", "lora", "prompt"]
 ARTICLE = ["full", "llrd", "lora", "prompt"]
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16"}  # --precision -> train.mixed_precision
-
-
-def matmul_peak(n: int = 2048, reps: int = 10, dtype=torch.float32) -> float:
-    """Best observed FLOP/s of an n x n matrix product on this machine."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def sh(cmd: list[str]) -> float:
@@ -127,7 +115,7 @@ def main() -> None:
     from tunelab.methods import build_method
 
     prec = args.precision
-    peak = matmul_peak(dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
+    peak = matmul_peak(torch.bfloat16 if prec == "bf16" else torch.float32)
     print(f"{prec} matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     for i, method in enumerate(args.methods.split(",")):

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunelab import plan  # noqa: E402
+from tunelab import measure, plan  # noqa: E402
 from tunelab.methods import build_method  # noqa: E402
 from tunelab.optim import make_optimizer  # noqa: E402
 
@@ -69,7 +69,6 @@ def live_bytes(model, opt) -> int:
 
 def measured_peak(config, task: str, method: str, batch: int, length: int, bf16: bool) -> int:
     """Live bytes between steps + the profiler's running maximum over one training step."""
-    from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
     model = build_method({"name": method}).prepare(plan.build(config, task))
@@ -86,14 +85,7 @@ def measured_peak(config, task: str, method: str, batch: int, length: int, bf16:
 
     step()  # AdamW state allocated
     base = live_bytes(model, opt)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    running = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        running += e.nbytes()
-        peak = max(peak, running)
-    return base + peak
+    return base + measure.allocation_peak(step)
 
 
 def main() -> None:

@@ -255,21 +255,6 @@ def test_untraceable_forward_falls_back_to_real_shallow_copies():
     assert abs(t["activations"] - measured) <= 0.001 * measured
 
 
-def allocation_peak(fn) -> int:
-    """The high-water mark of tensor bytes ``fn`` allocates (torch.profiler's allocation and
-    free events): a measure the plan does not use."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    running = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        running += e.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
 @pytest.mark.parametrize("rows", [8, 48])
 def test_the_evaluation_peak_matches_what_label_word_scoring_allocates(rows, monkeypatch):
     """The plan's evaluation working set for a decoder scoring label words, against the
@@ -288,7 +273,7 @@ def test_the_evaluation_peak_matches_what_label_word_scoring_allocates(rows, mon
     ids = torch.randint(1, 500, (rows, length))
     starts = torch.full((rows,), length)
     words = [[5, 6], [7, 8, 9], [10]]
-    measured = allocation_peak(lambda: label_words.word_logprobs(model, ids, starts, words))
+    measured = measure.allocation_peak(lambda: label_words.word_logprobs(model, ids, starts, words))
     planned = plan.eval_working_set(config, "causal-lm", rows, length, word_tokens=3)
     assert 0.7 <= planned / measured <= 1.5, (planned, measured)
 

@@ -13,7 +13,6 @@ import csv
 import json
 import random
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -493,13 +492,6 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches sorted by length (least padding; order does not matter)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def iterate(
-    data: Encoded, batches: list[list[int]], pad_id: int
-) -> Iterator[dict[str, torch.Tensor]]:
-    for idx in batches:
-        yield collate(data, idx, pad_id)
 
 
 # ---------------------------------------------------------------- prepared once per process

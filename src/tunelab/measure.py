@@ -93,6 +93,22 @@ def saved_activations(
     return sum(kept), max(kept, default=0)
 
 
+def allocation_peak(fn) -> int:
+    """The high-water mark of the tensor bytes ``fn()`` allocates above what was live before
+    it, from torch.profiler's allocation and free events (CPU). The benches and tests check
+    the plan's estimates with it; the plan itself never uses it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        running += e.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
     """Best observed FLOP/s of an n x n matrix product in ``dtype`` on this machine's CPU."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

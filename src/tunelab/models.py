@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelab.anatomy import unwrap
 from tunelab.assets import package_dir
 from tunelab.errors import NoTokenizer, TunelabError
 
@@ -96,7 +97,7 @@ def is_causal_lm(model: nn.Module) -> bool:
     ``GPT2LMHeadModel``, so the class name alone does not tell)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in _as_tuple(v)}
     return type(base).__name__ in names or type(base).__name__.endswith("ForCausalLM")
 

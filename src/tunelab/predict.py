@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from tunelab.anatomy import unwrap
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.guard import fault
@@ -97,7 +98,7 @@ def predict(run_dir: str | Path, texts: list[str], max_new_tokens: int = 0) -> l
         return _predict_words(cfg, model, tok, texts, max_new_tokens)
     enc = tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
     probs = model(**enc).logits.softmax(-1)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     id2label = base.config.id2label
     out = []
     for text, p in zip(texts, probs, strict=True):
@@ -111,7 +112,7 @@ def _predict_words(cfg: RunConfig, model, tok, texts, max_new_tokens: int) -> li
     from tunelab.tasks import build_task
     from tunelab.tasks.instruction import respond
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     labels = [base.config.id2label[i] for i in sorted(base.config.id2label)]  # saved by the run
     task = build_task(cfg, labels)
     enc = task.encode(Split(list(texts), None, [0] * len(texts)), tok, cfg.data.max_length)

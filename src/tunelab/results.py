@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from tunelab.anatomy import unwrap
 from tunelab.config import RunConfig, check_run_name, public_dict
 from tunelab.errors import RunFailed, TunelabError
 
@@ -273,7 +274,7 @@ def atomic_folder(dest: Path):
     dest.parent.mkdir(parents=True, exist_ok=True)
     for left in dest.parent.glob(f".{dest.name}.*.tmp"):
         pid = left.name[len(dest.name) + 2 : -4]
-        if pid.isdigit() and not _alive(f"{pid}@{socket.gethostname()}"):
+        if pid.isdigit() and not alive(f"{pid}@{socket.gethostname()}"):
             shutil.rmtree(left, ignore_errors=True)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -366,7 +367,7 @@ class RunClaimed(TunelabError):
     """Another live process is running this run folder."""
 
 
-def _alive(owner: str) -> bool:
+def alive(owner: str) -> bool:
     """Whether the pid@host that claimed a folder still runs (another host: assume so)."""
     pid, _, host = owner.partition("@")
     if host != socket.gethostname():
@@ -390,7 +391,7 @@ def _claim(run_dir: Path) -> None:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = path.read_text().strip() if path.exists() else ""
-            if owner and _alive(owner) and owner != me:
+            if owner and alive(owner) and owner != me:
                 raise RunClaimed(f"run {run_dir.name} is being run by process {owner}") from None
             path.unlink(missing_ok=True)  # its process is gone
             continue
@@ -508,7 +509,7 @@ def save_model(model, tokenizer, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     base.config.save_pretrained(tmp)  # id2label + num_labels for loading the adapter back
     tokenizer.save_pretrained(tmp)
     fault("final-save")

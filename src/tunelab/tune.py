@@ -24,7 +24,7 @@ from tunelab.config import RunConfig, TuneConfig, for_method, load_config, redac
 from tunelab.errors import ConfigError, RunFailed, TunelabError
 from tunelab.guard import fault
 from tunelab.methods import METHODS, build_method
-from tunelab.results import RunRecord, load_records, write_json, write_text
+from tunelab.results import RunRecord, alive, load_records, write_json, write_text
 from tunelab.train import run
 
 SHARED = {  # shared knobs a user can switch on with tune.shared / --space
@@ -288,18 +288,8 @@ def fail_dead_trials(study) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get("worker", "")
-        if who.startswith(f"{host}:") and not _alive(int(who.split(":")[1])):
+        if who.startswith(f"{host}:") and not alive(f"{who.split(':')[1]}@{host}"):
             study.tell(t.number, state=TrialState.FAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def finished(study) -> int:
@@ -474,8 +464,3 @@ def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> dict
         "seconds": sum(r.timing.train_s + r.timing.eval_s for r in records),
         "importances": importances,
     }
-
-
-def tuned_configs(base: RunConfig, best: dict[str, dict]) -> dict[str, RunConfig]:
-    """Each method's base config with its best parameters (for the final comparison)."""
-    return {m: for_method(base, m, b["best_params"]) for m, b in best.items()}

@@ -20,6 +20,7 @@ import copy
 
 import torch
 
+from tunelab.anatomy import unwrap
 from tunelab.errors import ConfigError
 
 CACHE_BYTES = 512 * 2**20  # key/value cache per chunk of rows (its copy for a word doubles it)
@@ -88,7 +89,7 @@ def _few_logits(lm) -> dict:
     models whose forward takes ``logits_to_keep`` (all recent decoders)."""
     import inspect
 
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    base = unwrap(lm)
     takes = "logits_to_keep" in inspect.signature(base.forward).parameters
     return {"logits_to_keep": 1} if takes else {}
 
