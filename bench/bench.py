@@ -74,7 +74,7 @@ def tunelab_run(method: str, n: int, out: Path, precision: str) -> dict:
         "examples_per_s": rec.timing.examples_per_s,
         "tokens_per_s": rec.timing.tokens_per_s,
         "train_s": rec.timing.train_s,
-        "test_accuracy": rec.test["accuracy"],
+        "test_accuracy": rec.test.accuracy,
         "lr": rec.lr,
         "wall_s": wall,
         "flops_per_token": rec.flops_per_token.total,

@@ -107,11 +107,13 @@ def tunelab_side(method: str, n: int, batch: int, out: Path) -> dict:
         "--overwrite",
     ]
     _sh(cmd)
-    rec = json.loads((out / "tl" / f"{method}-causal-lm-seed0" / "result.json").read_text())
+    from tunelab.results import read_record
+
+    rec = read_record(out / "tl" / f"{method}-causal-lm-seed0")
     return {
-        "examples_per_s": rec["timing"]["examples_per_s"],
-        "train_s": rec["timing"]["train_s"],
-        "val_accuracy": rec["best_validation"]["accuracy"],
+        "examples_per_s": rec.timing.examples_per_s,
+        "train_s": rec.timing.train_s,
+        "val_accuracy": rec.best_validation.accuracy,
     }
 
 

@@ -68,8 +68,8 @@ def main() -> None:
     t0 = time.perf_counter()
     tune(base, methods)
     tune_wall = time.perf_counter() - t0
-    trials = [r for r in load_records(out / "tune" / "trials") if r.tuning.get("study")]
-    tuned = {m: [_point(r) for r in trials if r.tuning["study"] == m] for m in methods}
+    trials = [r for r in load_records(out / "tune" / "trials") if r.is_trial]
+    tuned = {m: [_point(r) for r in trials if r.tuning.study == m] for m in methods}
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "train_examples": args.train_examples,
@@ -93,10 +93,10 @@ def _point(rec) -> dict:
     return {
         "lr": rec.lr,
         "status": rec.status,
-        "val": rec.best_validation.get("accuracy", 0.0),
+        "val": rec.best_validation.accuracy if rec.best_validation else 0.0,
         "examples": rec.timing.train_examples_seen,
         "seconds": rec.timing.train_s + rec.timing.eval_s,
-        "params": rec.tuning.get("params", {"train.lr": rec.lr}),
+        "params": rec.tuning.params if rec.tuning else {"train.lr": rec.lr},
     }
 
 

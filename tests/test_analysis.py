@@ -6,23 +6,16 @@ from __future__ import annotations
 import pytest
 
 from tunelab.config import load_config
-from tunelab.report.analysis import (
-    Estimate,
-    analyse,
-    binomial_half,
-    ci95,
-    recommendation,
-    same,
-    summarize_methods,
-    t95,
-    verdicts,
-)
-from tunelab.results import DataInfo, Memory, Params, RunRecord, Timing
+from tunelab.report.analysis import summarize_methods
+from tunelab.report.stats import Estimate, binomial, ci95, same, t95
+from tunelab.report.summary import analyse
+from tunelab.report.verdicts import recommendation, verdicts
+from tunelab.results import DataInfo, Memory, Params, RunRecord, Scores, Timing
 
 N_VAL = N_TEST = 1000
 MAJORITY = {
-    "validation": {"accuracy": 0.578, "macro_f1": 0.366},
-    "test": {"accuracy": 0.578, "macro_f1": 0.366},
+    "validation": Scores(accuracy=0.578, macro_f1=0.366),
+    "test": Scores(accuracy=0.578, macro_f1=0.366),
 }
 
 
@@ -34,7 +27,9 @@ def record(method, val, test, train_s=60.0, mem_mb=1000.0, trainable=1000, seed=
     rec.memory = Memory(int(mem_mb * 2**20), 0, "process_rss_above_baseline")
     if status != "ok":
         return rec.fail("boom")
-    return rec.finish(best_validation={"accuracy": val}, test={"accuracy": test, "macro_f1": test})
+    return rec.finish(
+        best_validation=Scores(accuracy=val), test=Scores(accuracy=test, macro_f1=test)
+    )
 
 
 def test_t_quantiles_for_any_df():
@@ -46,10 +41,15 @@ def test_t_quantiles_for_any_df():
 def test_intervals_seeds_or_examples():
     assert ci95([1.0, 2.0, 3.0]).half == pytest.approx(2.4842, abs=1e-3)
     # one seed on 213 test examples: one example is 0.47 pt, the interval ~6 pt
-    assert 5 < binomial_half(80.0, 213) < 6
-    assert binomial_half(100.0, 200) > 0  # never a zero-width claim at 100%
+    assert 5 < binomial(80.0, 213).half < 6
+    at_100 = binomial(100.0, 200)  # never a zero-width claim at 100%, never above 100%
+    assert at_100.half > 0 and at_100.high == pytest.approx(100) and at_100.low < 100
+    # Wilson's interval is centred between the accuracy and 50%, not on the accuracy: for
+    # 170 of 213, (p + z^2/2n) / (1 + z^2/n) -/+ its half-width = 73.92% to 84.65%
+    w = binomial(100 * 170 / 213, 213)
+    assert w.low == pytest.approx(73.92, abs=0.01) and w.high == pytest.approx(84.65, abs=0.01)
     rows = summarize_methods([record("full", 0.8, 0.8)])
-    assert rows[0]["test_acc"].half == pytest.approx(binomial_half(80.0, N_TEST))
+    assert rows[0]["test_acc"].half == pytest.approx(binomial(80.0, N_TEST).half)
     assert rows[0]["train_s"].half == 0  # no interval for a cost from one run
 
 
@@ -136,15 +136,15 @@ def test_seed_intervals_decide_sameness():
 def test_encoder_and_decoder_runs_share_a_page_and_zero_shot_is_a_floor():
     enc = record("lora", 0.80, 0.80)
     dec = record("lora", 0.75, 0.74)
-    dec.config = {**dec.config, "task": "causal-lm", "model": {"name": "smollm2"}}
-    dec.best_validation["loss"] = 0.5
+    dec.config = load_config(None, ["task=causal-lm", "model.name=smollm2"])
+    dec.best_validation.loss = 0.5
     dec.data.zero_shot = {
-        "validation": {"accuracy": 0.70, "loss": 2.0},
-        "test": {"accuracy": 0.70, "macro_f1": 0.7},
+        "validation": Scores(accuracy=0.70, loss=2.0),
+        "test": Scores(accuracy=0.70, macro_f1=0.7),
     }
     weak = record("prompt", 0.705, 0.70)
     weak.config = dec.config
-    weak.best_validation["loss"] = 0.9
+    weak.best_validation.loss = 0.9
     weak.data.zero_shot = dec.data.zero_shot
     a = analyse([enc, dec, weak])
     names = [r.method for r in a.rows]

@@ -102,11 +102,11 @@ def names_architecture(message: str, family: str) -> bool:
 @pytest.mark.parametrize("family,task,method", cases(list(METHODS)))
 def test_every_method_runs_or_is_refused(built, family, task, method, tmp_path):
     from tunelab.config import load_config
-    from tunelab.data import prepare_data
     from tunelab.measure import evaluate
     from tunelab.predict import load_run_model
-    from tunelab.results import read_record, run_dir_for
-    from tunelab.tasks import build_task
+    from tunelab.results import read_record
+    from tunelab.rundir import run_dir_for
+    from tunelab.tasks import prepare_data
 
     make, data = built
     folder = make(family)
@@ -127,9 +127,9 @@ def test_every_method_runs_or_is_refused(built, family, task, method, tmp_path):
     assert rec.ok and rec.curve and rec.curve[-1]["step"] == 2, rec
     # the saved run reloads (predict's loader) and scores the test split exactly as recorded
     model, _ = load_run_model(run_dir_for(cfg))
-    d = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    d = prepare_data(cfg)
     again = evaluate(model, d.task, d.test, 16, d.tokenizer.pad_token_id, torch.device("cpu"))
-    assert again["accuracy"] == pytest.approx(rec.test["accuracy"], abs=1e-9), (again, rec.test)
+    assert again.accuracy == pytest.approx(rec.test.accuracy, abs=1e-9), (again, rec.test)
     record(family, task, method, "ran", f"{rec.params.trainable:,} trainable")
 
 

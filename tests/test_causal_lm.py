@@ -11,10 +11,10 @@ from conftest import tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.config import load_config
-from tunelab.data import Split, prepare_data
+from tunelab.data import Exchanges, Split
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.models import load_model
-from tunelab.tasks import build_task
+from tunelab.tasks import prepare_data
 from tunelab.tasks.causal_lm import CausalLM
 from tunelab.train import run
 
@@ -28,7 +28,7 @@ def llama_cfg(tiny_llama, toy_csv, out, *extra, **over):
 
 def test_answer_only_loss_and_label_word_scoring(tiny_llama, toy_csv, tmp_path):
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path)
-    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    data = prepare_data(cfg)
     task, enc = data.task, data.train
     assert task.label_words == ["bad", "good"] and all(len(w) == 1 for w in task.word_ids)
     i = 0
@@ -90,7 +90,7 @@ def test_label_words_that_tokenize_to_nothing_are_refused(tiny_llama):
 def test_every_method_trains_on_a_decoder(method, tiny_llama, toy_csv, tmp_path):
     lr = {"prompt": 0.1, "ia3": 3e-2}.get(method, 3e-3)  # scaling vectors, soft prompts: larger
     rec = run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method, "train.lr": lr}))
-    assert rec.ok and rec.test and rec.data.zero_shot["validation"]["accuracy"] >= 0
+    assert rec.ok and rec.test and rec.data.zero_shot["validation"].accuracy >= 0
     losses = [r["train_loss"] for r in rec.metrics or _rows(tmp_path / f"{method}-causal-lm-seed0")]
     assert losses[-1] < losses[0]
 
@@ -127,7 +127,7 @@ def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys)
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()  # no peft
     assert not any("lora" in n for n, _ in plain.named_parameters())
     peft_model, tok = load_run_model(run_dir)
-    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    data = prepare_data(cfg)
     batch = data.task.collate(data.test, list(range(16)), tok.pad_token_id)
     with torch.no_grad():
         a, b = data.task.score(peft_model, batch)[1], data.task.score(plain, batch)[1]
@@ -161,14 +161,16 @@ def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
         "method=full",
     ]
     cfg = load_config(None, over)
-    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    data = prepare_data(cfg)
     batch = data.task.collate(data.train, [0, 1], data.tokenizer.pad_token_id)
     answer = batch["labels"][0][batch["labels"][0] != -100].tolist()
-    expected = data.tokenizer(data.splits.train.pairs[0], add_special_tokens=False)["input_ids"]
+    assert isinstance(data.splits.train, Exchanges) and not hasattr(data.splits.train, "labels")
+    first = data.splits.train.responses[0]
+    expected = data.tokenizer(first, add_special_tokens=False)["input_ids"]
     assert answer == expected + [data.tokenizer.eos_token_id]  # the response, nothing else
     rec = run(cfg)
-    assert rec.ok and "accuracy" not in rec.test and rec.test["perplexity"] > 1
-    assert rec.best_validation["loss"] < rec.data.zero_shot["validation"]["loss"]
+    assert rec.ok and rec.test.accuracy is None and rec.test.perplexity > 1
+    assert rec.best_validation.loss < rec.data.zero_shot["validation"].loss
     assert len(rec.curve[-1]["samples"]) == 3 and rec.curve[-1]["samples"][0]["prompt"]
     html, md = build_report(tmp_path / "runs")
     text = md.read_text()
@@ -179,4 +181,4 @@ def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
     (reply,) = predict(tmp_path / "runs" / "full-causal-lm-seed0", ["Repeat the word apple."], 4)
     assert reply["prompt"] == "Repeat the word apple." and isinstance(reply["response"], str)
     with pytest.raises(TunelabError, match="response column .answer. not found"):
-        prepare_data(load_config(None, [*over, "data.response_column=answer"]), lambda labels: None)
+        prepare_data(load_config(None, [*over, "data.response_column=answer"]))

@@ -18,14 +18,14 @@ def test_defaults_and_overrides():
         None, ["train.lr=3e-4", "method.name=lora", "method.r=16", "data.max_train_examples=100"]
     )
     assert cfg.train.lr == 3e-4 and cfg.data.max_train_examples == 100
-    assert build_method(cfg.method).r == 16
+    assert cfg.method.r == 16
 
 
 def test_yaml_file_then_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("method: {name: lora, r: 4}\ntrain: {epochs: 2, batch_size: 8}\n")
     cfg = load_config(p, ["train.epochs=3"])
-    assert cfg.train.epochs == 3 and cfg.train.batch_size == 8 and cfg.method["r"] == 4
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 8 and cfg.method.r == 4
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -43,7 +43,7 @@ def test_every_shipped_config_parses(path):
     import yaml
 
     cfg = load_config(path)
-    method = build_method(cfg.method)
+    method = cfg.method
     raw = yaml.safe_load(path.read_text()) or {}
     assert raw, f"{path.name} sets nothing"
     for key, value in _flat(raw).items():
@@ -98,13 +98,12 @@ def test_yaml_booleans_in_string_fields_come_back_as_words(tmp_path):
 def test_method_name_composes_with_its_knobs_in_any_order(tmp_path):
     for order in (["method=lora", "method.r=16"], ["method.r=16", "method=lora"]):
         cfg = load_config(None, order)
-        assert cfg.method == {"name": "lora", "r": 16}
-        assert build_method(cfg.method).r == 16
+        assert cfg.method.name == "lora" and cfg.method.r == 16
     p = tmp_path / "c.yaml"
     p.write_text("method: {name: prompt, num_virtual_tokens: 20}\n")
     # another method on the command line starts from that method's defaults
-    assert load_config(p, ["method=lora"]).method == {"name": "lora"}
-    assert load_config(p, ["method.init=text"]).method["num_virtual_tokens"] == 20
+    assert load_config(p, ["method=lora"]).method == build_method({"name": "lora"})
+    assert load_config(p, ["method.init=text"]).method.num_virtual_tokens == 20
 
 
 @pytest.mark.parametrize(
@@ -114,7 +113,10 @@ def test_method_name_composes_with_its_knobs_in_any_order(tmp_path):
         ({"name": "lora", "dropout": 1.0}, "method.dropout must be in [0, 1)"),
         ({"name": "lora", "r": 0}, "method.r must be > 0"),
         ({"name": "freeze", "k": -1}, "method.k must be >= 0"),
-        ({"name": "llrd", "lr": -1}, "method.lr must be > 0"),
+        (
+            {"name": "llrd", "lr": 1e-3},
+            "method.lr is not a knob: a run's learning rate is train.lr",
+        ),
     ],
 )
 def test_method_knobs_are_checked_by_build_method(spec, message):
@@ -142,7 +144,8 @@ def test_counts_and_ranges_reject_bad_values(override):
 
 def test_every_field_is_documented_and_the_docs_reach_the_cli(capsys):
     from tunelab.cli import build_parser, main
-    from tunelab.config import SECTIONS, field_docs
+    from tunelab.config import SECTIONS
+    from tunelab.fields import field_docs
     from tunelab.methods import METHODS
 
     for cls in [*SECTIONS.values(), *METHODS.values()]:

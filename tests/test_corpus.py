@@ -299,11 +299,10 @@ def test_huge_texts_are_truncated_not_refused(tiny_model, tmp_path):
     assert rc == 0, err
     # the megabyte row is in one split, cut to data.max_length tokens (not dropped)
     from tunelab.config import load_config
-    from tunelab.data import prepare_data
-    from tunelab.tasks import build_task
+    from tunelab.tasks import prepare_data
 
     cfg = load_config(None, over)
-    d = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    d = prepare_data(cfg)
     lengths = [n for split in (d.train, d.validation, d.test) for n in split.lengths]
     assert len(lengths) == 60 and max(lengths) == cfg.data.max_length
 

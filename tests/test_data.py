@@ -5,8 +5,9 @@ from collections import Counter
 import pytest
 from conftest import toy_rows, write_csv
 
+from tunelab.batches import collate, encode, eval_batches, train_batches
 from tunelab.config import DataConfig
-from tunelab.data import collate, encode, eval_batches, load_splits, train_batches
+from tunelab.data import load_splits
 from tunelab.models import load_tokenizer
 
 
@@ -105,7 +106,7 @@ def test_ddp_shards_use_every_example_once_and_weight_to_the_global_mean():
     one global batch; parts of a global batch differ by at most one example; the loss scales
     make the DDP average of the part means the global batch's mean; the epoch's step count
     is what step_budget plans."""
-    from tunelab.data import global_batches, shard_batches, train_batches
+    from tunelab.batches import global_batches, shard_batches, train_batches
 
     for n in (1, 2, 3, 4):
         for size in (1, 2, 3, 5, 7, 8, 9, 17, 33, 64, 65, 101):

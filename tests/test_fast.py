@@ -158,7 +158,7 @@ def test_same_seed_training_matches_torch_dropout_within_noise(tmp_path):
         )
         rec = run(cfg)
         assert rec.fast_cpu == ({"dropout": 20, "attention": 1} if fast_cpu else {})
-        return rec.best_validation["accuracy"]
+        return rec.best_validation.accuracy
 
     torch_0, torch_1, fast_0 = val_acc(False, 0), val_acc(False, 1), val_acc(True, 0)
     noise = abs(torch_0 - torch_1)

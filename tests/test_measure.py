@@ -56,7 +56,7 @@ def test_count_params():
 
 
 def test_evaluate_scores_predictions_against_labels():
-    from tunelab.data import Encoded
+    from tunelab.batches import Encoded
     from tunelab.tasks import build_task
 
     model = tiny_one_layer()
@@ -68,5 +68,5 @@ def test_evaluate_scores_predictions_against_labels():
         model.eval()
         preds = [model(input_ids=torch.tensor([x])).logits.argmax(-1).item() for x in ids]
     hits = sum(p == y for p, y in zip(preds, enc.labels, strict=True))
-    assert out["accuracy"] == pytest.approx(hits / len(ids))
-    assert out["loss"] > 0 and 0 <= out["macro_f1"] <= 1
+    assert out.accuracy == pytest.approx(hits / len(ids))
+    assert out.loss > 0 and 0 <= out.macro_f1 <= 1

@@ -7,13 +7,12 @@ import torch
 from conftest import tiny_overrides
 
 from tunelab.config import load_config
-from tunelab.data import prepare_data
 from tunelab.errors import TunelabError
 from tunelab.measure import evaluate
 from tunelab.methods import METHODS, build_method
 from tunelab.models import load_model
 from tunelab.predict import load_run_model
-from tunelab.tasks import build_task
+from tunelab.tasks import prepare_data
 from tunelab.train import run
 
 H, L, FF, LABELS = 32, 2, 64, 2
@@ -44,10 +43,10 @@ def expected_trainable(name: str, model) -> int:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **{"method.name": name}))
-    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    data = prepare_data(cfg)
     torch.manual_seed(0)
     model = load_model(tiny_model, data.splits.label_names)
-    method = build_method(cfg.method)
+    method = cfg.method
     if name == "prefix":  # peft needs past_key_values, which BERT in transformers 5 lacks
         with pytest.raises(TunelabError, match="past_key_values"):
             method.prepare(model)
@@ -61,7 +60,7 @@ def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
     groups = method.param_groups(model, method.lr, 0.01)
     assert sum(p.numel() for g in groups for p in g["params"]) == trainable
     opt = torch.optim.AdamW(groups)
-    from tunelab.data import collate, train_batches
+    from tunelab.batches import collate, train_batches
 
     model.train()
     for idx in train_batches(data.train.lengths, 16, 0, 0)[:3]:
@@ -87,10 +86,10 @@ def test_method_learns_saves_and_reloads(name, tiny_model, toy_csv, tmp_path):
     assert rec.status == "ok" and rec.saved_bytes > 0
     # the saved adapter / model reproduces the recorded test metrics exactly
     model, _ = load_run_model(tmp_path / f"{name}-seed0")
-    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    data = prepare_data(cfg)
     again = evaluate(model, data.task, data.test, 64, 0, torch.device("cpu"))
-    assert again["accuracy"] == pytest.approx(rec.test["accuracy"], abs=1e-9)
-    assert again["macro_f1"] == pytest.approx(rec.test["macro_f1"], abs=1e-9)
+    assert again.accuracy == pytest.approx(rec.test.accuracy, abs=1e-9)
+    assert again.macro_f1 == pytest.approx(rec.test.macro_f1, abs=1e-9)
 
 
 def _rows(run_dir):
@@ -110,7 +109,7 @@ def test_full_finetuning_learns_the_toy_task(tiny_model, toy_csv, tmp_path):
         ),
     )
     rec = run(cfg)
-    assert rec.test["accuracy"] > 0.8, rec.test
+    assert rec.test.accuracy > 0.8, rec.test
 
 
 def test_same_seed_same_numbers(tiny_model, toy_csv, tmp_path):

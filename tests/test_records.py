@@ -13,20 +13,57 @@ import pytest
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.report import build_report
-from tunelab.results import SCHEMA, RunRecord, Timing, load_records, read_record
+from tunelab.results import (
+    SCHEMA,
+    Env,
+    RunRecord,
+    Scores,
+    Timing,
+    Tuning,
+    TuningSummary,
+    load_records,
+    read_record,
+)
 
 V1 = Path(__file__).parent / "data" / "record-v1.json"  # written by tunelab before schema 2
 
 
 def test_round_trip_keeps_every_field(tmp_path):
     rec = RunRecord.start(tmp_path / "lora-seed3", "lora", load_config(None, ["method=lora"]))
-    rec.finish(timing=Timing.of(10.0, 1.0, 0.5, 200, 4000), test={"accuracy": 0.75}, steps=7)
+    rec.finish(timing=Timing.of(10.0, 1.0, 0.5, 200, 4000), test=Scores(accuracy=0.75), steps=7)
     rec.write(tmp_path / "lora-seed3")
     back = read_record(tmp_path / "lora-seed3")
     assert back.to_dict() == rec.to_dict()
     on_disk = json.loads((tmp_path / "lora-seed3" / "result.json").read_text())
     assert on_disk["schema"] == SCHEMA and "metrics" not in on_disk and "run_dir" not in on_disk
     assert on_disk["timing"]["examples_per_s"] == 20.0 and back.timing.tokens_per_s == 400.0
+
+
+def test_every_section_reads_back_typed(tmp_path):
+    """What crosses from train to compare / report / plan is typed on the way back too."""
+    cfg = load_config(None, ["method=lora", "method.r=4", "tune.storage=postgresql://u:pw@h/db"])
+    rec = RunRecord.start(tmp_path / "r", "lora", cfg, env=Env(device="cpu", precision="no"))
+    rec.tuning = Tuning(study="lora", trial=3, params={"train.lr": 1e-3})
+    rec.finish(best_validation=Scores(loss=0.4, accuracy=0.8, macro_f1=0.79), steps=3)
+    rec.write(tmp_path / "r")
+    back = read_record(tmp_path / "r")
+    assert back.config.method == cfg.method and back.config.method.r == 4
+    assert back.config.tune.storage == "postgresql://u:***@h/db"  # redacted on disk
+    assert back.env.device == "cpu" and back.is_trial and back.tuning.trial == 3
+    assert back.best_validation == Scores(loss=0.4, accuracy=0.8, macro_f1=0.79)
+    assert (
+        back.test is None
+        and "perplexity"
+        not in json.loads((tmp_path / "r" / "result.json").read_text())["best_validation"]
+    )
+
+
+def test_a_tuning_summary_reads_back_typed(tmp_path):
+    t = TuningSummary(trials_per_method=4, evals=2, metric="loss")
+    t.write(tmp_path)
+    assert TuningSummary.read(tmp_path) == t and TuningSummary.read(tmp_path / "none") is None
+    (tmp_path / "tuning.json").write_text("{not json")
+    assert TuningSummary.read(tmp_path) is None  # skipped with a warning, not a crash
 
 
 def test_schema_1_records_are_read(tmp_path):
@@ -37,7 +74,7 @@ def test_schema_1_records_are_read(tmp_path):
     rec = read_record(tmp_path / "runs" / "lora-seed0")
     assert rec.schema == SCHEMA and rec.ok and rec.method == "lora"
     assert rec.params.trainable == 74_498 and rec.data.majority == {}
-    assert rec.test["accuracy"] == pytest.approx(0.7796, abs=1e-3)
+    assert rec.test.accuracy == pytest.approx(0.7796, abs=1e-3)
     html, md = build_report(tmp_path / "runs")
     assert "lora" in md.read_text()
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import as_a_shell_starts, tiny_overrides
-from tunelab.results import RunClaimed, _claim, load_records, read_record, release_run_dir
+from tunelab.results import load_records, read_record
+from tunelab.rundir import RunClaimed, _claim, release_run_dir
 
 pytestmark = pytest.mark.slow  # real subprocesses: in `make test`, not in `make test-fast`
 
@@ -254,9 +255,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, to
     )
     assert a.steps == b.steps and a.data.validation == b.data.validation
     assert b.timing.train_examples_seen == a.timing.train_examples_seen == 3 * 313
-    assert a.test["accuracy"] > 0.9  # it learned, so the comparison means something
-    assert b.test["accuracy"] == a.test["accuracy"]
-    assert b.test["loss"] == pytest.approx(a.test["loss"], rel=1e-4)
+    assert a.test.accuracy > 0.9  # it learned, so the comparison means something
+    assert b.test.accuracy == a.test.accuracy
+    assert b.test.loss == pytest.approx(a.test.loss, rel=1e-4)
     for pa, pb in zip(a.curve, b.curve, strict=True):
         assert pa["step"] == pb["step"]
         assert pb["val_loss"] == pytest.approx(pa["val_loss"], rel=1e-4)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from tunelab.compare import compare, summarize
+from tunelab.compare import Request, compare, summarize
 from tunelab.config import load_config
 from tunelab.report import build_report
-from tunelab.report.analysis import Estimate, ci95, pareto_front
+from tunelab.report.analysis import pareto_front
+from tunelab.report.stats import Estimate, ci95
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -34,7 +35,7 @@ def runs_dir(tiny_model, toy_csv, tmp_path_factory) -> Path:
         None,
         tiny_overrides(tiny_model, toy_csv, out, **{"train.lr": 2e-3, "train.evals_per_epoch": 2}),
     )
-    compare(cfg, ["full", "lora", "bitfit", "prefix"], seeds=2)
+    compare(Request(cfg, ["full", "lora", "bitfit", "prefix"], seeds=2))
     return out
 
 

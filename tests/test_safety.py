@@ -88,6 +88,21 @@ def test_redaction_of_urls_and_secret_keys():
         "a": "postgresql://me:***@db:5432/x", "b": ["mysql://u:***@h/d?token=***&x=1"],
         "api_key": "***", "nested": {"password": "***", "plain": "https://host/path"},
     }  # fmt: skip
+    # counts whose names end like a secret's are not secrets (prompt tuning's token count)
+    kept = {"num_virtual_tokens": 10, "max_new_tokens": 5, "hf_token": "h", "Secret": "s"}
+    assert redact(kept) == {**kept, "hf_token": "***", "Secret": "***"}
+
+
+def test_every_knob_survives_the_record(tmp_path):
+    """What a run writes (config.yaml, result.json) reads back as the same config."""
+    from tunelab.config import load_config
+    from tunelab.methods import METHODS
+    from tunelab.results import RunRecord, read_record
+
+    for name in METHODS:
+        cfg = load_config(None, [f"method={name}", f"out_dir={tmp_path}"])
+        RunRecord.start(tmp_path / name, name, cfg).write(tmp_path / name)
+        assert read_record(tmp_path / name).config == cfg, name
 
 
 # ---------------------------------------------------------------- predict / export loading
@@ -274,7 +289,7 @@ def test_two_processes_converting_the_built_in_model_convert_it_once(tmp_path):
         "def convert(folder):\n"
         "    with open(m.cache_dir() / 'conversions', 'a') as f: f.write('1')\n"
         "    time.sleep(2)\n"
-        "    from tunelab.results import atomic_folder\n"
+        "    from tunelab.files import atomic_folder\n"
         "    with atomic_folder(folder) as tmp: (tmp / 'model.safetensors').write_text('w')\n"
         "m._convert_smollm2 = convert\n"
         "print(m.smollm2())\n"

@@ -71,4 +71,4 @@ def test_a_few_lora_steps_on_smollm2(converted, tmp_path):
     )
     rec = run(cfg)
     assert rec.ok and rec.steps == 4 and 0 < rec.params.trainable_pct < 1
-    assert rec.data.zero_shot["validation"]["accuracy"] > 0
+    assert rec.data.zero_shot["validation"].accuracy > 0

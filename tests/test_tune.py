@@ -13,8 +13,9 @@ from conftest import as_a_shell_starts, tiny_overrides
 
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
+from tunelab.space import check_spaces
 from tunelab.train import Session, run
-from tunelab.tune import Reporter, check_spaces, open_study, storage_for, trial_config, tune
+from tunelab.tune import Reporter, open_study, storage_for, trial_config, tune
 
 
 def base_cfg(tiny_model, toy_csv, out, **extra):
@@ -74,7 +75,7 @@ def test_a_hopeless_trial_is_pruned_and_recorded(tiny_model, toy_csv, tmp_path):
     cfg = trial_config(base, "full", {"train.lr": 1e-9}, trial.number)  # cannot learn
     rec = run(cfg, on_validation=Reporter(trial, "accuracy"), tuning={"study": "full"})
     assert rec.status == "pruned" and len(rec.curve) == 1  # stopped at its first validation
-    assert rec.test == {} and not (tmp_path / "trials" / "full" / "2" / "model").exists()
+    assert rec.test is None and not (tmp_path / "trials" / "full" / "2" / "model").exists()
     on_disk = json.loads((tmp_path / "trials" / "full" / "2" / "result.json").read_text())
     assert on_disk["status"] == "pruned" and on_disk["tuning"] == {"study": "full"}
 
@@ -90,7 +91,7 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
     monkeypatch.setattr(Session, "evaluate", spy)
     base = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 2})
     best = tune(base, ["lora"])
-    assert best["lora"]["trials"]["complete"] + best["lora"]["trials"]["pruned"] == 2
+    assert best.methods["lora"].trials.complete + best.methods["lora"].trials.pruned == 2
     assert scored and set(scored) == {"validation"}
     trials = tmp_path / "trials" / "lora"
     first = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/result.json")}

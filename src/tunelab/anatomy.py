@@ -104,8 +104,9 @@ class Anatomy:
         ends = "|".join(re.escape(r) for r in sorted(set(relative)))
         return rf"(?:.*\.)?{re.escape(self.stack)}\.\d+\.(?:.*\.)?(?:{ends})"
 
-    def require_layers(self, method: str, alternatives: str) -> None:
-        """Refuse a layer-wise method on a model without distinct layers to tell apart."""
+    def require_layers(self, method: str, alternatives: str, verb: str) -> None:
+        """Refuse a layer-wise method on a model without distinct layers to tell apart (to
+        ``verb``: freeze, decay)."""
         if not self.stack:
             raise NotApplicable(
                 f"{method} needs a stack of transformer blocks and none was found in "
@@ -115,7 +116,7 @@ class Anatomy:
             raise NotApplicable(
                 f"{method} on {self.model_type}: its {self.n_layers} layers share "
                 f"{self.n_blocks} block(s) of weights (cross-layer sharing), so there are no "
-                f"separate lower and upper layers to {'freeze' if method == 'freeze' else 'decay'}"
+                f"separate lower and upper layers to {verb}"
                 f"; use {alternatives}"
             )
 

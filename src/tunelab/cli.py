@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -166,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from tunelab.config import load_config
-    from tunelab.methods import build_method
     from tunelab.tasks import check_task
 
     overrides = list(args.overrides)
@@ -189,18 +187,18 @@ def _load(args):
     if getattr(args, "space", None):
         overrides.append(f"tune.shared=[{args.space}]")
     cfg = load_config(path, overrides)
-    build_method(cfg.method)  # knobs checked before any data or model is loaded
     check_task(cfg)
     return cfg
 
 
 def cmd_methods() -> None:
     """Every method: what it does, its knobs with defaults and docs (from the dataclasses)."""
-    from tunelab.config import choices_text, field_docs
+    from tunelab.fields import choices_text, field_docs
     from tunelab.methods import METHODS, knobs
 
     for name, cls in METHODS.items():
         print(f"{name}: {cls.description}")
+        print(f"    default learning rate {cls.lr:g} (train.lr overrides it)")
         docs = field_docs(cls)
         for key, value in knobs(cls()).items():
             allowed = choices_text(cls, key)
@@ -213,7 +211,8 @@ def cmd_methods() -> None:
 
 def cmd_config() -> None:
     """Every config key with its default, allowed values and meaning (from the dataclasses)."""
-    from tunelab.config import SECTIONS, choices_text, field_docs
+    from tunelab.config import SECTIONS
+    from tunelab.fields import choices_text, field_docs
 
     for section, cls in SECTIONS.items():
         obj = cls()
@@ -225,10 +224,10 @@ def cmd_config() -> None:
 
 def _score(rec) -> str:
     t = rec.test
-    if "accuracy" in t:
-        return f"test accuracy {100 * t['accuracy']:.2f}%, macro-F1 {100 * t['macro_f1']:.2f}%"
-    if "loss" in t:
-        return f"test loss {t['loss']:.4f}, perplexity {t.get('perplexity', 0):.2f}"
+    if t is not None and t.accuracy is not None:
+        return f"test accuracy {100 * t.accuracy:.2f}%, macro-F1 {100 * t.macro_f1:.2f}%"
+    if t is not None:
+        return f"test loss {t.loss:.4f}, perplexity {t.perplexity or 0:.2f}"
     return f"best validation {rec.best_validation}"
 
 
@@ -244,7 +243,8 @@ def cmd_tune(args) -> dict:
     from pathlib import Path
 
     from tunelab.compare import parse_methods
-    from tunelab.tune import check_spaces, reset, tune
+    from tunelab.space import check_spaces
+    from tunelab.tune import reset, tune
 
     cfg = _load(args)
     methods = parse_methods(args.methods)
@@ -255,13 +255,13 @@ def cmd_tune(args) -> dict:
         reset(cfg, methods)
     print(f"tuning {', '.join(methods)}: {cfg.tune.trials} trials each -> {cfg.out_dir}")
     best = tune(cfg, methods, workers=args.workers)
-    for method, b in best.items():
-        t = b["trials"]
-        value = "-" if b["best_value"] is None else f"{b['best_value']:.4f}"
+    for method, b in best.methods.items():
+        t = b.trials
+        value = "-" if b.best_value is None else f"{b.best_value:.4f}"
         print(
-            f"{method}: best validation {value} with {b['best_params']} "
-            f"({t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed; "
-            f"{b['examples']:,} examples, {b['seconds']:.0f} s)"
+            f"{method}: best validation {value} with {b.best_params} "
+            f"({t.complete} complete, {t.pruned} pruned, {t.fail} failed; "
+            f"{b.examples:,} examples, {b.seconds:.0f} s)"
         )
     if args.cmd == "tune" and not args.no_report:
         from tunelab.report import build_report
@@ -274,30 +274,23 @@ def cmd_tune(args) -> dict:
 def cmd_compare(args) -> None:
     from pathlib import Path
 
-    from tunelab.compare import compare, parse_methods, parse_sizes, summarize
+    from tunelab.compare import (
+        Request,
+        compare,
+        parse_methods,
+        parse_sizes,
+        sizes_for,
+        summarize,
+    )
 
     sizes = parse_sizes(args.train_sizes) if args.train_sizes else None
     tuned = cmd_tune(args) if args.tune else None
     cfg = _load(args)
     methods = parse_methods(args.methods)
     if sizes:
-        from tunelab.compare import clip_sizes
-        from tunelab.data import load_splits
-
-        n_train = len(load_splits(dataclasses.replace(cfg.data, max_train_examples=None)).train)
-        sizes, dropped = clip_sizes(sizes, n_train)
-        if dropped:
-            print(f"--train-sizes: {dropped} >= the {n_train:,} training examples: run as 'all'")
-    recs = compare(
-        cfg,
-        methods,
-        args.seeds,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        on_run=_print_run,
-        tuned=tuned,
-        sizes=sizes,
-    )
+        sizes = sizes_for(cfg, sizes)
+    req = Request(cfg, methods, args.seeds, sizes, tuned, args.overwrite, args.resume)
+    recs = compare(req, on_run=_print_run)
     md, analysis = summarize(Path(cfg.out_dir))
     print(md)
     print("\n" + analysis.recommendation)
@@ -313,6 +306,53 @@ def cmd_compare(args) -> None:
             f"{len(failed)} of {len(recs)} runs failed ({', '.join(failed)}): the reasons are "
             f"above, in the report and in each run's result.json and error.txt"
         )
+
+
+def cmd_run(args) -> None:
+    from tunelab.files import is_main
+    from tunelab.rundir import run_dir_for
+    from tunelab.train import run
+
+    cfg = _load(args)
+    rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
+    if is_main():  # one line, not one per process
+        where = run_dir_for(cfg)
+        print(f"{rec.name}: {_score(rec)}, train {rec.timing.train_s:.1f}s -> {where}")
+
+
+def cmd_predict(args) -> None:
+    from tunelab.predict import predict
+
+    for row in predict(args.run_dir, args.texts, args.max_new_tokens):
+        print(json.dumps(row))
+
+
+def cmd_export(args) -> None:
+    from tunelab.predict import export
+
+    print(f"exported: {export(args.run_dir, args.out)}")
+
+
+def cmd_report(args) -> None:
+    from pathlib import Path
+
+    from tunelab.report import build_report
+
+    html, mdr = build_report(Path(args.runs_dir), Path(args.output) if args.output else None)
+    print(f"report: {html} (and {mdr.name})")
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "tune": cmd_tune,
+    "plan": cmd_plan,
+    "methods": lambda args: cmd_methods(),
+    "config": lambda args: cmd_config(),
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "report": cmd_report,
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -334,45 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.cmd == "methods":
-            cmd_methods()
-        elif args.cmd == "config":
-            cmd_config()
-        elif args.cmd == "run":
-            from tunelab.results import run_dir_for
-            from tunelab.train import run
-
-            cfg = _load(args)
-            rec = run(cfg, overwrite=args.overwrite, resume=args.resume)
-            from tunelab.results import is_main
-
-            if is_main():  # one line, not one per process
-                where = run_dir_for(cfg)
-                print(f"{rec.name}: {_score(rec)}, train {rec.timing.train_s:.1f}s -> {where}")
-        elif args.cmd == "compare":
-            cmd_compare(args)
-        elif args.cmd == "tune":
-            cmd_tune(args)
-        elif args.cmd == "plan":
-            cmd_plan(args)
-        elif args.cmd == "predict":
-            from tunelab.predict import predict
-
-            for row in predict(args.run_dir, args.texts, args.max_new_tokens):
-                print(json.dumps(row))
-        elif args.cmd == "export":
-            from tunelab.predict import export
-
-            print(f"exported: {export(args.run_dir, args.out)}")
-        elif args.cmd == "report":
-            from pathlib import Path
-
-            from tunelab.report import build_report
-
-            html, mdr = build_report(
-                Path(args.runs_dir), Path(args.output) if args.output else None
-            )
-            print(f"report: {html} (and {mdr.name})")
+        COMMANDS[args.cmd](args)
     except TunelabError as e:
         if args.debug or os.environ.get("TUNELAB_DEBUG", "") not in ("", "0"):
             traceback.print_exc()

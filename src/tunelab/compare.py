@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import RunConfig, for_method
 from tunelab.errors import RunFailed, TunelabError
-from tunelab.methods import METHODS, build_method
-from tunelab.report.analysis import Analysis, analyse
+from tunelab.files import write_text
+from tunelab.methods import METHODS
 from tunelab.report.render import csv_table, markdown_table
+from tunelab.report.summary import Analysis, analyse
 from tunelab.results import (
-    RunClaimed,
     RunRecord,
+    Tuning,
+    TuningSummary,
     load_records,
     read_record,
-    run_dir_for,
-    write_text,
 )
+from tunelab.rundir import RunClaimed, run_dir_for
 from tunelab.train import run
 
 
@@ -61,13 +64,35 @@ def clip_sizes(sizes: list[int | None], n_train: int) -> tuple[list[int | None],
     return kept, dropped
 
 
-def run_configs(
-    base: RunConfig,
-    methods: list[str],
-    seeds: int,
-    tuned: dict[str, dict] | None = None,
-    sizes: list[int | None] | None = None,
-) -> list[RunConfig]:
+def sizes_for(base: RunConfig, sizes: list[int | None]) -> list[int | None]:
+    """The training-set sizes to compare at, for ``base``'s data: counts at or above its
+    training set run as 'all' (said on stdout)."""
+    from tunelab.data import load_splits
+
+    whole = dataclasses.replace(base.data, max_train_examples=None)
+    n_train = len(load_splits(whole).train)
+    sizes, dropped = clip_sizes(sizes, n_train)
+    if dropped:
+        print(f"--train-sizes: {dropped} >= the {n_train:,} training examples: run as 'all'")
+    return sizes
+
+
+@dataclass
+class Request:
+    """What a comparison runs: every method x training-set size x seed on ``base``'s data
+    and budget, at each method's defaults or (``tuned``) at its best parameters from tune."""
+
+    base: RunConfig
+    methods: list[str]
+    seeds: int = 1
+    sizes: list[int | None] | None = None
+    """Training-set sizes (None: all); unset = base's data.max_train_examples only."""
+    tuned: TuningSummary | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+
+def run_configs(req: Request) -> list[RunConfig]:
     """One config per method, training-set size and seed: everything else shared, so the
     budget is the same. ``train.lr`` is not forced on all methods unless the user set it (LoRA
     and prompt tuning need far larger rates than full fine-tuning); with ``tuned``, each
@@ -75,11 +100,13 @@ def run_configs(
     first n examples of the same shuffled training set (nested subsets; validation and test
     unchanged) in a folder named <method>-n<size>-seed<seed>. Every method's knobs are
     checked here, before the first run starts."""
+    base, tuned, sizes, seeds = req.base, req.tuned, req.sizes, req.seeds
     if seeds < 1:
         raise TunelabError(f"--seeds must be at least 1, got {seeds}")
     configs = []
-    for method in methods:
-        params = (tuned or {}).get(method, {}).get("best_params", {})
+    for method in req.methods:
+        found = tuned.methods.get(method) if tuned else None
+        params = found.best_params if found else {}
         for size in sizes or [base.data.max_train_examples]:
             for seed in range(base.train.seed, base.train.seed + seeds):
                 top = {}
@@ -88,30 +115,21 @@ def run_configs(
                     top["name"] = f"{method}{task}-n{size or 'all'}-seed{seed}"
                 cfg = for_method(base, method, {**params, "train.seed": seed}, **top)
                 cfg.data.max_train_examples = size
-                build_method(cfg.method)
                 configs.append(cfg)
     return configs
 
 
-def compare(
-    base: RunConfig,
-    methods: list[str],
-    seeds: int,
-    overwrite: bool = False,
-    resume: bool = False,
-    on_run: Callable[[RunRecord], None] | None = None,
-    tuned: dict[str, dict] | None = None,
-    sizes: list[int | None] | None = None,
-) -> list[RunRecord]:
-    """Run every method for ``seeds`` seeds into ``base.out_dir``: at its own defaults, or at
-    its best parameters found by ``tune`` (``tuned``: method -> tune's summary)."""
-    records = []
-    for cfg in run_configs(base, methods, seeds, tuned, sizes):
+def compare(req: Request, on_run: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
+    """Run the request's runs into ``base.out_dir`` (``on_run`` after each); a failed run is
+    recorded and the others go on."""
+    records, tuned = [], req.tuned
+    for cfg in run_configs(req):
         tag = None
-        if tuned and cfg.method_name in tuned:
-            tag = {"trials": base.tune.trials, "params": tuned[cfg.method_name]["best_params"]}
+        if tuned and cfg.method_name in tuned.methods:
+            params = tuned.methods[cfg.method_name].best_params
+            tag = Tuning(trials=req.base.tune.trials, params=params)
         try:
-            rec = run(cfg, overwrite=overwrite, resume=resume, tuning=tag)
+            rec = run(cfg, overwrite=req.overwrite, resume=req.resume, tuning=tag)
         except RunClaimed as e:  # another compare on the same folder runs it: leave it
             print(f"  skipped: {e}", flush=True)
             continue

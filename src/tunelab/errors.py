@@ -25,3 +25,9 @@ class TrainingDiverged(RunFailed):
 class NoTokenizer(TunelabError):
     """The model has no usable tokenizer (a folder holding only config.json, as published
     configs are shared); ``tunelab plan`` then counts data.max_length tokens per example."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The error's type and first line: what a one-line message can say of it."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")

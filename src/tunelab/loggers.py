@@ -13,7 +13,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from tunelab.results import append_metrics
+from tunelab.results import append_metrics, validation_of
 
 
 class Logger(Protocol):
@@ -54,7 +54,7 @@ class TrackerLogger:
         self.acc.log({f"train/{k}": v for k, v in values.items()}, step=step)
 
     def log_validation(self, step: int, values: dict) -> None:
-        scores = {f"val/{k[4:]}": v for k, v in values.items() if k.startswith("val_")}
+        scores = {f"val/{k}": v for k, v in validation_of(values).items()}
         for i, s in enumerate(values.get("samples", [])):  # TensorBoard text
             scores[f"samples/{i}"] = f"**{s['prompt']}**\n\n{s['response']}"
         self.acc.log(scores, step=step)
@@ -81,7 +81,7 @@ class ConsoleLogger:
         self.bar.set_postfix(loss=f"{values['train_loss']:.4f}")
 
     def log_validation(self, step: int, values: dict[str, float]) -> None:
-        shown = {k[4:]: f"{v:.4f}" for k, v in values.items() if k.startswith("val_")}
+        shown = {k: f"{v:.4f}" for k, v in validation_of(values).items()}
         self.bar.set_postfix(shown)
 
     def close(self) -> None:

@@ -18,8 +18,9 @@ import psutil
 import torch
 from torch import nn
 
-from tunelab import data as D
+from tunelab import batches as B
 from tunelab.anatomy import anatomy
+from tunelab.results import Scores
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab")
 
@@ -123,13 +124,13 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 1
 
 
 @torch.inference_mode()
-def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) -> dict:
+def evaluate(model, task, enc: B.Encoded, batch_size: int, pad_id: int, device) -> Scores:
     """Mean loss and the task's metrics on a split; batches sorted by length, no autograd."""
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
     rank, world = _process()
-    for idx in D.eval_batches(enc.lengths, batch_size)[rank::world]:  # this process's share
+    for idx in B.eval_batches(enc.lengths, batch_size)[rank::world]:  # this process's share
         batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
         loss, pred = task.forward(model, batch)
         loss_sum += loss.float().item() * len(idx)
@@ -137,11 +138,10 @@ def evaluate(model, task, enc: D.Encoded, batch_size: int, pad_id: int, device) 
         labels.append(task.targets(batch).cpu())
     model.train(was_training)
     preds, labels, loss_sum = _gather(preds, labels, loss_sum, world)
-    metrics = task.metrics(preds, labels)
-    loss = loss_sum / len(enc)
-    if not getattr(task, "has_accuracy", True):  # a language model's own quality
-        metrics["perplexity"] = math.exp(min(loss, 50.0))
-    return {"loss": loss, **metrics}
+    scores = Scores.of({"loss": loss_sum / len(enc), **task.metrics(preds, labels)})
+    if not task.has_accuracy:  # a language model's own quality
+        scores.perplexity = math.exp(min(scores.loss, 50.0))
+    return scores
 
 
 def _process() -> tuple[int, int]:
@@ -174,7 +174,7 @@ def _gather(preds: list, labels: list, loss_sum: float, world: int):
 _ZERO_SHOT: dict[tuple, dict] = {}
 
 
-def zero_shot(cfg, data, model, device) -> dict:
+def zero_shot(cfg, data, model, device) -> dict[str, Scores]:
     """The untrained model's metrics on validation and test, for tasks where that is a
     baseline (a decoder scoring label words); once per model and data within the process."""
     if not data.task.zero_shot:
@@ -190,11 +190,12 @@ def zero_shot(cfg, data, model, device) -> dict:
     return _ZERO_SHOT[key]
 
 
-def improved(val: dict, best: dict, metric: str) -> bool:
+def improved(val: Scores, best: Scores | None, metric: str) -> bool:
     """Whether a validation beats the best so far (a loss by being lower)."""
-    if not best:
+    if best is None:
         return True
-    return val[metric] < best[metric] if metric == "loss" else val[metric] > best[metric]
+    new, old = val.value(metric), best.value(metric)
+    return new < old if metric == "loss" else new > old
 
 
 def settled_rss() -> int:

@@ -74,7 +74,7 @@ def _convert_smollm2(folder: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf.state_dict(), strict=True)
-    from tunelab.results import atomic_folder
+    from tunelab.files import atomic_folder
 
     shutil.rmtree(folder, ignore_errors=True)  # a folder without weights: not a finished one
     with atomic_folder(folder) as tmp:  # whole folder or nothing; leftovers removed

@@ -7,8 +7,8 @@ import math
 
 import torch
 
+from tunelab.batches import global_batches
 from tunelab.config import RunConfig, TrainConfig
-from tunelab.data import global_batches
 
 
 def make_optimizer(groups: list[dict], lr: float) -> torch.optim.Optimizer:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tunelab.anatomy import unwrap
-from tunelab.config import RunConfig, load_config
+from tunelab.config import RunConfig, config_from_dict, yaml_load
 from tunelab.errors import TunelabError
 from tunelab.guard import fault
 from tunelab.models import BUILTIN, resolve, safe_load
@@ -19,7 +19,7 @@ def run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise TunelabError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    return load_config(path)
+    return config_from_dict(yaml_load(path.read_text()) or {})  # a run's: as it was written
 
 
 def load_run_model(run_dir: str | Path):
@@ -92,9 +92,12 @@ def predict(run_dir: str | Path, texts: list[str], max_new_tokens: int = 0) -> l
     (and, with ``max_new_tokens``, the model's own greedy continuation of the prompt)."""
     cfg = run_config(run_dir)
     model, tok = load_run_model(run_dir)
-    if cfg.task == "causal-lm" and cfg.data.response_column:
+    from tunelab.tasks import task_class
+
+    task = task_class(cfg)
+    if not task.has_accuracy:  # instruction data: the model writes a response
         return _generate(model, tok, texts, max_new_tokens or 64)
-    if cfg.task == "causal-lm":
+    if task.lm_head:  # label words scored by the language model
         return _predict_words(cfg, model, tok, texts, max_new_tokens)
     enc = tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
     probs = model(**enc).logits.softmax(-1)
@@ -150,7 +153,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     peft: LoRA / IA3 adapters merged into the base weights, a full model copied. Written to a
     temporary folder renamed into place: ``out`` is whole or absent (a failed export can be
     retried as it is)."""
-    from tunelab.results import atomic_folder
+    from tunelab.files import atomic_folder
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -1,18 +1,37 @@
 """What survives an interruption: the loop's ``Progress``, the resumable checkpoint it writes
 (at validations, every ``train.save_every_steps`` steps or ``train.save_every_minutes``
 minutes, and when a signal stops the run), and ``restore`` for ``--resume``. The functions
-take the training loop's ``Session`` (tunelab.train)."""
+take a ``Saver``: the little of a run they need (train's Session holds one)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from tunelab import checkpoint as checkpoint_file
 from tunelab import results
 from tunelab.measure import Window
-from tunelab.results import STATE
+from tunelab.results import STATE, Scores
+
+
+@dataclass
+class Saver:
+    """What checkpointing, restoring and stopping need of a run, and nothing more."""
+
+    run_dir: Path
+    acc: Any  # accelerate.Accelerator
+    model: torch.nn.Module  # as accelerate prepared it (unwrapped here)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    total_steps: int
+    every_steps: int | None  # train.save_every_steps
+    every_minutes: float | None  # train.save_every_minutes
+    stop: Any = None  # guard.StopSignals: which signal asked the run to stop
+    last_save: float = field(default_factory=time.monotonic)  # of the newest checkpoint
 
 
 @dataclass
@@ -28,25 +47,26 @@ class Progress:
     eval_time: float = 0.0
     examples: int = 0
     tokens: int = 0
-    best: dict = field(default_factory=dict)
+    best: Scores | None = None
     best_step: int = -1
     evals_since_best: int = 0
     curve: list = field(default_factory=list)
 
 
-def restore(s, resume: bool) -> tuple[Progress, dict]:
+def restore(s: Saver, resume: bool) -> tuple[Progress, dict]:
     """Progress and best weights of an interrupted run (``--resume``), or a fresh start."""
     if resume and (s.run_dir / STATE).exists():
         model = s.acc.unwrap_model(s.model)
-        progress, best = results.load_checkpoint(s.run_dir, model, s.optimizer, s.scheduler)
+        progress, best = checkpoint_file.load_checkpoint(s.run_dir, model, s.optimizer, s.scheduler)
         pg = Progress(**progress)
+        pg.best = Scores(**pg.best) if pg.best else None  # the checkpoint holds plain dicts
         results.truncate_metrics(s.run_dir, pg.step)  # rows after the checkpoint come again
         return pg, best
     (s.run_dir / results.METRICS).unlink(missing_ok=True)
     return Progress(), {}
 
 
-def stop_requested(s) -> bool:
+def stop_requested(s: Saver) -> bool:
     """Whether a signal asked the run to stop; with several processes, whether any process
     got one (all must stop at the same step, or the next all-reduce would wait forever)."""
     asked = s.stop.signum is not None
@@ -58,27 +78,26 @@ def stop_requested(s) -> bool:
     return asked
 
 
-def checkpoint_due(s, pg: Progress) -> bool:
+def checkpoint_due(s: Saver, pg: Progress) -> bool:
     """train.save_every_steps or train.save_every_minutes since the newest checkpoint (only
     the main process writes one, so the processes need not agree)."""
-    tc = s.cfg.train
-    if tc.save_every_steps and pg.step % tc.save_every_steps == 0:
+    if s.every_steps and pg.step % s.every_steps == 0:
         return True
-    if not tc.save_every_minutes:
+    if not s.every_minutes:
         return False
-    return time.monotonic() - s.last_save >= 60 * tc.save_every_minutes
+    return time.monotonic() - s.last_save >= 60 * s.every_minutes
 
 
-def checkpoint(s, pg: Progress, best: dict, win: Window | None = None) -> None:
+def checkpoint(s: Saver, pg: Progress, best: dict, win: Window | None = None) -> None:
     """Write the resumable state (main process only), atomically; mid-window, the window's
     examples, tokens and seconds so far are counted into the saved progress."""
     s.last_save = time.monotonic()
     if pg.step >= s.total_steps or not s.acc.is_main_process:
         return
-    progress = dict(vars(pg))
+    progress = {**vars(pg), "best": pg.best.as_dict() if pg.best else None}
     if win is not None:
         progress["examples"] += win.examples
         progress["tokens"] += win.tokens
         progress["train_time"] += time.perf_counter() - win.start
     model = s.acc.unwrap_model(s.model)
-    results.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, progress, best)
+    checkpoint_file.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, progress, best)

@@ -12,27 +12,28 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tunelab import fast, guard, measure, results
+from tunelab import checkpoint as ckpt
+from tunelab import fast, guard, measure, results, rundir
+from tunelab import resume as saving
+from tunelab.batches import shard_batches, train_batches
 from tunelab.config import RunConfig
-from tunelab.data import Prepared, data_info, prepare_data, shard_batches, train_batches
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, close_quietly, make_logger
 from tunelab.measure import PeakMemory, Window, evaluate, improved
-from tunelab.methods import Method, build_method, knobs
+from tunelab.methods import Method, knobs
 from tunelab.models import load_model
 from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
-from tunelab.results import STATE, RunRecord
-from tunelab.resume import Progress, checkpoint, checkpoint_due, restore, stop_requested
-from tunelab.tasks import build_task, check_task
+from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
+from tunelab.resume import Progress, Saver
+from tunelab.tasks import Prepared, check_task, data_info, prepare_data
 
-OnValidation = Callable[[int, dict], bool | None]
-"""Called after each validation with (step, validation metrics); False stops the run, which
-is then recorded with status ``pruned`` (e.g. an Optuna pruner)."""
+OnValidation = Callable[[int, Scores], bool | None]
+"""After each validation (step, scores): False stops the run, recorded as ``pruned``."""
 
 
 @dataclass
@@ -51,10 +52,9 @@ class Session:
     total_steps: int
     eval_every: int
     rss_before_model: int
-    stop: guard.StopSignals = field(default_factory=guard.StopSignals)
-    last_save: float = field(default_factory=time.monotonic)  # of the newest checkpoint
+    saver: Saver  # what checkpoints, restores and stops need of it (tunelab.resume)
 
-    def evaluate(self, split) -> dict[str, float]:
+    def evaluate(self, split) -> Scores:
         """Loss and the task's metrics on an encoded split."""
         pad_id, batch_size = self.data.tokenizer.pad_token_id, self.cfg.train.eval_batch_size
         model = self.acc.unwrap_model(self.model)  # DDP: each process scores its own share
@@ -66,26 +66,26 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     on_validation: OnValidation | None = None,
-    tuning: dict | None = None,
+    tuning: Tuning | None = None,
 ) -> RunRecord:
     """Train, validate, test and save one run; return its record (also in result.json).
     ``tuning`` tags the record of a tuning trial or of a tuned configuration."""
-    run_dir = results.run_dir_for(cfg)
+    run_dir = rundir.run_dir_for(cfg)
     done = results.read_record(run_dir) if resume else None
     if done and done.ok:
         return done
-    method = build_method(cfg.method)  # bad method names/knobs fail before touching disk
+    method = cfg.method  # built and checked with the config, before anything touches disk
     check_task(cfg)
-    results.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (secrets redacted)
+    rundir.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (secrets redacted)
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
-    record.tuning = dict(tuning or {})
+    record.tuning = tuning
     pg, best, logger = Progress(), {}, None
     resumable = "interrupted; continue it with the same command and --resume"
     with guard.StopSignals() as stop, guard.MemoryGuard():  # Ctrl-C; memory running out
         try:
             s = setup(cfg, method, run_dir, record)
-            s.stop = stop
-            pg, best = restore(s, resume)
+            s.saver.stop = stop
+            pg, best = saving.restore(s.saver, resume)
             logger = make_logger(run_dir, s.acc, cfg, s.total_steps, pg.step)
             outcome = train_loop(s, pg, best, logger, on_validation)
             if outcome == "interrupted":  # checkpoint written: record it, exit 130 / 143
@@ -100,10 +100,10 @@ def run(
                 record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)
             raise
         except Exception as e:  # anything else: recorded too, its traceback in error.txt
-            raise results.record_failure(record, run_dir, e, pg.step, pg.curve)  # noqa: B904
+            raise rundir.record_failure(record, run_dir, e, pg.step, pg.curve)  # noqa: B904
         finally:
             close_quietly(logger)
-            results.release_run_dir(run_dir)
+            rundir.release_run_dir(run_dir)
 
 
 def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> Session:
@@ -120,7 +120,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     if fast_paths:
         fast.tune_allocator()
     set_seed(tc.seed)  # before the head, adapters and prompts are initialised
-    data = prepare_data(cfg, lambda labels: build_task(cfg, labels))
+    data = prepare_data(cfg)
     rss_before_model = measure.settled_rss()
     pad_id = data.tokenizer.pad_token_id
     mc = cfg.model
@@ -140,13 +140,15 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
     weights, env = str(next(model.parameters()).dtype)[6:], measure.environment(acc.device)
-    record.env = {**env, "precision": acc.mixed_precision, "weights": weights}  # weights: dtype
+    record.env = Env(**env, precision=acc.mixed_precision, weights=weights)
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)
     model, optimizer = acc.prepare(model, optimizer)
     parts = (acc, data, model, optimizer, scheduler, record, per_epoch, total, eval_every)
-    return Session(cfg, run_dir, *parts, rss_before_model)
+    every = (tc.save_every_steps, tc.save_every_minutes)
+    saver = Saver(run_dir, acc, model, optimizer, scheduler, total, *every)
+    return Session(cfg, run_dir, *parts, rss_before_model, saver)
 
 
 def train_loop(
@@ -156,7 +158,7 @@ def train_loop(
     ``early`` (patience ran out) or ``pruned`` (``on_validation`` said stop)."""
     tc, device = s.cfg.train, s.acc.device
     s.model.train()
-    outcome, accuracy = "done", getattr(s.data.task, "has_accuracy", True)
+    outcome, accuracy = "done", s.data.task.has_accuracy
     with PeakMemory(device, s.rss_before_model) as mem:
         win = Window(device, accuracy)
         while pg.step < s.total_steps and outcome == "done":
@@ -174,11 +176,11 @@ def train_loop(
                         with mem.paused():  # the peak measures training steps only
                             outcome = validate(s, pg, best, logger, on_validation)
                     win = Window(device, accuracy)  # the clock restarts after validation
-                if outcome == "done" and stop_requested(s) and not last:
-                    checkpoint(s, pg, best, win)
+                if outcome == "done" and saving.stop_requested(s.saver) and not last:
+                    saving.checkpoint(s.saver, pg, best, win)
                     outcome = "interrupted"
-                elif outcome == "done" and checkpoint_due(s, pg):
-                    checkpoint(s, pg, best, win)
+                elif outcome == "done" and saving.checkpoint_due(s.saver, pg):
+                    saving.checkpoint(s.saver, pg, best, win)
             if pg.batch_in_epoch >= len(steps):
                 pg.epoch, pg.batch_in_epoch = pg.epoch + 1, 0
     s.record.memory = results.Memory(mem.used, mem.peak, mem.kind)
@@ -245,35 +247,35 @@ def validate(
     val = s.evaluate(s.data.validation)
     pg.eval_time += time.perf_counter() - t0
     point = {"epoch": pg.step / s.per_epoch, "train_time_s": pg.train_time}
-    point.update({f"val_{k}": v for k, v in val.items()})
-    if hasattr(s.data.task, "samples"):  # a few generations, kept with the curve
-        point["samples"] = s.data.task.samples(model, s.data.validation, s.data.tokenizer)
+    point.update(validation_row(val))
+    samples = s.data.task.samples(model, s.data.validation, s.data.tokenizer)
+    if samples:  # a few generations (instruction data), kept with the curve
+        point["samples"] = samples
     pg.curve.append({"step": pg.step, **point})
     logger.log_validation(pg.step, point)
-    if improved(val, pg.best, getattr(s.data.task, "selection", None) or tc.metric):
+    if improved(val, pg.best, s.data.task.selection or tc.metric):
         pg.best, pg.best_step, pg.evals_since_best = val, pg.step, 0
         best.clear()
-        best.update(results.trainable_state(model))
+        best.update(ckpt.trainable_state(model))
     else:
         pg.evals_since_best += 1
-    checkpoint(s, pg, best)
+    saving.checkpoint(s.saver, pg, best)
     if on_validation and on_validation(pg.step, val) is False:
         return "pruned"
     return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
 
 
 def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
-    """Test the best validation checkpoint (never the last one), save it, write the record.
-    A pruned run is recorded as such, untested."""
+    """Test the best validation checkpoint (never the last one), save it, write the record."""
     rec, model, main = s.record, s.acc.unwrap_model(s.model), s.acc.is_main_process
-    results.load_trainable(model, best)
-    test_s = 0.0
+    ckpt.load_trainable(model, best)
+    test_s = 0.0  # the best validation's weights are back; a pruned run is not tested
     if outcome != "pruned" and s.cfg.train.test:
         t0 = time.perf_counter()
         rec.test = s.evaluate(s.data.test)
         test_s = time.perf_counter() - t0
     if outcome != "pruned" and s.cfg.train.save_model and main:
-        results.save_model(model, s.data.tokenizer, s.run_dir / "model")
+        ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model")
     seen = torch.tensor([pg.examples, pg.tokens], device=s.acc.device)  # summed: parts differ
     seen = [int(x) for x in (s.acc.reduce(seen, "sum") if s.acc.num_processes > 1 else seen)]
     cpu = measure.cpu_usage(s.acc.device, pg.train_cpu, pg.train_other_cpu)

@@ -10,7 +10,6 @@ command again resumes, and several processes (``--workers``) share the studies.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -20,120 +19,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, TuneConfig, for_method, load_config, redact, to_dict
+from tunelab.config import RunConfig, for_method, redact, to_dict
 from tunelab.errors import ConfigError, RunFailed, TunelabError
+from tunelab.files import alive, write_text
 from tunelab.guard import fault
-from tunelab.methods import METHODS, build_method
-from tunelab.results import RunRecord, alive, load_records, write_json, write_text
+from tunelab.results import (
+    MethodTuning,
+    RunRecord,
+    Scores,
+    TrialCounts,
+    Tuning,
+    TuningSummary,
+    load_records,
+)
+from tunelab.space import check_spaces, suggest
+from tunelab.tasks import task_class
 from tunelab.train import run
 
-SHARED = {  # shared knobs a user can switch on with tune.shared / --space
-    "batch_size": ("choice", [16, 32, 64]),
-    "epochs": ("choice", [1, 2, 3]),
-    "warmup": ("float", 0.0, 0.2),
-    "weight_decay": ("float", 0.0, 0.1),
-}
 JOURNAL = "tune.journal"
 STORAGE_ENV = "TUNELAB_STORAGE"  # an RDB URL for tune.storage kept out of config files
-SUMMARY = "tuning.json"
-
-
-# ---------------------------------------------------------------- search spaces
-
-
-def search_space(method: str, tc: TuneConfig) -> dict[str, tuple]:
-    """Dotted config key -> domain for one method: its lr from default/10 to default*10, the
-    knobs its module declares, the shared knobs switched on, then the user's changes."""
-    cls = METHODS[method]
-    lr = cls().lr
-    space: dict[str, tuple] = {"train.lr": ("log", lr / 10, lr * 10)}
-    space.update({f"method.{k}": v for k, v in cls.space.items()})
-    for name in tc.shared:
-        if name not in SHARED:
-            raise ConfigError(
-                f"tune.shared: unknown knob {name!r}; choose from {', '.join(SHARED)}"
-            )
-        space[f"train.{name}"] = SHARED[name]
-    for key, value in (tc.space.get(method) or {}).items():
-        dotted = _dotted(method, key)
-        space[dotted] = _domain(f"tune.space.{method}.{key}", value, space.get(dotted))
-        for probe in _probes(space[dotted]):  # each end of a range must be a valid value
-            build_method(load_config(None, [f"method={method}", f"{dotted}={probe!r}"]).method)
-    return space
-
-
-def check_spaces(methods: list[str], tc: TuneConfig) -> dict[str, dict[str, tuple]]:
-    """Every method's space, validated before anything is loaded."""
-    unknown = set(tc.space) - set(METHODS)
-    if unknown:
-        raise ConfigError(
-            f"tune.space: unknown method {sorted(unknown)[0]!r}; choose from {', '.join(METHODS)}"
-        )
-    return {m: search_space(m, tc) for m in methods}
-
-
-def _dotted(method: str, key: str) -> str:
-    knobs = {f.name for f in dataclasses.fields(METHODS[method])}
-    if key in ("lr", "train.lr"):
-        return "train.lr"
-    if key in knobs or key.removeprefix("method.") in knobs:
-        return f"method.{key.removeprefix('method.')}"
-    if key.removeprefix("train.") in SHARED:
-        return f"train.{key.removeprefix('train.')}"
-    allowed = ", ".join(["lr", *sorted(knobs - {"lr"}), *SHARED])
-    raise ConfigError(f"tune.space.{method}: unknown knob {key!r}; allowed: {allowed}")
-
-
-def _domain(key: str, value: Any, current: tuple | None) -> tuple:
-    """A user's [low, high] range, list of choices, or fixed value, checked."""
-    if not isinstance(value, list):
-        return ("fixed", _number(value))
-    if not value:
-        raise ConfigError(f"{key} is an empty list; give [low, high], choices, or one value")
-    value = [_number(v) for v in value]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    if len(value) != 2 or not numeric:
-        return ("choice", list(value))
-    low, high = value
-    if low >= high:
-        raise ConfigError(f"{key}: the range [{low}, {high}] is empty; low must be below high")
-    kind = current[0] if current and current[0] in ("log", "float", "int") else "float"
-    if kind == "int" and not all(isinstance(v, int) for v in value):
-        kind = "float"
-    if kind == "log" and low <= 0:
-        raise ConfigError(f"{key}: a log-uniform range needs low > 0, got {low}")
-    return (kind, low, high)
-
-
-def _number(v: Any) -> Any:
-    """'1e-4' is a string to YAML 1.1; a number here."""
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _probes(domain: tuple) -> list:
-    if domain[0] == "fixed":
-        return [domain[1]]
-    return list(domain[1]) if domain[0] == "choice" else [domain[1], domain[2]]
-
-
-def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
-    """One point of the space, drawn by the trial's sampler (fixed knobs just set)."""
-    params = {}
-    for key, (kind, *args) in space.items():
-        if kind == "fixed":
-            params[key] = args[0]
-        elif kind == "choice":
-            params[key] = trial.suggest_categorical(key, args[0])
-        elif kind == "int":
-            params[key] = trial.suggest_int(key, args[0], args[1])
-        else:
-            params[key] = trial.suggest_float(key, args[0], args[1], log=kind == "log")
-    return params
 
 
 def trial_config(base: RunConfig, method: str, params: dict, number: int) -> RunConfig:
@@ -162,9 +66,9 @@ class Reporter:
     def __init__(self, trial, metric: str):
         self.trial, self.metric, self.evals = trial, metric, 0
 
-    def __call__(self, step: int, metrics: dict) -> bool:
+    def __call__(self, step: int, scores: Scores) -> bool:
         self.evals += 1
-        self.trial.report(metrics[self.metric], self.evals)
+        self.trial.report(scores.value(self.metric), self.evals)
         return not self.trial.should_prune()
 
 
@@ -177,7 +81,7 @@ def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable
         params = suggest(trial, space)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(base, method, params, trial.number)
-        tag = {"study": method, "trial": trial.number, "params": params}
+        tag = Tuning(study=method, trial=trial.number, params=params)
         try:
             rec = run(cfg, overwrite=True, on_validation=Reporter(trial, metric), tuning=tag)
         except RunFailed as e:  # a failed trial counts (an interrupted one does not)
@@ -185,7 +89,7 @@ def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable
             raise
         if rec.status == "pruned":
             raise optuna.TrialPruned()
-        return rec.best_validation[metric]
+        return rec.best_validation.value(metric)
 
     return run_trial
 
@@ -193,9 +97,8 @@ def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable
 def objective_metric(base: RunConfig) -> tuple[str, str]:
     """What trials optimise: train.metric (maximised), or the validation loss (minimised) for
     instruction data or train.metric=loss."""
-    if base.data.response_column or base.train.metric == "loss":
-        return "loss", "minimize"
-    return base.train.metric, "maximize"
+    metric = task_class(base).selection or base.train.metric
+    return metric, "minimize" if metric == "loss" else "maximize"
 
 
 def storage_name(base: RunConfig) -> str:
@@ -349,7 +252,7 @@ def check_workers(base: RunConfig, procs) -> None:
         )
 
 
-def tune(base: RunConfig, methods: list[str], workers: int = 1) -> dict[str, dict]:
+def tune(base: RunConfig, methods: list[str], workers: int = 1) -> TuningSummary:
     """Tune every method (``workers`` processes on this machine), write OUT/tuning.json, and
     return each method's best parameters and value."""
     import multiprocessing
@@ -414,34 +317,30 @@ def _short(v: Any) -> str:
 # ---------------------------------------------------------------- summary on disk
 
 
-def summarize(base: RunConfig, methods: list[str]) -> dict[str, dict]:
+def summarize(base: RunConfig, methods: list[str]) -> TuningSummary:
     """Per method: search space, trial counts, best parameters and value, compute spent,
     hyperparameter importances (Optuna's). Written to OUT/tuning.json for the report."""
     import optuna
 
     storage = storage_for(base)
     spaces = check_spaces(methods, base.tune)
-    trials = [r for r in load_records(Path(base.out_dir) / "trials") if r.tuning.get("study")]
-    out = {}
+    trials = [r for r in load_records(Path(base.out_dir) / "trials") if r.is_trial]
+    out = TuningSummary(
+        trials_per_method=base.tune.trials,
+        evals=base.tune.evals,
+        eval_examples=base.tune.eval_examples,
+        pruner=base.tune.pruner,
+        metric=objective_metric(base)[0],
+    )
     for method in methods:
         study = optuna.load_study(study_name=method, storage=storage)
-        mine = [r for r in trials if r.tuning["study"] == method]
-        out[method] = summary_of(study, spaces[method], mine)
-    write_json(
-        Path(base.out_dir) / SUMMARY,
-        {
-            "trials_per_method": base.tune.trials,
-            "evals": base.tune.evals,
-            "eval_examples": base.tune.eval_examples,
-            "pruner": base.tune.pruner,
-            "metric": objective_metric(base)[0],
-            "methods": out,
-        },
-    )
+        mine = [r for r in trials if r.tuning.study == method]
+        out.methods[method] = summary_of(study, spaces[method], mine)
+    out.write(Path(base.out_dir))
     return out
 
 
-def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> dict:
+def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> MethodTuning:
     import optuna
 
     states = [t.state.name for t in study.trials]
@@ -451,16 +350,16 @@ def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> dict
         importances = dict(optuna.importance.get_param_importances(study))
     except (RuntimeError, ValueError):  # too few complete trials, or nothing varied
         importances = {}
-    return {
-        "space": {k: list(v) for k, v in space.items()},
-        "trials": {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
-        "best_params": {
+    return MethodTuning(
+        space={k: list(v) for k, v in space.items()},
+        trials=TrialCounts(*(states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL"))),
+        best_params={
             **{k: v[1] for k, v in space.items() if v[0] == "fixed"},
             **(best.params if best else {}),
         },
-        "best_value": best.value if best else None,
-        "best_trial": best.number if best else None,
-        "examples": sum(r.timing.train_examples_seen for r in records),
-        "seconds": sum(r.timing.train_s + r.timing.eval_s for r in records),
-        "importances": importances,
-    }
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        examples=sum(r.timing.train_examples_seen for r in records),
+        seconds=sum(r.timing.train_s + r.timing.eval_s for r in records),
+        importances=importances,
+    )

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
 from tunelab.anatomy import Anatomy, NotApplicable
-from tunelab.config import Positive
 from tunelab.models import is_causal_lm
-
-LR = Annotated[float, Positive]  # the type of every method's `lr` knob
 
 
 def no_decay(name: str, p: nn.Parameter) -> bool:
@@ -94,8 +91,23 @@ class Method:
     space: ClassVar[dict[str, tuple]] = {}
     saves_adapter: ClassVar[bool] = False
     """True when the run saves a peft adapter (small) instead of the whole model."""
-    lr: LR = 5e-5
-    """Default peak learning rate of this method (train.lr overrides it)."""
+    title: ClassVar[str] = ""
+    """How reports name the method in a sentence (default: its name)."""
+    trains_every_weight: ClassVar[bool] = False
+    """Every weight trains: `plan` suggests such a method first when it fits (the reference
+    the parameter-efficient methods approximate)."""
+    reference: ClassVar[bool] = False
+    """The method the report's verdicts and the size study measure the others against."""
+    efficient_default: ClassVar[bool] = False
+    """The parameter-efficient method `plan` suggests when no full method fits."""
+    plan_knobs: ClassVar[dict[str, Any]] = {}
+    """Knobs `plan` sets on the fake model (same cost, nothing loaded)."""
+    article: ClassVar[tuple[str, str, str] | None] = None
+    """The seed article's row for the method: (compute cost, efficacy, where it fits); the
+    report's size study tests it against measurements."""
+    lr: ClassVar[float] = 5e-5
+    """This method's default peak learning rate: the one key that sets a run's rate is
+    train.lr, and unset it is this (`tunelab methods` lists them)."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Freeze / inject / wrap the model; return the model to train."""

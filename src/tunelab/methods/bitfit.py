@@ -6,18 +6,19 @@ for the small bias-only parameter set.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
 from tunelab.anatomy import NotApplicable, anatomy
-from tunelab.methods.base import LR, Method, set_trainable
+from tunelab.methods.base import Method, set_trainable
 
 
 @dataclass
 class BitFit(Method):
     name = "bitfit"
     description = "only bias terms and the classification head train"
-    lr: LR = 1e-3
+    lr: ClassVar[float] = 1e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
         if not any(n.endswith(".bias") for n, _ in model.named_parameters()):

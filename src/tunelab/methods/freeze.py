@@ -7,28 +7,28 @@ quarter of the layers; fewer trainable layers tolerate a larger step.
 """
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from torch import nn
 
 from tunelab.anatomy import anatomy
-from tunelab.config import NonNegative
 from tunelab.errors import ConfigError
-from tunelab.methods.base import LR, Method, set_trainable
+from tunelab.fields import NonNegative
+from tunelab.methods.base import Method, set_trainable
 
 
 @dataclass
 class Freeze(Method):
     name = "freeze"
     description = "bottom layers frozen; the top k blocks, pooler and head train"
-    lr: LR = 1e-4
+    lr: ClassVar[float] = 1e-4
     space = {"k": ("choice", [1, 2, 3, 4])}
     k: Annotated[int, NonNegative] = 2
     """Number of top transformer blocks that train."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         a = anatomy(model)
-        a.require_layers("freeze", "full, lora or bitfit")
+        a.require_layers("freeze", "full, lora or bitfit", "freeze")
         n = a.n_blocks
         if not 0 <= self.k <= n:
             raise ConfigError(

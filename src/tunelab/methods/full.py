@@ -5,12 +5,16 @@ MiniLM backbone and the one-epoch budget favour the larger step.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from tunelab.methods.base import LR, Method
+from tunelab.methods.base import Method
 
 
 @dataclass
 class Full(Method):
     name = "full"
     description = "every parameter trains (the article's baseline)"
-    lr: LR = 5e-5
+    title = "full fine-tuning"
+    trains_every_weight = reference = True
+    article = ("high", "high", "large datasets")
+    lr: ClassVar[float] = 5e-5

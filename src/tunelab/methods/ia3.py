@@ -9,11 +9,12 @@ output projection (tunelab.anatomy).
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
 from tunelab.anatomy import anatomy
-from tunelab.methods.base import LR, Method, peft_head, peft_task, stack_targets
+from tunelab.methods.base import Method, peft_head, peft_task, stack_targets
 
 
 @dataclass
@@ -21,7 +22,7 @@ class IA3(Method):
     name = "ia3"
     description = "learned rescaling vectors on keys, values and FFN (peft); head trains"
     saves_adapter = True
-    lr: LR = 3e-3
+    lr: ClassVar[float] = 3e-3
 
     def prepare(self, model: nn.Module) -> nn.Module:
         from peft import IA3Config, get_peft_model

@@ -9,31 +9,33 @@ layers see much less of it).
 """
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from torch import nn
 
 from tunelab.anatomy import anatomy
-from tunelab.config import Range
-from tunelab.methods.base import LR, Method, adamw_groups
+from tunelab.fields import Range
+from tunelab.methods.base import Method, adamw_groups
 
 
 @dataclass
 class LLRD(Method):
     name = "llrd"
     description = "all parameters train; lr of layer i = lr * decay^(L+1-i), head at lr"
-    lr: LR = 1e-4
+    trains_every_weight = True
+    article = ("medium", "medium", "medium-size models")
+    lr: ClassVar[float] = 1e-4
     space = {"decay": ("float", 0.6, 0.95)}
     decay: Annotated[float, Range(gt=0, le=1)] = 0.8
     """Multiplier per layer going down from the head (0 < decay <= 1)."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        anatomy(model).require_layers("llrd", "full, lora or bitfit")
+        anatomy(model).require_layers("llrd", "full, lora or bitfit", "decay")
         return model
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
         a = anatomy(model)
-        a.require_layers("llrd", "full, lora or bitfit")
+        a.require_layers("llrd", "full, lora or bitfit", "decay")
         n = a.n_blocks
         by_depth: dict[int, list] = {}
         for name, p in model.named_parameters():

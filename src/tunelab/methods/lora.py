@@ -13,14 +13,14 @@ the same leaf name is never adapted.
 """
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from torch import nn
 
 from tunelab.anatomy import anatomy
-from tunelab.config import Positive, Range
 from tunelab.errors import ConfigError
-from tunelab.methods.base import LR, Method, peft_head, peft_task, stack_targets
+from tunelab.fields import Positive, Range
+from tunelab.methods.base import Method, peft_head, peft_task, stack_targets
 
 DEFAULT_ROLES = [("q", "v"), ("qkv",), ("q", "k", "v", "attn_out")]
 ALL_LINEAR = [("q", "k", "v", "qkv", "attn_out", "mlp_in", "mlp_out")]
@@ -31,7 +31,9 @@ class LoRA(Method):
     name = "lora"
     description = "low-rank adapters on attention projections (peft); head trains"
     saves_adapter = True
-    lr: LR = 2e-3
+    efficient_default = True
+    article = ("low", "high", "large models")
+    lr: ClassVar[float] = 2e-3
     space = {
         "r": ("choice", [4, 8, 16, 32]),
         "alpha": ("choice", [8, 16, 32]),

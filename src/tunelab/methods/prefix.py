@@ -8,13 +8,13 @@ passes the prefixes as ``past_key_values``; models whose forward no longer accep
 
 import inspect
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from torch import nn
 
-from tunelab.config import Positive
 from tunelab.errors import TunelabError
-from tunelab.methods.base import LR, Method, peft_task
+from tunelab.fields import Positive
+from tunelab.methods.base import Method, peft_task
 
 
 def accepts_past_key_values(model: nn.Module) -> bool:
@@ -36,7 +36,7 @@ class Prefix(Method):
         "default MiniLM (BERT) and Llama models no longer accept under transformers 5; the run "
         "is refused with that reason. Use it on a model whose forward takes past_key_values."
     )
-    lr: LR = 1e-2
+    lr: ClassVar[float] = 1e-2
     space = {"num_virtual_tokens": ("choice", [10, 20, 30])}
     num_virtual_tokens: Annotated[int, Positive] = 20
     """Number of prefix positions per layer."""

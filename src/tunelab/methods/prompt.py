@@ -8,21 +8,23 @@ test accuracy, 0.1 -> 68.2%. Soft prompts need many steps; small backbones gain 
 """
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from torch import nn
 
 from tunelab.anatomy import anatomy
-from tunelab.config import Positive
-from tunelab.methods.base import LR, Method, peft_head, peft_task
+from tunelab.fields import Positive
+from tunelab.methods.base import Method, peft_head, peft_task
 
 
 @dataclass
 class Prompt(Method):
     name = "prompt"
     description = "trainable virtual tokens prepended to the input (peft); backbone frozen"
+    plan_knobs = {"init": "random"}  # text init needs the tokenizer and weights; same cost
+    article = ("low", "medium", "small datasets")
     saves_adapter = True
-    lr: LR = 0.1
+    lr: ClassVar[float] = 0.1
     space = {"num_virtual_tokens": ("choice", [5, 10, 20]), "init": ("choice", ["random", "text"])}
     num_virtual_tokens: Annotated[int, Positive] = 10
     """Number of trainable soft-prompt tokens."""

@@ -1,6 +1,8 @@
-"""The comparison itself, as pure functions over run records: the table (mean and 95% interval
-per method), the majority-class floor, verdicts, the recommendation, learning-curve series and
-overfitting flags. Nothing here reads files or draws; every rule is unit-tested.
+"""The comparison's numbers, as pure functions over run records: the table (mean and 95%
+interval per method), the majority-class floor, learning-curve series, overfitting flags and
+the tuning points. The words built on them are in ``verdicts``, the intervals in ``stats``;
+``summary.analyse`` puts it together. Nothing here reads files or draws; every rule is
+unit-tested.
 
 The claims follow what the numbers carry:
 - uncertainty: with several seeds, a Student-t interval over seeds; with one seed, the test
@@ -15,14 +17,11 @@ The claims follow what the numbers carry:
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from tunelab.report.stats import Estimate, binomial, ci95
 from tunelab.results import RunRecord
-
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 @dataclass(frozen=True)
@@ -45,36 +44,40 @@ COLUMNS = [
     Column(
         "val_acc",
         "val accuracy %",
-        lambda r: 100 * r.best_validation["accuracy"],
+        lambda r: 100 * r.best_validation.accuracy,
         "max",
         2,
         "validation",
     ),
-    Column("test_acc", "test accuracy %", lambda r: 100 * r.test["accuracy"], "max", 2, "test"),
-    Column("test_f1", "test macro-F1 %", lambda r: 100 * r.test["macro_f1"], "max", 2),
+    Column("test_acc", "test accuracy %", lambda r: 100 * r.test.accuracy, "max", 2, "test"),
+    Column("test_f1", "test macro-F1 %", lambda r: 100 * r.test.macro_f1, "max", 2),
 ]
 # a causal-LM run also shows its answer-token loss and perplexity on validation
 LM_COLUMNS = [
-    Column("val_loss", "val loss", lambda r: r.best_validation["loss"], "min", 3),
-    Column("val_ppl", "val perplexity", lambda r: math.exp(r.best_validation["loss"]), "min", 2),
+    Column("val_loss", "val loss", lambda r: r.best_validation.loss, "min", 3),
+    Column("val_ppl", "val perplexity", lambda r: math.exp(r.best_validation.loss), "min", 2),
 ]
 
 
+def model_short(r: RunRecord) -> str:
+    """The model's last path part (a hub name's or a folder's)."""
+    return str(r.config.model.name).rstrip("/").split("/")[-1]
+
+
 def columns_for(records: list[RunRecord]) -> list[Column]:
-    causal = any(r.config.get("task") == "causal-lm" for r in records)
+    causal = any(r.config.task == "causal-lm" for r in records)
     return COLUMNS + LM_COLUMNS if causal else COLUMNS
 
 
 def row_label(records: list[RunRecord]) -> Callable[[RunRecord], str]:
     """How runs group into rows: by method; by method, model and task when the records mix
     models or tasks (an encoder classifier and a decoder LM on one page)."""
-    kinds = {(r.config.get("model", {}).get("name"), r.config.get("task")) for r in records}
+    kinds = {(r.config.model.name, r.config.task) for r in records}
     if len(kinds) <= 1:
         return lambda r: r.method
 
     def label(r: RunRecord) -> str:
-        model = str(r.config.get("model", {}).get("name", "?")).rstrip("/").split("/")[-1]
-        return f"{r.method} · {model} · {r.config.get('task', 'classification')}"
+        return f"{r.method} · {model_short(r)} · {r.config.task}"
 
     return label
 
@@ -85,14 +88,6 @@ def row_label(records: list[RunRecord]) -> Callable[[RunRecord], str]:
 MEMORY_NOISE = {"process_rss_above_baseline": 0.15, "cuda_max_allocated": 0.02}
 TIME_NOISE = 0.10
 DISK_NOISE = 0.01
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean and the half-width of its 95% interval (0 = no interval available)."""
-
-    mean: float
-    half: float = 0.0
 
 
 @dataclass
@@ -109,38 +104,13 @@ class Row:
         return self.values[key]
 
 
-def t95(df: int) -> float:
-    """Two-sided 95% Student-t quantile for any degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
-
-
-def ci95(values: list[float]) -> Estimate:
-    """Mean and t-interval half-width over seeds (0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return Estimate(mean, 0.0)
-    return Estimate(mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
-
-
-def binomial_half(percent: float, n: int) -> float:
-    """95% half-width (points) of an accuracy measured on n examples (Wilson score interval,
-    which stays honest near 0% and 100%)."""
-    if n <= 0:
-        return 0.0
-    p, z2 = percent / 100, Z95**2
-    return 100 * Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-
-
 def estimate(col: Column, runs: list[RunRecord]) -> Estimate:
     """Several seeds: the seed interval. One seed: for an accuracy, the split's binomial
     interval over its examples; for anything else no interval."""
     values = [col.get(r) for r in runs]
     est = ci95(values)
     if len(values) == 1 and col.split:
-        n = getattr(runs[0].data, col.split)
-        est = Estimate(est.mean, binomial_half(est.mean, n))
+        est = binomial(est.mean, getattr(runs[0].data, col.split))
     return est
 
 
@@ -153,7 +123,7 @@ def summarize_methods(records: list[RunRecord]) -> list[Row]:
     for name in dict.fromkeys(label(r) for r in records):
         ok = [r for r in records if label(r) == name and r.ok]
         if ok:
-            causal = ok[0].config.get("task") == "causal-lm"
+            causal = ok[0].config.task == "causal-lm"
             values = {
                 c.key: estimate(c, ok)
                 for c in columns
@@ -170,7 +140,7 @@ def measurable(col: Column, runs: list[RunRecord]) -> bool:
     try:
         for r in runs:
             col.get(r)
-    except (KeyError, TypeError):
+    except (AttributeError, TypeError):  # no such split scored, or no such metric
         return False
     return True
 
@@ -181,15 +151,15 @@ def baseline(rec: RunRecord, kind: str) -> dict[str, Estimate] | None:
     m, d = getattr(rec.data, kind), rec.data
     if not m or not m.get("validation"):
         return None
-    out = {}
-    if "accuracy" in m["validation"]:
-        val, test = 100 * m["validation"]["accuracy"], 100 * m["test"]["accuracy"]
-        out["val_acc"] = Estimate(val, binomial_half(val, d.validation))
-        out["test_acc"] = Estimate(test, binomial_half(test, d.test))
-        out["test_f1"] = Estimate(100 * m["test"]["macro_f1"])
-    if "loss" in m["validation"]:  # a model's own answer loss (zero-shot)
-        out["val_loss"] = Estimate(m["validation"]["loss"])
-        out["val_ppl"] = Estimate(math.exp(m["validation"]["loss"]))
+    out, v, t = {}, m["validation"], m["test"]
+    if v.accuracy is not None:
+        val, test = 100 * v.accuracy, 100 * t.accuracy
+        out["val_acc"] = binomial(val, d.validation)
+        out["test_acc"] = binomial(test, d.test)
+        out["test_f1"] = Estimate(100 * t.macro_f1)
+    if v.loss is not None:  # a model's own answer loss (zero-shot)
+        out["val_loss"] = Estimate(v.loss)
+        out["val_ppl"] = Estimate(math.exp(v.loss))
     return out
 
 
@@ -202,8 +172,7 @@ def baselines(records: list[RunRecord]) -> dict[str, dict[str, Estimate]]:
     if first:
         out["majority class"] = baseline(first, "majority")
     for r in ok:
-        model = str(r.config.get("model", {}).get("name", "?")).rstrip("/").split("/")[-1]
-        name = f"zero-shot {model}"
+        name = f"zero-shot {model_short(r)}"
         if r.data.zero_shot and name not in out:
             out[name] = baseline(r, "zero_shot")
     return out
@@ -235,54 +204,6 @@ def learned(row: Row, floor: dict[str, Estimate] | None) -> bool:
     return row["val_acc"].mean > floor["val_acc"].mean + floor["val_acc"].half
 
 
-def same(a: Estimate, b: Estimate) -> bool:
-    """Whether two estimates are indistinguishable at 95% (gap within the combined interval)."""
-    return abs(a.mean - b.mean) <= math.hypot(a.half, b.half)
-
-
-def close(a: float, b: float, noise: float) -> bool:
-    """Whether two costs are within a relative noise floor of each other."""
-    return abs(a - b) <= noise * max(abs(a), abs(b))
-
-
-def memory_noise(row: Row) -> float:
-    kind = row.runs[0].memory.kind if row.runs else ""
-    return MEMORY_NOISE.get(kind, MEMORY_NOISE["process_rss_above_baseline"])
-
-
-def contended(row: Row) -> bool:
-    """A run of this method trained while something else used the CPU (results.Timing)."""
-    return any(run.timing.contended for run in row.runs)
-
-
-def contention_note(rows: list[Row]) -> str:
-    """Why training times are not compared, or "" when every run had its CPU."""
-    hit = [
-        f"{r.method} ({max(run.timing.others_load for run in r.runs):.1f} of "
-        f"{r.runs[0].timing.cores} cores)"
-        for r in rows
-        if contended(r)
-    ]
-    if not hit:
-        return ""
-    return (
-        f"Training times are not compared: other processes kept the CPU busy while some runs "
-        f"trained (cores they used on average: {', '.join(hit)}), so those times say little "
-        f"about the methods; rerun them alone to compare times."
-    )
-
-
-def time_close(a: Row, b: Row) -> bool:
-    """Training times equal within noise: the seed intervals overlap or, with one seed each,
-    they are within TIME_NOISE. Times of a run that shared its CPU are never told apart."""
-    if contended(a) or contended(b):
-        return True
-    x, y = a["train_s"], b["train_s"]
-    if x.half or y.half:
-        return same(x, y)
-    return close(x.mean, y.mean, TIME_NOISE)
-
-
 def ranked(rows: list[Row]) -> list[Row]:
     """Rows that learned: the only ones ranked, best-marked and recommended."""
     return [r for r in rows if r.learned]
@@ -296,156 +217,6 @@ def best_of(rows: list[Row]) -> dict[str, float]:
         if vals:
             best[col.key] = max(vals) if col.better == "max" else min(vals)
     return best
-
-
-def reference(rows: list[Row]) -> Row | None:
-    """What verdicts compare against: full fine-tuning if it learned, else the method with
-    the best validation accuracy (test accuracy never chooses)."""
-    good = ranked(rows)
-    full = next((r for r in good if r.method == "full"), None)
-    return full or max(good, key=score, default=None)
-
-
-def score(r: Row) -> float:
-    """Higher is better: validation accuracy, or minus the validation loss (LM data)."""
-    return r["val_acc"].mean if "val_acc" in r.values else -r["val_loss"].mean
-
-
-def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[str]:
-    """One sentence per method, each claim backed by the numbers (see the module doc)."""
-    ref = reference(rows)
-    lines = []
-    for r in rows:
-        head = f"{r.method}: {r['trainable_pct'].mean:.3g}% of the parameters trained"
-        if not r.learned:
-            f = floor_for(r.runs, floor) or {}
-            if "val_acc" in r.values:
-                what, base = f"validation accuracy {r['val_acc'].mean:.1f}%", f.get("val_acc")
-                base = f" ({base.mean:.1f}%)" if base else ""
-            else:
-                what, base = f"validation loss {r['val_loss'].mean:.3f}", f.get("val_loss")
-                base = f" ({base.mean:.3f})" if base else ""
-            lines.append(
-                f"{head}; did not learn: {what} does not beat its baseline{base} (the majority "
-                f"class, or the untrained model's zero-shot score); not ranked."
-            )
-            continue
-        if "test_acc" not in r.values:  # instruction data: the language model's own quality
-            ppl = r.values.get("val_ppl")
-            parts = [
-                f"validation loss {r['val_loss'].mean:.3f}"
-                + (f" (perplexity {ppl.mean:.2f})" if ppl else "")
-            ]
-            parts += ["the reference"] if r is ref else []
-            lines.append(f"{head}, " + ", ".join(parts) + ".")
-            continue
-        parts = [f"test accuracy {r['test_acc'].mean:.1f}%"]
-        parts += ["the reference"] if r is ref else _against(r, ref)
-        lines.append(f"{head}, " + ", ".join(parts) + ".")
-    return lines
-
-
-def _against(r: Row, ref: Row) -> list[str]:
-    name = "full fine-tuning" if ref.method == "full" else ref.method
-    a, b = r["test_acc"], ref["test_acc"]
-    diff, band = a.mean - b.mean, math.hypot(a.half, b.half)
-    if same(a, b):
-        parts = [f"the same test accuracy as {name} within noise ({diff:+.1f} pt, ±{band:.1f})"]
-    else:
-        parts = [f"{abs(diff):.1f} pt {'below' if diff < 0 else 'above'} {name} (±{band:.1f})"]
-    if not close(r["peak_mb"].mean, ref["peak_mb"].mean, memory_noise(r)):
-        parts += _relative(r["peak_mb"].mean, ref["peak_mb"].mean, "memory")
-    if not time_close(r, ref):
-        parts += _relative(r["train_s"].mean, ref["train_s"].mean, "training time")
-    if not close(r["saved_mb"].mean, ref["saved_mb"].mean, DISK_NOISE):
-        parts += _relative(r["saved_mb"].mean, ref["saved_mb"].mean, "disk space")
-    return parts
-
-
-def _relative(value: float, base: float, noun: str) -> list[str]:
-    """'40% less memory' / '12x less disk space' / '15% more training time'."""
-    if base <= 0 or value <= 0:
-        return []
-    if value < base:
-        if value < base / 3:
-            return [f"{base / value:.0f}x less {noun}"]
-        return [f"{100 * (1 - value / base):.0f}% less {noun}"]
-    if value > 2 * base:
-        return [f"{value / base:.1f}x more {noun}"]
-    return [f"{100 * (value / base - 1):.0f}% more {noun}"]
-
-
-def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
-    """The fastest-training method among those whose *validation* accuracy is within
-    ``tolerance`` points of the best one, or indistinguishable from it; times within noise
-    are a tie, broken by memory (beyond its noise floor), then by trainable parameters.
-    Methods that did not learn never take part; test accuracy never does."""
-    good = ranked(rows)
-    if not good:
-        if rows:
-            return "No recommendation: no method beat the majority-class baseline on validation."
-        return "No recommendation: no successful runs."
-    if not all("val_acc" in r.values for r in good):
-        return _by_loss(good)
-    top = max(good, key=lambda r: r["val_acc"].mean)
-    best = top["val_acc"].mean
-    near = [
-        r
-        for r in good
-        if r["val_acc"].mean >= best - tolerance or same(r["val_acc"], top["val_acc"])
-    ]
-    pick, why = _fastest(near)
-    others = [r.method for r in near if r is not pick]
-    if len(good) == 1:
-        scope = "the only method that beat the majority-class baseline"
-    else:
-        scope = (
-            f"the {why} among the methods within {tolerance:g} pt (or the noise) of the best "
-            f"validation accuracy ({best:.1f}%)"
-        )
-    text = (
-        f"Recommendation: {pick.method}: {scope}; trains in {pick['train_s'].mean:.0f} s with "
-        f"{pick['trainable_pct'].mean:.3g}% of the parameters"
-    )
-    text += f"; also within reach: {', '.join(others)}." if others else "."
-    return text + (f" {contention_note(near)}" if contention_note(near) else "")
-
-
-def _by_loss(good: list[Row], within: float = 0.02) -> str:
-    """Language-model data: the fastest among the runs whose validation loss is within 2% of
-    the lowest."""
-    best = min(r["val_loss"].mean for r in good)
-    near = [r for r in good if r["val_loss"].mean <= best * (1 + within)]
-    pick, why = _fastest(near)
-    note = contention_note(near)
-    return (
-        f"Recommendation: {pick.method}: the {why} among the methods within {100 * within:g}% "
-        f"of the lowest validation loss ({best:.3f}); trains in {pick['train_s'].mean:.0f} s "
-        f"with {pick['trainable_pct'].mean:.3g}% of the parameters." + (f" {note}" if note else "")
-    )
-
-
-def _fastest(near: list[Row]) -> tuple[Row, str]:
-    """The fastest row, and why it won: on time, or on a tie-break when times are within
-    noise (memory beyond its noise floor, then trainable parameters)."""
-    fastest = min(near, key=lambda r: r["train_s"].mean)
-    tied = [r for r in near if time_close(r, fastest)]
-    if len(tied) == 1:
-        return fastest, "fastest to train"
-    if any(contended(r) for r in near):
-        tied = near  # no time ranks a method when one of them shared its CPU
-    low = min(tied, key=lambda r: r["peak_mb"].mean)
-    if all(
-        r is low or not close(r["peak_mb"].mean, low["peak_mb"].mean, memory_noise(r)) for r in tied
-    ):
-        names = ", ".join(r.method for r in tied)
-        return low, f"least memory among the equally fast ({names}: times within noise)"
-    pick = min(tied, key=lambda r: (r["trainable"].mean, r["train_s"].mean))
-    names = ", ".join(r.method for r in tied)
-    return pick, (
-        f"fewest trainable parameters among the equally fast ({names}: times and memory "
-        "within noise)"
-    )
 
 
 # ---------------------------------------------------------------- learning curves
@@ -517,21 +288,17 @@ def failed_lines(records: list[RunRecord]) -> list[str]:
 # ---------------------------------------------------------------- tuning
 
 
-def is_trial(rec: RunRecord) -> bool:
-    return bool(rec.tuning.get("study"))
-
-
 def tuning_points(trials: list[RunRecord]) -> dict[str, list[dict]]:
     """Per method, its trials in order: lr, best validation accuracy reached, status, and
     the training examples spent up to and including that trial."""
     out: dict[str, list[dict]] = {}
-    for rec in sorted(trials, key=lambda r: (r.tuning["study"], r.tuning["trial"])):
-        points = out.setdefault(rec.tuning["study"], [])
+    for rec in sorted(trials, key=lambda r: (r.tuning.study, r.tuning.trial)):
+        points = out.setdefault(rec.tuning.study, [])
         spent = (points[-1]["examples"] if points else 0) + rec.timing.train_examples_seen
-        val = rec.best_validation.get("accuracy")
+        val = rec.best_validation.accuracy if rec.best_validation else None
         points.append(
             {
-                "trial": rec.tuning["trial"],
+                "trial": rec.tuning.trial,
                 "lr": rec.lr,
                 "status": rec.status,
                 "val": None if val is None else 100 * val,
@@ -554,54 +321,5 @@ def best_so_far(points: list[dict]) -> list[tuple[int, float]]:
 
 def tuned_caption(runs: list[RunRecord]) -> str:
     """'tuned (12 trials each)' when the compared runs come from tuned configurations."""
-    trials = {r.tuning.get("trials") for r in runs if r.tuning.get("trials")}
+    trials = {r.tuning.trials for r in runs if r.tuning and r.tuning.trials}
     return f"tuned ({', '.join(str(t) for t in sorted(trials))} trials each)" if trials else ""
-
-
-@dataclass
-class Analysis:
-    """Everything the report says, computed once from the records."""
-
-    rows: list[Row]
-    columns: list[Column]
-    baselines: dict[str, dict[str, Estimate]]
-    caption: str
-    tuning: dict  # tuning.json as tune wrote it ({} when nothing was tuned)
-    points: dict[str, list[dict]]  # tuning trials per method (tuning_points)
-    floor: dict[str, Estimate] | None
-    verdicts: list[str]
-    recommendation: str
-    failed: list[str]
-    flags: dict[str, list[int]]  # run name -> steps flagged as overfitting
-    sizes: Any = None  # report.sizes.Sizes when the runs span several training-set sizes
-
-    @property
-    def flagged(self) -> list[str]:
-        return [f"{name}: from step {steps[0]}" for name, steps in self.flags.items() if steps]
-
-
-def analyse(records: list[RunRecord], tuning: dict | None = None) -> Analysis:
-    """The comparison of the runs, and the tuning of the trials (records tagged by tune)."""
-    from tunelab.report import sizes  # it builds on this module's estimates
-
-    study = sizes.analyse_sizes(records)  # several training-set sizes: the article's table
-    if study:
-        records = sizes.largest(records)  # and the main comparison at the largest size
-    trials = [r for r in records if is_trial(r)]
-    records = [r for r in records if not is_trial(r)]
-    rows = summarize_methods(records)
-    floor = majority(records)
-    return Analysis(
-        rows=rows,
-        columns=columns_for(records),
-        baselines=baselines(records),
-        caption=tuned_caption(records),
-        tuning=tuning or {},
-        points=tuning_points(trials),
-        floor=floor,
-        verdicts=verdicts(rows, floor),
-        recommendation=recommendation(rows),
-        failed=failed_lines(records),
-        flags={r.name: overfit_flags(r) for r in records if r.ok},
-        sizes=study,
-    )

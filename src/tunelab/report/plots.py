@@ -56,7 +56,7 @@ def pareto_plot(rows: list[Row], cost: str, xlabel: str, metric: str, log: bool)
         ax.errorbar(
             x,
             y.mean,
-            yerr=y.half or None,
+            yerr=[[y.mean - y.low], [y.high - y.mean]] if y.half else None,
             fmt="o" if r.learned else "x",
             color=COLORS[i % len(COLORS)],
             capsize=3,
@@ -174,8 +174,8 @@ def size_plot(points: dict) -> str:
         ax.plot(xs, ys, marker="o", color=color, label=method)
         ax.fill_between(
             xs,
-            [p.test.mean - p.test.half for p in pts],
-            [p.test.mean + p.test.half for p in pts],
+            [p.test.low for p in pts],
+            [p.test.high for p in pts],
             color=color,
             alpha=0.15,
         )

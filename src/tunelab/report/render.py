@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
+from tunelab.config import public_dict
 from tunelab.errors import TunelabError
+from tunelab.files import write_text
 from tunelab.report import plots
-from tunelab.report.analysis import Analysis, Estimate, Row, analyse, best_of, is_trial
-from tunelab.results import RunRecord, load_records, write_text
+from tunelab.report.analysis import Row, best_of
+from tunelab.report.stats import Estimate
+from tunelab.report.summary import Analysis, analyse
+from tunelab.results import RunRecord, TuningSummary, load_records
 
 LEGEND = (
     "Mean ± 95% interval: over seeds (Student t) for methods with several runs; with one run, "
@@ -270,36 +272,36 @@ def size_markdown(s) -> list[str]:
     return lines
 
 
-def tuning_text(t: dict) -> str:
+def tuning_text(t: TuningSummary) -> str:
     return (
-        f"Every method had the same budget: {t['trials_per_method']} trials, each with the same "
-        f"step budget and {t['evals']} validations on the first {t.get('eval_examples') or 'all'}"
+        f"Every method had the same budget: {t.trials_per_method} trials, each with the same "
+        f"step budget and {t.evals} validations on the first {t.eval_examples or 'all'}"
         f" validation examples (a fixed subset). Optuna's TPE sampler (seeded) chose the "
-        f"configurations and the {t.get('pruner', 'hyperband')} pruner stopped weak trials "
-        f"(objective: validation {t.get('metric', 'accuracy')}). The test split was never "
+        f"configurations and the {t.pruner} pruner stopped weak trials "
+        f"(objective: validation {t.metric}). The test split was never "
         "scored during tuning; the comparison reruns each method's "
         "best configuration on the full validation split and scores it on test once."
     )
 
 
-def tuning_rows(t: dict) -> list[dict]:
+def tuning_rows(t: TuningSummary) -> list[dict]:
     rows = []
-    for method, m in t.get("methods", {}).items():
-        space = "; ".join(f"{k.split('.')[-1]}: {_domain(v)}" for k, v in m["space"].items())
-        best = ", ".join(f"{k.split('.')[-1]}={_num(v)}" for k, v in m["best_params"].items())
-        imp = ", ".join(f"{k.split('.')[-1]} {v:.2f}" for k, v in m["importances"].items())
-        scale = 1 if t.get("metric") == "loss" else 100
-        value = "-" if m["best_value"] is None else f"{scale * m['best_value']:.4g}"
-        n = m["trials"]
+    for method, m in t.methods.items():
+        space = "; ".join(f"{k.split('.')[-1]}: {_domain(v)}" for k, v in m.space.items())
+        best = ", ".join(f"{k.split('.')[-1]}={_num(v)}" for k, v in m.best_params.items())
+        imp = ", ".join(f"{k.split('.')[-1]} {v:.2f}" for k, v in m.importances.items())
+        scale = 1 if t.metric == "loss" else 100
+        value = "-" if m.best_value is None else f"{scale * m.best_value:.4g}"
+        n = m.trials
         rows.append(
             {
                 "method": method,
                 "space": space,
                 "best": best,
                 "value": value,
-                "trials": f"{n['complete']} / {n['pruned']} / {n['fail']}",
-                "examples": f"{m['examples']:,}",
-                "seconds": f"{m['seconds']:.0f}",
+                "trials": f"{n.complete} / {n.pruned} / {n.fail}",
+                "examples": f"{m.examples:,}",
+                "seconds": f"{m.seconds:.0f}",
                 "importances": imp or "-",
             }
         )
@@ -330,9 +332,9 @@ def samples(records: list[RunRecord]) -> list[tuple[str, list[dict]]]:
 def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
     first = next((r for r in records if r.ok), records[0])
     env, d = first.env, first.data
-    pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+    pk = ", ".join(f"{k} {v}" for k, v in env.packages.items() if v)
     return [
-        ("model", first.config.get("model", {}).get("name", "?")),
+        ("model", first.config.model.name),
         ("dataset", f"{d.dataset} (labels: {', '.join(d.labels)})"),
         (
             "splits",
@@ -341,11 +343,11 @@ def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
         ),
         (
             "hardware",
-            f"{env.get('device')} {env.get('gpu') or ''} {env.get('cpu')}, "
-            f"{env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads",
+            f"{env.device} {env.gpu or ''} {env.cpu}, "
+            f"{env.cpu_count} CPUs, {env.torch_threads} torch threads",
         ),
-        ("packages", f"python {env.get('python')}, {pk}"),
-        ("code", env.get("git_commit") or "unknown"),
+        ("packages", f"python {env.python}, {pk}"),
+        ("code", env.git_commit or "unknown"),
     ]
 
 
@@ -353,7 +355,7 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
     import jinja2
 
     n_records = len(records)
-    runs = [r for r in records if not is_trial(r)] or records  # trials: the Tuning section
+    runs = [r for r in records if not r.is_trial] or records  # trials: the Tuning section
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True)
     return env.get_template("report.html.j2").render(
@@ -372,24 +374,12 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         flagged=a.flagged,
         setup=setup_items(runs),
         samples=samples(runs),
-        configs=[(r.name, yaml.safe_dump(r.config, sort_keys=False)) for r in runs],
+        configs=[(r.name, yaml.safe_dump(public_dict(r.config), sort_keys=False)) for r in runs],
         sizes=a.sizes,
         size_header=SIZE_HEADER,
         size_rows=size_rows(a.sizes) if a.sizes else [],
         **figures(runs, a),
     )
-
-
-def read_tuning(root: Path) -> dict:
-    """tuning.json written by `tunelab tune` ({} if none; a corrupt one is skipped, said)."""
-    path = Path(root) / "tuning.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        print(f"tunelab: warning: skipping {path}: {e}", file=sys.stderr)
-        return {}
 
 
 def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
@@ -401,7 +391,7 @@ def build_report(root: Path, output: Path | None = None) -> tuple[Path, Path]:
             f"no run records (result.json) under {str(root)!r}; run "
             f"`tunelab compare --out {root}` first"
         )
-    a = analyse(records, read_tuning(root))
+    a = analyse(records, TuningSummary.read(root))
     out = Path(output) if output else root / "report.html"
     write_text(out, render_html(root, records, a))
     md = out.with_suffix(".md")

@@ -20,22 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunelab.report.analysis import (
-    COLUMNS,
-    TIME_NOISE,
-    Estimate,
-    estimate,
-    is_trial,
-)
+from tunelab.methods import method_class
+from tunelab.report.analysis import COLUMNS, TIME_NOISE, estimate
+from tunelab.report.stats import Estimate
 from tunelab.results import RunRecord
 
 WITHIN = 1.0  # points of test accuracy: "as good as the best" at a size
-ARTICLE = {
-    "full": ("high", "high", "large datasets"),
-    "llrd": ("medium", "medium", "medium-size models"),
-    "lora": ("low", "high", "large models"),
-    "prompt": ("low", "medium", "small datasets"),
-}
 _COL = {c.key: c for c in COLUMNS}
 
 
@@ -67,18 +57,18 @@ def train_size(rec: RunRecord) -> int:
 
 def is_size_study(records: list[RunRecord]) -> bool:
     """Whether the successful runs (not tuning trials) span several training-set sizes."""
-    return len({train_size(r) for r in records if r.ok and not is_trial(r)}) > 1
+    return len({train_size(r) for r in records if r.ok and not r.is_trial}) > 1
 
 
 def largest(records: list[RunRecord]) -> list[RunRecord]:
     """The runs at the largest training-set size (and every failed run): the main table."""
-    ok = [r for r in records if r.ok and not is_trial(r)]
+    ok = [r for r in records if r.ok and not r.is_trial]
     top = max((train_size(r) for r in ok), default=0)
-    return [r for r in records if not r.ok or is_trial(r) or train_size(r) == top]
+    return [r for r in records if not r.ok or r.is_trial or train_size(r) == top]
 
 
 def analyse_sizes(records: list[RunRecord]) -> Sizes | None:
-    ok = [r for r in records if r.ok and not is_trial(r) and "accuracy" in r.test]
+    ok = [r for r in records if r.ok and not r.is_trial and r.test and r.test.accuracy is not None]
     if not is_size_study(ok):
         return None
     sizes = sorted({train_size(r) for r in ok})
@@ -129,7 +119,8 @@ def measured_rows(s: Sizes) -> list[dict]:
     """One row per method at the largest size: time and memory against full fine-tuning,
     trainable parameters, test accuracy (and its gap to the best), the sizes where it fits."""
     top = s.sizes[-1]
-    ref = at(s, "full", top)
+    name = next((m for m in s.points if method_class(m).reference), "")
+    ref = at(s, name, top) if name else None
     best = best_at(s, top)
     rows = []
     for method in s.points:
@@ -149,7 +140,7 @@ def measured_rows(s: Sizes) -> list[dict]:
                 "test": p.test,
                 "gap": best - p.test.mean,
                 "fits": s.fits[method],
-                "article": ARTICLE.get(method),
+                "article": method_class(method).article,
             }
         )
     return rows
@@ -190,7 +181,7 @@ def claims(s: Sizes) -> list[str]:
             f"the leading methods are not significant; run --seeds 3 to separate them"
         )
     for row in s.measured:
-        art = ARTICLE.get(row["method"])
+        art = method_class(row["method"]).article
         if art is None:
             continue
         m, (cost, eff, where) = row["method"], art

@@ -1,21 +1,24 @@
-"""What the training loop asks of a task, and nothing more (the loop never asks which task):
+"""Tasks: what a run learns and how it is scored. ``base.Task`` declares everything the
+training loop, ``measure`` and ``plan`` ask of one (they never ask which task it is);
+``task_class`` picks the task of a config, ``prepare_data`` loads and encodes a run's data with
+it once per process.
 
-- ``encode(split, tokenizer, max_length) -> Encoded``: tokenize a split once;
-- ``collate(data, idx, pad_id) -> batch``: tensors of one batch;
-- ``forward(model, batch) -> (mean loss, predictions)``: one pass, for training and evaluation;
-- ``targets(batch) -> labels``: what the predictions are compared with;
-- ``metrics(predictions, labels) -> dict``: quality of a split (``accuracy`` and the rest);
-- ``baseline(train_labels, labels) -> dict``: the same metrics for a model that learned
-  nothing (the floor a run must beat).
-
-A new task (a causal-LM objective next to classification) is one module here and one entry in
-``TASKS``; ``RunConfig.task`` picks it.
+A new task is one module here, one entry in ``TASKS`` (a value of ``RunConfig.task``), a
+config and a row in the tests.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
+from tunelab.batches import Encoded
 from tunelab.config import RunConfig
+from tunelab.data import Splits, load_splits
 from tunelab.errors import ConfigError
+from tunelab.models import load_tokenizer
+from tunelab.results import DataInfo, Scores
+from tunelab.tasks.base import Task
 from tunelab.tasks.causal_lm import CausalLM
 from tunelab.tasks.classification import Classification
 from tunelab.tasks.instruction import Instruction
@@ -23,13 +26,17 @@ from tunelab.tasks.instruction import Instruction
 TASKS = {"classification": Classification, "causal-lm": CausalLM}
 
 
-def build_task(cfg: RunConfig, label_names: list[str]):
-    """The task of a run config, for a dataset with these labels."""
+def task_class(cfg: RunConfig) -> type[Task]:
+    """Which task a config trains (what tune, predict and the loop ask, never the config):
+    ``cfg.task``, where causal-lm on instruction data (a response column) is its own task."""
     if cfg.task == "causal-lm" and cfg.data.response_column:
-        return Instruction(label_names)
-    if cfg.task == "causal-lm":
-        return CausalLM(label_names, cfg.data.template, cfg.data.label_words)
-    return TASKS[cfg.task](label_names)
+        return Instruction
+    return TASKS[cfg.task]
+
+
+def build_task(cfg: RunConfig, label_names: list[str]) -> Task:
+    """The task of a run config, for a dataset with these labels."""
+    return task_class(cfg).from_config(cfg, label_names)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -40,3 +47,57 @@ def check_task(cfg: RunConfig) -> None:
         CausalLM(
             ["_"] * len(cfg.data.label_words or ["_"]), cfg.data.template, cfg.data.label_words
         )
+
+
+# ---------------------------------------------------------------- prepared once per process
+
+
+@dataclass
+class Prepared:
+    """Data shared by the runs of a comparison: loaded, split and tokenized once."""
+
+    splits: Splits
+    tokenizer: object
+    task: Task
+    train: Encoded
+    validation: Encoded
+    test: Encoded
+
+
+_CACHE: dict[tuple, Prepared] = {}
+
+
+def prepare_data(cfg: RunConfig) -> Prepared:
+    """Load, split and encode the data for ``cfg`` with its task (cached per data config,
+    model and task within the process)."""
+    key = (json.dumps(vars(cfg.data), sort_keys=True), cfg.model.name, cfg.task)
+    if key not in _CACHE:
+        splits = load_splits(cfg.data)
+        tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        task = build_task(cfg, splits.label_names)
+        enc = [
+            task.encode(s, tok, cfg.data.max_length)
+            for s in (splits.train, splits.validation, splits.test)
+        ]
+        _CACHE[key] = Prepared(splits, tok, task, *enc)
+    return _CACHE[key]
+
+
+def data_info(data: Prepared, zero_shot: dict[str, Scores] | None = None) -> DataInfo:
+    """Sizes and labels of the splits, and the floors a run must beat on validation and test:
+    the majority class, and (for a decoder) the untrained model's zero-shot metrics."""
+    train_labels, task = data.train.labels, data.task
+    return DataInfo(
+        dataset=data.splits.source,
+        labels=data.splits.label_names,
+        train=len(data.train),
+        validation=len(data.validation),
+        test=len(data.test),
+        majority={
+            "validation": Scores.of(task.baseline(train_labels, data.validation.labels)),
+            "test": Scores.of(task.baseline(train_labels, data.test.labels)),
+        }
+        if data.splits.label_names
+        else {},
+        zero_shot=zero_shot or {},
+    )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunelab import batches as B
 from tunelab import data as D
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classification import Classification
@@ -18,7 +19,7 @@ from tunelab.tasks.label_words import word_logprobs
 
 
 @dataclass
-class TextEncoded(D.Encoded):
+class TextEncoded(B.Encoded):
     """Prompt + answer token ids per example, with where each prompt ends."""
 
     prompt_lengths: list[int] = field(default_factory=list)
@@ -31,6 +32,10 @@ class CausalLM(Classification):
     lm_head = True  # the model keeps its language-model head (no classifier)
     zero_shot = True  # the untrained model's label-word accuracy is a baseline to beat
     word_ids: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, cfg, label_names: list[str]) -> CausalLM:
+        return cls(label_names, cfg.data.template, cfg.data.label_words)
 
     def __post_init__(self) -> None:
         if "{text}" not in self.template:

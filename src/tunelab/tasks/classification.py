@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab import batches as B
 from tunelab import data as D
 
 
@@ -15,12 +16,18 @@ class Classification:
     label_names: list[str]
     lm_head = False  # a fresh classification head on the backbone
     zero_shot = False  # an untrained head is chance: the majority class is the floor
+    has_accuracy = True
+    selection = None  # train.metric picks the best validation
 
-    def encode(self, split: D.Split, tokenizer, max_length: int) -> D.Encoded:
-        return D.encode(split, tokenizer, max_length)
+    @classmethod
+    def from_config(cls, cfg, label_names: list[str]) -> Classification:
+        return cls(label_names)
 
-    def collate(self, data: D.Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-        return D.collate(data, idx, pad_id)
+    def encode(self, split: D.Split, tokenizer, max_length: int) -> B.Encoded:
+        return B.encode(split, tokenizer, max_length)
+
+    def collate(self, data: B.Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        return B.collate(data, idx, pad_id)
 
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch["labels"]
@@ -41,6 +48,9 @@ class Classification:
             fn = ((preds != c) & (labels == c)).sum().item()
             f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
         return {"accuracy": acc, "macro_f1": sum(f1s) / len(self.label_names)}
+
+    def samples(self, model, data: B.Encoded, tokenizer) -> list[dict[str, str]]:
+        return []  # nothing to generate: the predictions are labels
 
     def baseline(self, train_labels: list[int], labels: list[int]) -> dict[str, float]:
         """Metrics of always predicting the most frequent training label (ties: lowest id)."""

@@ -24,6 +24,10 @@ class Instruction:
     has_accuracy = False  # nothing to count as a hit: selection and reports use the loss
     selection = "loss"
 
+    @classmethod
+    def from_config(cls, cfg, label_names: list[str]) -> Instruction:
+        return cls(label_names)
+
     def prompt_ids(self, tokenizer, prompt: str) -> list[int]:
         if not prompt:
             return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -34,10 +38,10 @@ class Instruction:
             return list(out["input_ids"] if hasattr(out, "keys") else out)
         return tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
 
-    def encode(self, split: D.Split, tokenizer, max_length: int) -> TextEncoded:
+    def encode(self, split: D.Exchanges, tokenizer, max_length: int) -> TextEncoded:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        prompts = [self.prompt_ids(tokenizer, p)[: max_length // 2] for p in split.texts]
-        answers = tokenizer(list(split.pairs), add_special_tokens=False)["input_ids"]
+        prompts = [self.prompt_ids(tokenizer, p)[: max_length // 2] for p in split.prompts]
+        answers = tokenizer(list(split.responses), add_special_tokens=False)["input_ids"]
         ids = [(p + a + eos)[:max_length] for p, a in zip(prompts, answers, strict=True)]
         return TextEncoded(ids, None, [0] * len(ids), [len(p) for p in prompts])
 

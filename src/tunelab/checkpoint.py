@@ -1,0 +1,85 @@
+"""What a run writes of its model: the final adapter or model (standard formats, whole or
+absent) and the resumable checkpoint (``state.pt``: trainable weights, optimizer, scheduler,
+progress, best weights, RNG streams), one writer and one reader, both atomic."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from tunelab.anatomy import unwrap
+from tunelab.errors import TunelabError, first_line
+from tunelab.files import _atomic
+from tunelab.results import STATE
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """Standard formats: PEFT adapter (+ the base config with labels) or a full HF model;
+    written to a temporary folder renamed into place, so ``folder`` is whole or absent."""
+    from tunelab.guard import fault
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    base = unwrap(model)
+    base.config.save_pretrained(tmp)  # id2label + num_labels for loading the adapter back
+    tokenizer.save_pretrained(tmp)
+    fault("final-save")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters (all a frozen-backbone method changes)."""
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def save_checkpoint(
+    run_dir: Path, model, optimizer, scheduler, progress: dict, best: dict[str, torch.Tensor]
+) -> None:
+    """The full training state, atomically: weights that train, optimizer, scheduler,
+    progress, the best validation's weights and the RNG streams."""
+    state = {
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": progress,
+        "best_state": best,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    _atomic(Path(run_dir) / STATE, lambda f: torch.save(state, f), fault_point="checkpoint")
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
+    """Restore what ``save_checkpoint`` wrote; return (progress, best weights)."""
+    # weights_only: tensors and plain containers only; a pickle planted in a shared runs
+    # folder cannot run code here
+    path = Path(run_dir) / STATE
+    try:
+        st = torch.load(path, weights_only=True)
+    except Exception as e:
+        raise TunelabError(
+            f"cannot read the checkpoint {path}: {first_line(e)}; it is left as it is: to keep "
+            f"it, move it out of the folder (mv {path} {path}.bad) and run without --resume; "
+            f"to discard it and start over, run again with --overwrite"
+        ) from e
+    load_trainable(model, st["trainable"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    torch.set_rng_state(st["rng"])
+    if st.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
+    return st["progress"], st["best_state"]

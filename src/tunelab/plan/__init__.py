@@ -1,0 +1,35 @@
+"""`tunelab plan`: what each method will cost on a model, data and machine, answered before
+training. ``trace`` (the model without weights), ``rate`` (time), ``estimate`` (one method's
+cost, the whole plan, the suggestion), ``text`` (units and the table); ``costs`` holds the
+typed results."""
+
+from tunelab.plan.costs import Cost, Plan
+from tunelab.plan.estimate import plan, suggest
+from tunelab.plan.rate import peak_flops
+from tunelab.plan.text import gib, parse_duration, parse_size, table
+from tunelab.plan.trace import (
+    build,
+    eval_working_set,
+    model_config,
+    state_bytes,
+    trace,
+    training_batch,
+)
+
+__all__ = [
+    "Cost",
+    "Plan",
+    "build",
+    "eval_working_set",
+    "gib",
+    "model_config",
+    "parse_duration",
+    "parse_size",
+    "peak_flops",
+    "plan",
+    "state_bytes",
+    "suggest",
+    "table",
+    "trace",
+    "training_batch",
+]

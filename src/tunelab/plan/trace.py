@@ -1,0 +1,209 @@
+"""The model without weights: built from its config under FakeTensorMode with the method
+applied, and one training forward traced for the bytes autograd keeps (or, where fake tensors
+cannot follow, real 1- and 2-layer copies scaled to the depth); evaluation's working set."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from tunelab import measure
+from tunelab.anatomy import config_layers, with_layers
+from tunelab.config import RunConfig
+from tunelab.errors import TunelabError
+from tunelab.methods import METHODS, build_method, knobs
+from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve
+
+
+def model_config(name: str, task: str, n_labels: int):
+    """The model's config (config.json only: no weights, no tokenizer needed)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(name))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TunelabError(
+            f"cannot read the config of model {name!r}: {first}. Give a built-in name, a Hub "
+            f"id (needs internet) or a folder with config.json"
+        ) from None
+    if task == "classification":
+        config.num_labels = n_labels
+        config.problem_type = PROBLEM_TYPE
+    if getattr(config, "pad_token_id", None) is None:  # decoders: classification needs one
+        config.pad_token_id = getattr(config, "eos_token_id", None) or 0
+        if isinstance(config.pad_token_id, list):
+            config.pad_token_id = config.pad_token_id[0]
+    return config
+
+
+def build(config, task: str):
+    """A randomly initialised model from ``config`` (``fake_model`` for one without storage)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    try:  # in the dtype runs train in, whatever dtype the checkpoint is stored in
+        return cls.from_config(config, dtype=WEIGHTS_DTYPE)
+    except Exception as e:
+        raise TunelabError(f"cannot build {config.model_type} for {task}: {e}") from None
+
+
+def fake_model(config, task: str, knobs: dict, mode):
+    """The model with the method applied, its parameters fake CPU tensors of ``mode``: built
+    and prepared on the meta device (peft moves adapters between devices, which fake tensors
+    refuse), then every parameter swapped for a fake one (tied weights stay tied)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = build(config, task)
+    model.tie_weights()  # inside init_empty_weights, tied weights come out as two parameters
+    with init_empty_weights():
+        model = build_method(knobs).prepare(model)
+    fakes: dict[int, torch.nn.Parameter] = {}
+    with mode:
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in fakes:
+                    t = torch.empty(p.shape, dtype=p.dtype, device="cpu")
+                    fakes[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
+                module._parameters[name] = fakes[id(p)]
+    return model
+
+
+def training_batch(config, task: str, batch: int, length: int, device="cpu") -> dict:
+    """A training batch of the given shape, as the task's loop feeds the model: with a padded
+    position (length-bucketed batches of several rows nearly always have one, and a mask
+    with padding decides which attention kernel runs); a single row has no mask."""
+    vocab = getattr(config, "vocab_size", 1000)
+    ids = torch.randint(0, min(vocab, 1000), (batch, length), device=device)
+    labels = ids if task == "causal-lm" else torch.zeros(batch, dtype=torch.long, device=device)
+    if batch == 1:
+        return {"input_ids": ids, "labels": labels}
+    mask = torch.ones_like(ids)
+    mask[-1, -1] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def spec(cfg: RunConfig, method: str) -> dict:
+    """The configured method's knobs when it is this method, else its defaults."""
+    mine = knobs(cfg.method) if cfg.method.name == method else {}
+    return {"name": method, **mine, **METHODS[method].plan_knobs}
+
+
+def state_bytes(model) -> dict[str, int]:
+    """Weights (parameters + buffers, each storage once), gradients of the trainable
+    parameters, and fused AdamW's state (exp_avg, exp_avg_sq, a float32 step per tensor)."""
+    seen, weights = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = t.untyped_storage()._cdata
+        if key not in seen:
+            seen.add(key)
+            weights += t.untyped_storage().nbytes()
+    train = [p for p in model.parameters() if p.requires_grad]
+    grads = sum(p.numel() * p.element_size() for p in train)
+    return {"weights": weights, "gradients": grads, "optimizer": 2 * grads + 4 * len(train)}
+
+
+def trace(
+    config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
+) -> dict:
+    """Parameters, state bytes, activation bytes and FLOPs per token of one method on a fake
+    model for a [batch, length] training batch (what ``estimate`` and the tests compare with
+    real runs). A forward fake tensors cannot follow (an op whose output shape depends on the
+    data, such as ``nonzero``) has its activations measured on real shallow copies instead
+    (``layer_scaled_activations``); ``activations_from`` says which route was taken."""
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+        FakeTensorMode,
+    )
+
+    from tunelab import fast
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations, not ours
+        model = fake_model(config, task, knobs, mode)
+        with mode:
+            if fast_cpu:
+                fast.install(model)
+            out = {
+                **measure.count_params(model),
+                **state_bytes(model),
+                "flops_per_token": measure.flops_per_token(model)["total"],
+            }
+            data = training_batch(config, task, batch, length)
+            try:  # traced on (fake) CPU tensors, so CPU autocast; on CUDA the ops run in bf16
+                out["activations"], out["largest"] = measure.saved_activations(
+                    model, data, "cpu" if bf16 else None
+                )
+                out["activations_from"] = "fake-tensor trace"
+                return with_peak(out)
+            except (DynamicOutputShapeException, DataDependentOutputException) as e:
+                why = f"{type(e).__name__} ({e}) under fake tensors"
+        out["activations"], out["largest"], n = layer_scaled_activations(
+            config, task, knobs, batch, length, bf16, fast_cpu
+        )
+        out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
+        return with_peak(out)
+
+
+def with_peak(t: dict) -> dict:
+    """The traced parts plus the training peak they imply (see the module docstring)."""
+    temporaries = 2 * t["largest"]
+    peak = t["weights"] + t["optimizer"] + max(t["activations"], t["gradients"]) + temporaries
+    return {**t, "temporaries": temporaries, "peak": peak}
+
+
+def layer_scaled_activations(
+    config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
+) -> tuple[int, int, int]:
+    """(activation bytes, largest saved tensor's bytes, layers): a real forward of 1- and
+    2-layer copies of the model with the method applied, random weights, the same batch
+    shape; every block adds the same
+    activations, so N layers keep a1 + (N - 1) (a2 - a1). Costs the memory of two blocks, the
+    embeddings and the head, never the whole model."""
+    from tunelab import fast
+
+    layers = config_layers(config)
+    saved = []
+    for k in (1, 2):
+        torch.manual_seed(0)
+        small = with_layers(config, k)
+        model = build_method(knobs).prepare(build(small, task))
+        if fast_cpu:
+            fast.install(model)
+        data = training_batch(small, task, batch, length)
+        saved.append(measure.saved_activations(model, data, "cpu" if bf16 else None))
+        del model
+    (a1, largest), (a2, _) = saved
+    return a1 + (layers - 1) * (a2 - a1), largest, layers
+
+
+def eval_working_set(config, task: str, rows: int, longest: int, word_tokens: int = 4) -> int:
+    """Bytes one evaluation batch holds at once, beyond the weights (no gradients, nothing
+    saved for backward): one layer's widest tensors (the MLP's inner activation and the
+    attention scores, each with a copy in flight) for the rows; for a decoder scoring label
+    words (``tasks.label_words``), also the key/value cache of a chunk of rows and the copy
+    a word's forward extends, and the logits at the scored positions (``word_tokens`` per
+    word). float32 throughout."""
+    from tunelab.tasks.label_words import CACHE_BYTES, kv_bytes_per_token
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0) or 0
+    inner = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", 1) or 1
+    layer = rows * longest * max(inner or 4 * hidden, heads * longest) * 4 * 2
+    if task != "causal-lm":
+        return layer
+    per_row = longest * kv_bytes_per_token(config)
+    chunk = min(rows, max(1, CACHE_BYTES // max(1, per_row)))
+    logits = chunk * word_tokens * (getattr(text, "vocab_size", 0) or 0) * 4
+    return chunk * longest * max(inner or 4 * hidden, heads * longest) * 4 * 2 + (
+        2 * chunk * per_row + logits
+    )

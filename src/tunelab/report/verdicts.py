@@ -1,0 +1,205 @@
+"""The comparison's verdicts and recommendation in words: each sentence follows from the
+numbers of ``analysis`` (estimates, floors, noise limits) and says no more than they carry."""
+
+from __future__ import annotations
+
+import math
+
+from tunelab.methods import method_class
+from tunelab.report.analysis import (
+    DISK_NOISE,
+    MEMORY_NOISE,
+    TIME_NOISE,
+    Row,
+    floor_for,
+    ranked,
+)
+from tunelab.report.stats import Estimate, close, same
+
+
+def memory_noise(row: Row) -> float:
+    kind = row.runs[0].memory.kind if row.runs else ""
+    return MEMORY_NOISE.get(kind, MEMORY_NOISE["process_rss_above_baseline"])
+
+
+def contended(row: Row) -> bool:
+    """A run of this method trained while something else used the CPU (results.Timing)."""
+    return any(run.timing.contended for run in row.runs)
+
+
+def contention_note(rows: list[Row]) -> str:
+    """Why training times are not compared, or "" when every run had its CPU."""
+    hit = [
+        f"{r.method} ({max(run.timing.others_load for run in r.runs):.1f} of "
+        f"{r.runs[0].timing.cores} cores)"
+        for r in rows
+        if contended(r)
+    ]
+    if not hit:
+        return ""
+    return (
+        f"Training times are not compared: other processes kept the CPU busy while some runs "
+        f"trained (cores they used on average: {', '.join(hit)}), so those times say little "
+        f"about the methods; rerun them alone to compare times."
+    )
+
+
+def time_close(a: Row, b: Row) -> bool:
+    """Training times equal within noise: the seed intervals overlap or, with one seed each,
+    they are within TIME_NOISE. Times of a run that shared its CPU are never told apart."""
+    if contended(a) or contended(b):
+        return True
+    x, y = a["train_s"], b["train_s"]
+    if x.half or y.half:
+        return same(x, y)
+    return close(x.mean, y.mean, TIME_NOISE)
+
+
+def reference(rows: list[Row]) -> Row | None:
+    """What verdicts compare against: full fine-tuning if it learned, else the method with
+    the best validation accuracy (test accuracy never chooses)."""
+    good = ranked(rows)
+    full = next((r for r in good if method_class(r.method).reference), None)
+    return full or max(good, key=score, default=None)
+
+
+def score(r: Row) -> float:
+    """Higher is better: validation accuracy, or minus the validation loss (LM data)."""
+    return r["val_acc"].mean if "val_acc" in r.values else -r["val_loss"].mean
+
+
+def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[str]:
+    """One sentence per method, each claim backed by the numbers (see the module doc)."""
+    ref = reference(rows)
+    lines = []
+    for r in rows:
+        head = f"{r.method}: {r['trainable_pct'].mean:.3g}% of the parameters trained"
+        if not r.learned:
+            f = floor_for(r.runs, floor) or {}
+            if "val_acc" in r.values:
+                what, base = f"validation accuracy {r['val_acc'].mean:.1f}%", f.get("val_acc")
+                base = f" ({base.mean:.1f}%)" if base else ""
+            else:
+                what, base = f"validation loss {r['val_loss'].mean:.3f}", f.get("val_loss")
+                base = f" ({base.mean:.3f})" if base else ""
+            lines.append(
+                f"{head}; did not learn: {what} does not beat its baseline{base} (the majority "
+                f"class, or the untrained model's zero-shot score); not ranked."
+            )
+            continue
+        if "test_acc" not in r.values:  # instruction data: the language model's own quality
+            ppl = r.values.get("val_ppl")
+            parts = [
+                f"validation loss {r['val_loss'].mean:.3f}"
+                + (f" (perplexity {ppl.mean:.2f})" if ppl else "")
+            ]
+            parts += ["the reference"] if r is ref else []
+            lines.append(f"{head}, " + ", ".join(parts) + ".")
+            continue
+        parts = [f"test accuracy {r['test_acc'].mean:.1f}%"]
+        parts += ["the reference"] if r is ref else _against(r, ref)
+        lines.append(f"{head}, " + ", ".join(parts) + ".")
+    return lines
+
+
+def _against(r: Row, ref: Row) -> list[str]:
+    name = method_class(ref.method).title or ref.method
+    a, b = r["test_acc"], ref["test_acc"]
+    diff, band = a.mean - b.mean, math.hypot(a.half, b.half)
+    if same(a, b):
+        parts = [f"the same test accuracy as {name} within noise ({diff:+.1f} pt, ±{band:.1f})"]
+    else:
+        parts = [f"{abs(diff):.1f} pt {'below' if diff < 0 else 'above'} {name} (±{band:.1f})"]
+    if not close(r["peak_mb"].mean, ref["peak_mb"].mean, memory_noise(r)):
+        parts += _relative(r["peak_mb"].mean, ref["peak_mb"].mean, "memory")
+    if not time_close(r, ref):
+        parts += _relative(r["train_s"].mean, ref["train_s"].mean, "training time")
+    if not close(r["saved_mb"].mean, ref["saved_mb"].mean, DISK_NOISE):
+        parts += _relative(r["saved_mb"].mean, ref["saved_mb"].mean, "disk space")
+    return parts
+
+
+def _relative(value: float, base: float, noun: str) -> list[str]:
+    """'40% less memory' / '12x less disk space' / '15% more training time'."""
+    if base <= 0 or value <= 0:
+        return []
+    if value < base:
+        if value < base / 3:
+            return [f"{base / value:.0f}x less {noun}"]
+        return [f"{100 * (1 - value / base):.0f}% less {noun}"]
+    if value > 2 * base:
+        return [f"{value / base:.1f}x more {noun}"]
+    return [f"{100 * (value / base - 1):.0f}% more {noun}"]
+
+
+def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
+    """The fastest-training method among those whose *validation* accuracy is within
+    ``tolerance`` points of the best one, or indistinguishable from it; times within noise
+    are a tie, broken by memory (beyond its noise floor), then by trainable parameters.
+    Methods that did not learn never take part; test accuracy never does."""
+    good = ranked(rows)
+    if not good:
+        if rows:
+            return "No recommendation: no method beat the majority-class baseline on validation."
+        return "No recommendation: no successful runs."
+    if not all("val_acc" in r.values for r in good):
+        return _by_loss(good)
+    top = max(good, key=lambda r: r["val_acc"].mean)
+    best = top["val_acc"].mean
+    near = [
+        r
+        for r in good
+        if r["val_acc"].mean >= best - tolerance or same(r["val_acc"], top["val_acc"])
+    ]
+    pick, why = _fastest(near)
+    others = [r.method for r in near if r is not pick]
+    if len(good) == 1:
+        scope = "the only method that beat the majority-class baseline"
+    else:
+        scope = (
+            f"the {why} among the methods within {tolerance:g} pt (or the noise) of the best "
+            f"validation accuracy ({best:.1f}%)"
+        )
+    text = (
+        f"Recommendation: {pick.method}: {scope}; trains in {pick['train_s'].mean:.0f} s with "
+        f"{pick['trainable_pct'].mean:.3g}% of the parameters"
+    )
+    text += f"; also within reach: {', '.join(others)}." if others else "."
+    return text + (f" {contention_note(near)}" if contention_note(near) else "")
+
+
+def _by_loss(good: list[Row], within: float = 0.02) -> str:
+    """Language-model data: the fastest among the runs whose validation loss is within 2% of
+    the lowest."""
+    best = min(r["val_loss"].mean for r in good)
+    near = [r for r in good if r["val_loss"].mean <= best * (1 + within)]
+    pick, why = _fastest(near)
+    note = contention_note(near)
+    return (
+        f"Recommendation: {pick.method}: the {why} among the methods within {100 * within:g}% "
+        f"of the lowest validation loss ({best:.3f}); trains in {pick['train_s'].mean:.0f} s "
+        f"with {pick['trainable_pct'].mean:.3g}% of the parameters." + (f" {note}" if note else "")
+    )
+
+
+def _fastest(near: list[Row]) -> tuple[Row, str]:
+    """The fastest row, and why it won: on time, or on a tie-break when times are within
+    noise (memory beyond its noise floor, then trainable parameters)."""
+    fastest = min(near, key=lambda r: r["train_s"].mean)
+    tied = [r for r in near if time_close(r, fastest)]
+    if len(tied) == 1:
+        return fastest, "fastest to train"
+    if any(contended(r) for r in near):
+        tied = near  # no time ranks a method when one of them shared its CPU
+    low = min(tied, key=lambda r: r["peak_mb"].mean)
+    if all(
+        r is low or not close(r["peak_mb"].mean, low["peak_mb"].mean, memory_noise(r)) for r in tied
+    ):
+        names = ", ".join(r.method for r in tied)
+        return low, f"least memory among the equally fast ({names}: times within noise)"
+    pick = min(tied, key=lambda r: (r["trainable"].mean, r["train_s"].mean))
+    names = ", ".join(r.method for r in tied)
+    return pick, (
+        f"fewest trainable parameters among the equally fast ({names}: times and memory "
+        "within noise)"
+    )
