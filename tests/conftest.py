@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# no plain progress lines in tests that count a command's stderr lines (test_progress.py
+# turns them on where it checks them)
+os.environ.setdefault("TUNELAB_PROGRESS_SECONDS", "0")
 
 POS = ["good", "great", "fine", "lovely", "superb", "brilliant"]
 NEG = ["bad", "awful", "poor", "boring", "dull", "terrible"]

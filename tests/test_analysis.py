@@ -223,3 +223,30 @@ def test_times_taken_while_the_cpu_was_shared_are_not_compared():
     assert not any("training time" in line for line in verdicts(rows))
     # a record without the measurement (older schema, or a GPU run) is never flagged
     assert not Timing.of(10, 1, 1, 10, 10).contended
+
+
+def test_a_tune_only_folder_says_what_the_trials_show():
+    """No comparison runs yet: the verdicts rank each method's best trial on validation with
+    the subset's noise, the recommendation says how to score them on test; trials are named
+    by method and number."""
+    from tunelab.report.render import markdown, run_label
+    from tunelab.results import Tuning
+
+    trials = []
+    for method, vals in {"lora": [0.80, 0.82], "full": [0.81], "prompt": [0.60, 0.55]}.items():
+        for i, v in enumerate(vals):
+            rec = record(method, v, v)
+            rec.test, rec.tuning = None, Tuning(study=method, trial=i)
+            rec.config.out_dir = "/runs/tuned/trials/" + method
+            trials.append(rec)
+    a = analyse(trials)
+    assert a.rows == [] and len(a.verdicts) == 3
+    assert a.verdicts[0].startswith("lora (trial 1): validation accuracy 82.0%")
+    assert "the leader" in a.verdicts[0] and "best of 2 trial(s)" in a.verdicts[0]
+    assert "full (trial 0)" in a.verdicts[1] and "within noise of lora (trial 1)" in a.verdicts[1]
+    assert "prompt (trial 0)" in a.verdicts[2] and "outside noise" in a.verdicts[2]
+    assert a.recommendation.startswith("No recommendation yet: these are tuning trials")
+    assert "tunelab compare --tune --out /runs/tuned" in a.recommendation
+    assert run_label(trials[1]) == "lora trial 1"
+    text = markdown("tuned", a)
+    assert "No recommendation yet" in text and "## Verdicts" in text

@@ -103,6 +103,12 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
         assert p.stat().st_mtime_ns == first[p.parent.name], "a finished trial was redone"
     summary = json.loads((tmp_path / "tuning.json").read_text())["methods"]["lora"]
     assert summary["examples"] > 0 and summary["best_params"]["train.lr"] > 0
+    from tunelab.report import build_report
+
+    html, md = build_report(tmp_path)  # a tune-only folder: what the trials show, named
+    page = html.read_text()
+    assert "No recommendation yet: these are tuning trials" in page and "lora trial 2" in page
+    assert "lora (trial " in md.read_text() and "No successful runs" not in page
     with pytest.raises(ConfigError, match="another config"):  # a changed setup is not mixed in
         open_study(
             base_cfg(tiny_model, toy_csv, tmp_path, **{"train.epochs": 1}),

@@ -7,12 +7,16 @@ validation and ``close`` at the end; which process writes is each sink's busines
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from tunelab.errors import ConfigError
 from tunelab.results import append_metrics, validation_of
 
 
@@ -88,6 +92,65 @@ class ConsoleLogger:
         self.bar.close()
 
 
+PROGRESS_ENV = "TUNELAB_PROGRESS_SECONDS"  # seconds between plain progress lines (default 30)
+
+
+class Heartbeat:
+    """A plain progress line at least every ``every`` seconds when stderr is not a terminal
+    (a log file, CI, a batch job), where no progress bar shows: step / total, the last logged
+    loss and throughput, elapsed time and an ETA. It reads the loop's ``progress`` (its
+    ``step``), so a run logging every 20 steps of a minute each still says where it is."""
+
+    def __init__(self, name: str, total: int, progress: Any, every: float, stream=None):
+        self.name, self.total, self.progress, self.every = name, total, progress, every
+        self.stream = stream or sys.stderr
+        self.first, self.t0 = progress.step, time.monotonic()
+        self.last: dict[str, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="tunelab-progress")
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.done.wait(self.every):
+            print(self.line(), file=self.stream, flush=True)
+
+    def line(self) -> str:
+        step, elapsed = self.progress.step, time.monotonic() - self.t0
+        rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
+        eta = _clock((self.total - step) / rate) if rate > 0 else "-"
+        parts = [f"step {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)"]
+        if "train_loss" in self.last:
+            parts.append(f"loss {self.last['train_loss']:.4f}")
+        if "examples_per_s" in self.last:
+            parts.append(f"{self.last['examples_per_s']:.1f} examples/s")
+        parts += [f"elapsed {_clock(elapsed)}", f"ETA {eta}"]
+        return f"tunelab: {self.name}: " + ", ".join(parts)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.last = dict(values)
+
+    def log_validation(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+
+def progress_seconds() -> float:
+    """Seconds between plain progress lines (TUNELAB_PROGRESS_SECONDS; 0 turns them off)."""
+    raw = os.environ.get(PROGRESS_ENV, "").strip()
+    try:
+        return float(raw) if raw else 30.0
+    except ValueError:
+        raise ConfigError(f"{PROGRESS_ENV} must be a number of seconds, got {raw!r}") from None
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 class Loggers:
     """Several sinks behind one Logger."""
 
@@ -130,12 +193,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def make_logger(run_dir: Path, accelerator, cfg, total_steps: int, step: int) -> Logger:
-    """metrics.jsonl + a progress bar, + the configured accelerate tracker (if any)."""
+def make_logger(run_dir: Path, accelerator, cfg, total_steps: int, progress: Any) -> Logger:
+    """metrics.jsonl + a progress bar on a terminal (else a progress line every
+    TUNELAB_PROGRESS_SECONDS, 30 by default), + the configured accelerate tracker (if any).
+    ``progress``: the loop's Progress (its ``step`` is read)."""
     from tunelab.config import public_dict
 
-    main = accelerator.is_main_process
-    sinks = [JsonlLogger(run_dir, main), ConsoleLogger(run_dir.name, total_steps, step, main)]
+    main, name, step = accelerator.is_main_process, run_dir.name, progress.step
+    sinks: list = [JsonlLogger(run_dir, main), ConsoleLogger(name, total_steps, step, main)]
+    every = progress_seconds()
+    if main and not sys.stderr.isatty() and every > 0:
+        sinks.append(Heartbeat(name, total_steps, progress, every))
     if cfg.tracker != "none":
         sinks.append(TrackerLogger(accelerator, public_dict(cfg)))
     return Loggers(*sinks)

@@ -86,7 +86,7 @@ def run(
             s = setup(cfg, method, run_dir, record)
             s.saver.stop = stop
             pg, best = saving.restore(s.saver, resume)
-            logger = make_logger(run_dir, s.acc, cfg, s.total_steps, pg.step)
+            logger = make_logger(run_dir, s.acc, cfg, s.total_steps, pg)
             outcome = train_loop(s, pg, best, logger, on_validation)
             if outcome == "interrupted":  # checkpoint written: record it, exit 130 / 143
                 record.stop("interrupted", resumable, pg.step, pg.curve).write(run_dir)

@@ -308,6 +308,30 @@ def tuning_points(trials: list[RunRecord]) -> dict[str, list[dict]]:
     return out
 
 
+def trial_leaders(trials: list[RunRecord]) -> list[Row]:
+    """Per studied method, its best trial on validation (finished or pruned: both validated),
+    as a Row named "<method> (trial n)": the accuracy with its binomial interval over the
+    validation subset the trials were scored on, or the loss (instruction data)."""
+    out = []
+    for study in dict.fromkeys(r.tuning.study for r in trials):
+        mine = [r for r in trials if r.tuning.study == study and r.best_validation]
+        if not mine:
+            continue
+        best = max(mine, key=trial_score)
+        v = best.best_validation
+        values = {"val_loss": Estimate(v.loss)} if v.loss is not None else {}
+        if v.accuracy is not None:
+            values["val_acc"] = binomial(100 * v.accuracy, best.data.validation)
+        row = Row(f"{study} (trial {best.tuning.trial})", len(mine), values, runs=[best])
+        out.append(row)
+    return out
+
+
+def trial_score(rec: RunRecord) -> float:
+    v = rec.best_validation
+    return v.accuracy if v.accuracy is not None else -v.value("loss")
+
+
 def best_so_far(points: list[dict]) -> list[tuple[int, float]]:
     """(examples spent, best validation accuracy so far) after each finished trial."""
     series, best = [], None

@@ -111,9 +111,9 @@ def markdown(title: str, a: Analysis) -> str:
     lines = [f"# Fine-tuning comparison: {title}", ""]
     if a.caption:
         lines += [f"Each method {a.caption}: see Tuning below.", ""]
-    if a.rows:
-        lines += [markdown_table(a), "", LEGEND, "", a.recommendation, "", "## Verdicts", ""]
-        lines += [f"- {v}" for v in a.verdicts]
+    if a.rows or a.verdicts:
+        lines += [markdown_table(a), "", LEGEND, ""] if a.rows else []
+        lines += [a.recommendation, "", "## Verdicts", ""] + [f"- {v}" for v in a.verdicts]
     if a.failed:
         lines += ["", "## Failed or stopped runs", ""] + [f"- {f}" for f in a.failed]
     lines += ["", "## Overfitting signal", ""]
@@ -351,6 +351,11 @@ def setup_items(records: list[RunRecord]) -> list[tuple[str, str]]:
     ]
 
 
+def run_label(r: RunRecord) -> str:
+    """A run's name; a tuning trial's by its method and number (its folder is just the number)."""
+    return f"{r.tuning.study} trial {r.tuning.trial}" if r.is_trial else r.name
+
+
 def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
     import jinja2
 
@@ -374,7 +379,10 @@ def render_html(root: Path, records: list[RunRecord], a: Analysis) -> str:
         flagged=a.flagged,
         setup=setup_items(runs),
         samples=samples(runs),
-        configs=[(r.name, yaml.safe_dump(public_dict(r.config), sort_keys=False)) for r in runs],
+        configs=[
+            (run_label(r), yaml.safe_dump(public_dict(r.config), sort_keys=False)) for r in runs
+        ],
+        trials_only=all(r.is_trial for r in records),
         sizes=a.sizes,
         size_header=SIZE_HEADER,
         size_rows=size_rows(a.sizes) if a.sizes else [],

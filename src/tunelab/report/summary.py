@@ -5,6 +5,7 @@ the recommendation, the tuning and (runs at several training-set sizes) the size
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tunelab.report import sizes
@@ -17,11 +18,12 @@ from tunelab.report.analysis import (
     majority,
     overfit_flags,
     summarize_methods,
+    trial_leaders,
     tuned_caption,
     tuning_points,
 )
 from tunelab.report.stats import Estimate
-from tunelab.report.verdicts import recommendation, verdicts
+from tunelab.report.verdicts import recommendation, trial_verdicts, tuning_only, verdicts
 from tunelab.results import RunRecord, TuningSummary
 
 
@@ -56,6 +58,10 @@ def analyse(records: list[RunRecord], tuning: TuningSummary | None = None) -> An
     records = [r for r in records if not r.is_trial]
     rows = summarize_methods(records)
     floor = majority(records)
+    verdict_lines, advice = verdicts(rows, floor), recommendation(rows)
+    if trials and not records:  # a tune-only folder: what the trials show, on validation
+        verdict_lines = trial_verdicts(trial_leaders(trials))
+        advice = tuning_only(str(Path(trials[0].config.out_dir).parent.parent))
     return Analysis(
         rows=rows,
         columns=columns_for(records),
@@ -64,8 +70,8 @@ def analyse(records: list[RunRecord], tuning: TuningSummary | None = None) -> An
         tuning=tuning,
         points=tuning_points(trials),
         floor=floor,
-        verdicts=verdicts(rows, floor),
-        recommendation=recommendation(rows),
+        verdicts=verdict_lines,
+        recommendation=advice,
         failed=failed_lines(records),
         flags={r.name: overfit_flags(r) for r in records if r.ok},
         sizes=study,

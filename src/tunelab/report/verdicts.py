@@ -132,6 +132,40 @@ def _relative(value: float, base: float, noun: str) -> list[str]:
     return [f"{100 * (value / base - 1):.0f}% more {noun}"]
 
 
+def trial_verdicts(leaders: list[Row]) -> list[str]:
+    """What tuning trials alone show: each method's best trial on validation, the leader,
+    and who is within its noise (the validation subset's interval) or outside it."""
+    if not leaders:
+        return []
+    top = max(leaders, key=score)
+    lines = []
+    for r in sorted(leaders, key=score, reverse=True):
+        acc = "val_acc" in r.values
+        what = (
+            f"validation accuracy {r['val_acc'].mean:.1f}% ± {r['val_acc'].half:.1f}"
+            if acc
+            else f"validation loss {r['val_loss'].mean:.3f}"
+        )
+        if r is top:
+            where = "the leader"
+        elif acc and same(r["val_acc"], top["val_acc"]):
+            where = f"within noise of {top.method}"
+        else:
+            where = f"behind {top.method}, outside noise"
+        lines.append(f"{r.method}: {what} on the tuning subset, best of {r.n} trial(s): {where}.")
+    return lines
+
+
+def tuning_only(root: str) -> str:
+    """The recommendation of a folder holding only tuning trials: none yet, and how to get it."""
+    return (
+        "No recommendation yet: these are tuning trials, scored on a validation subset only "
+        "(the test split is never scored while tuning). `tunelab compare --tune --out "
+        f"{root}` with the same config reruns each method's best configuration on the full "
+        "validation split and scores it on test once."
+    )
+
+
 def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
     """The fastest-training method among those whose *validation* accuracy is within
     ``tolerance`` points of the best one, or indistinguishable from it; times within noise
