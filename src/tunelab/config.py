@@ -138,6 +138,11 @@ class TuneConfig:
     that is what makes a tuned comparison fair)."""
     evals: Annotated[int, Positive] = 4
     """Validation points per trial; the pruner decides at each whether a trial goes on."""
+    race: bool = True
+    """Race the methods: trials go round-robin, one per method per round, and a method whose
+    best validation accuracy is behind the leader's outside noise (Wilson intervals over the
+    tuning subset) stops receiving trials once every method finished its random start-up
+    (max(4, trials/3) trials). The report says where and why it stopped."""
     eval_examples: Annotated[int | None, Positive] = 500
     """Validation examples scored during tuning: the first N of the validation split, the same
     fixed subset for every trial (unset = all). The final comparison scores all of them."""

@@ -182,6 +182,8 @@ class MethodTuning:
     examples: int = 0
     seconds: float = 0.0
     importances: dict[str, float] = field(default_factory=dict)
+    stopped: str = ""
+    """Why the race stopped giving this method trials ("" if it ran them all)."""
 
 
 @dataclass

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, for_method, redact, to_dict
+from tunelab.config import RunConfig, TuneConfig, for_method, redact, to_dict
 from tunelab.errors import ConfigError, RunFailed, TunelabError
 from tunelab.files import alive, write_text
 from tunelab.guard import fault
+from tunelab.race import Standing, out_of_race
 from tunelab.results import (
     MethodTuning,
     RunRecord,
@@ -87,6 +88,7 @@ def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable
         except RunFailed as e:  # a failed trial counts (an interrupted one does not)
             trial.set_user_attr("failed", str(e))
             raise
+        trial.set_user_attr("n_val", rec.data.validation)  # what the race's intervals need
         if rec.status == "pruned":
             raise optuna.TrialPruned()
         return rec.best_validation.value(metric)
@@ -140,17 +142,21 @@ def open_study(base: RunConfig, method: str, storage, worker: int = 0):
     # seeded, but never the same stream twice: a resumed study or a second worker would
     # otherwise propose the very configurations already tried
     seed = tc.seed + 1000 * worker + len(study.trials)
-    startup = max(4, tc.trials // 3)
-    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(tc))
     same_setup(study, base)
     fail_dead_trials(study)
     return study
 
 
+def startup_trials(tc: TuneConfig) -> int:
+    """Random start-up trials of each method's sampler; nobody is raced out before them."""
+    return max(4, tc.trials // 3)
+
+
 def fingerprint(base: RunConfig) -> str:
     """The config a study belongs to (all but the trial count and the storage)."""
     d = to_dict(base)
-    d["tune"] = {k: v for k, v in d["tune"].items() if k not in ("trials", "storage")}
+    d["tune"] = {k: v for k, v in d["tune"].items() if k not in ("trials", "storage", "race")}
     d.pop("name")
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -215,11 +221,40 @@ def optimize(base: RunConfig, methods: list[str], worker: int = 0) -> None:
     studies = {m: open_study(base, m, storage, worker) for m in methods}
     total = len(methods) * base.tune.trials
     on_trial = TrialProgress(total, sum(map(finished, studies.values())))
-    for method, study in studies.items():
-        run_trial = objective(base, method, spaces[method])
-        while finished(study) < base.tune.trials:  # one at a time: other workers add theirs
-            study.optimize(run_trial, n_trials=1, catch=(RunFailed,), callbacks=[on_trial])
+    runs = {m: objective(base, m, spaces[m]) for m in methods}
+    racing = [m for m in methods if not studies[m].user_attrs.get("stopped")]
+    while racing:  # round-robin, one trial at a time: other workers add theirs
+        for method in list(racing):
+            study = studies[method]
+            if finished(study) >= base.tune.trials:
+                racing.remove(method)
+                continue
+            study.optimize(runs[method], n_trials=1, catch=(RunFailed,), callbacks=[on_trial])
+        racing = race(base, studies, racing, on_trial.write)
     on_trial.bar.close()
+
+
+def race(base: RunConfig, studies: dict, racing: list[str], say) -> list[str]:
+    """The methods still racing after a round (``tunelab.race``); a stopped one is marked
+    on its study, so every worker and a resumed tune see it."""
+    racing = [m for m in racing if not studies[m].user_attrs.get("stopped")]
+    if not base.tune.race or objective_metric(base)[1] != "maximize":
+        return racing  # the loss of instruction data has no interval to race on
+    standings = []
+    for m in racing:
+        done = [t for t in studies[m].trials if t.state.name == "COMPLETE"]
+        if done:
+            best = max(done, key=lambda t: t.value)
+            n = int(best.user_attrs.get("n_val", 0))
+            standings.append(Standing(m, best.value, n, finished(studies[m])))
+    for method, why in out_of_race(standings, startup_trials(base.tune)).items():
+        studies[method].set_user_attr("stopped", why)
+        say(f"  {method}: {why}")
+    still = [m for m in racing if not studies[m].user_attrs.get("stopped")]
+    if standings:  # one line per round: who leads, who still races
+        lead = max(standings, key=lambda s: s.best)
+        say(f"  round: leader {lead.method} {lead.best:.4f}; racing {', '.join(still) or '-'}")
+    return still
 
 
 def _worker(base: RunConfig, methods: list[str], worker: int, threads: int) -> None:
@@ -362,4 +397,5 @@ def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> Meth
         examples=sum(r.timing.train_examples_seen for r in records),
         seconds=sum(r.timing.train_s + r.timing.eval_s for r in records),
         importances=importances,
+        stopped=study.user_attrs.get("stopped", ""),
     )

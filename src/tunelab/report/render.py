@@ -299,7 +299,8 @@ def tuning_rows(t: TuningSummary) -> list[dict]:
                 "space": space,
                 "best": best,
                 "value": value,
-                "trials": f"{n.complete} / {n.pruned} / {n.fail}",
+                "trials": f"{n.complete} / {n.pruned} / {n.fail}"
+                + (f" ({m.stopped})" if m.stopped else ""),
                 "examples": f"{m.examples:,}",
                 "seconds": f"{m.seconds:.0f}",
                 "importances": imp or "-",

@@ -1,0 +1,47 @@
+"""Racing methods in a tune: a method behind the leader outside noise stops receiving
+trials (after the random start-up), one inside noise keeps an equal budget, and the tune
+says where and why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_tune import base_cfg
+
+from tunelab.race import Standing, out_of_race
+from tunelab.tune import tune
+
+
+def test_only_a_method_outside_noise_is_stopped():
+    standings = [
+        Standing("lora", 0.82, 500, 4),
+        Standing("full", 0.80, 500, 4),  # 2 points behind on 500 examples: within noise
+        Standing("prompt", 0.60, 500, 4),  # 22 points behind: out
+    ]
+    out = out_of_race(standings, after=4)
+    assert list(out) == ["prompt"]
+    assert (
+        "stopped after 4 trials: best 60.0%" in out["prompt"]
+        and "leader lora 82.0%" in out["prompt"]
+    )
+    assert out_of_race(standings, after=5) == {}  # nobody judged before the start-up ends
+    few = [Standing("lora", 0.82, 30, 4), Standing("prompt", 0.60, 30, 4)]
+    assert out_of_race(few, after=4) == {}  # 30 examples: 22 points is inside the noise
+
+
+@pytest.mark.extended  # ~2 min of trials: `make test-extended` (CI runs it after make test)
+def test_a_tune_stops_the_method_that_cannot_catch_up(tiny_model, toy_csv, tmp_path):
+    # full learns the toy data in 3 epochs at 3e-3 (100% of the 30 tuning examples); LoRA at
+    # 1e-9 cannot move (50%): outside noise once both finished their 4 start-up trials
+    fixed = {"tune.space.full.lr": 3e-3, "tune.space.lora.lr": 1e-9}
+    base = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 5, "train.epochs": 3, **fixed})
+    best = tune(base, ["full", "lora"])
+    lora, full = best.methods["lora"], best.methods["full"]
+    assert lora.stopped.startswith("stopped after 4 trials") and not full.stopped
+    assert lora.trials.complete + lora.trials.pruned + lora.trials.fail == 4
+    assert full.trials.complete + full.trials.pruned + full.trials.fail == 5
+    on_disk = json.loads((tmp_path / "tuning.json").read_text())["methods"]["lora"]
+    assert on_disk["stopped"] == lora.stopped
+    again = tune(base, ["full", "lora"])  # resumed: the stopped method stays stopped
+    assert again.methods["lora"].stopped == lora.stopped
