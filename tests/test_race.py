@@ -30,6 +30,7 @@ def test_only_a_method_outside_noise_is_stopped():
     assert out_of_race(few, after=4) == {}  # 30 examples: 22 points is inside the noise
 
 
+@pytest.mark.slow
 @pytest.mark.extended  # ~2 min of trials: `make test-extended` (CI runs it after make test)
 def test_a_tune_stops_the_method_that_cannot_catch_up(tiny_model, toy_csv, tmp_path):
     # full learns the toy data in 3 epochs at 3e-3 (100% of the 30 tuning examples); LoRA at
