@@ -213,12 +213,19 @@ def cmd_config() -> None:
     """Every config key with its default, allowed values and meaning (from the dataclasses)."""
     from tunelab.config import SECTIONS
     from tunelab.fields import choices_text, field_docs
+    from tunelab.methods import knobs
+    from tunelab.tasks import TASKS
 
     for section, cls in SECTIONS.items():
         obj = cls()
         for key, doc in field_docs(cls).items():
             allowed = choices_text(cls, key)
-            print(f"{section}{key} = {getattr(obj, key)!r}{f' ({allowed})' if allowed else ''}")
+            if (section, key) == ("", "task"):  # the tasks registry is the list
+                allowed = "one of " + ", ".join(TASKS)
+            value = getattr(obj, key)
+            if key == "method" and not section:  # the built method, as a config names it
+                value = {"name": value.name, **knobs(value)}
+            print(f"{section}{key} = {value!r}{f' ({allowed})' if allowed else ''}")
             print(f"    {doc}")
 
 

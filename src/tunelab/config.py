@@ -169,10 +169,11 @@ class RunConfig:
     """Folder that holds run folders."""
     tracker: str = "tensorboard"
     """accelerate tracker for metrics: tensorboard, wandb, mlflow, ... or none."""
-    task: Literal["classification", "causal-lm"] = "classification"
-    """What the model learns: classification (a head on the text) or causal-lm (the model's
-    own LM head continues data.template with the label word; scored by label-word
-    log-likelihood, the way lm-eval-harness scores multiple choice)."""
+    task: str = "classification"
+    """What the model learns, a task of tunelab.tasks (checked before anything loads):
+    classification (a head on the text) or causal-lm (the model's own LM head continues
+    data.template with the label word; scored by label-word log-likelihood, the way
+    lm-eval-harness scores multiple choice)."""
     method: Method = field(default_factory=lambda: build_method({}))
     """Fine-tuning method and its knobs, e.g. {name: lora, r: 16} (see `tunelab methods`);
     built and checked when the config is read. The learning rate is train.lr."""

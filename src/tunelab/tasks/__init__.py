@@ -41,6 +41,8 @@ def build_task(cfg: RunConfig, label_names: list[str]) -> Task:
 
 def check_task(cfg: RunConfig) -> None:
     """Refuse a task setting that cannot work, before anything is loaded."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     if cfg.data.response_column and cfg.task != "causal-lm":
         raise ConfigError("data.response_column (instruction data) needs task=causal-lm")
     if cfg.task == "causal-lm" and not cfg.data.response_column:
