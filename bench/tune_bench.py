@@ -1,13 +1,19 @@
-"""Exhaustive learning-rate grid against `tunelab tune` with pruning, on the same work.
+"""Exhaustive learning-rate grid against `tunelab tune` at its defaults, on the same work.
 
-Per method (default: the article's four plus freeze) on the built-in data: a grid of 6
-learning rates log-spaced over the same range tune searches (default/10 .. default*10), each
-run to the full per-trial budget; then `tune` with the same per-trial setup (same steps, the
-same validation points on the same validation subset) and Hyperband pruning. Reports compute
-(training examples processed and seconds, validation included) and the winner of each side.
+For each setup (default: 3,000 and 1,000 built-in training snippets), per method (the
+article's four plus freeze): a grid of 6 learning rates log-spaced over the same range tune
+searches (default/10 .. default*10), each run to the full per-trial budget; then `tune` at its
+defaults (successive halving across methods with racing, `tune.trials` configurations per
+method) with the same per-trial setup: the same steps and the same validation points on the
+same validation subset. Then the best configuration of each side's winning method is trained
+once more, tested, so the winners are compared on test too.
 
-Writes bench/out/tune/tune-bench.json and the generated block of bench/RESULTS.md
-(between its `<!-- bench:tune -->` markers).
+Compute is counted as the run records count it (training examples processed; seconds of
+training and validation), from the run records on disk, both sides the same way.
+
+Writes bench/results/tune-bench-<date>.json (raw: every grid point and trial) and the
+generated block of bench/RESULTS.md (between its `<!-- bench:tune -->` markers);
+`python bench/tune_bench.py --rewrite FILE` regenerates the block from a saved result.
 """
 
 from __future__ import annotations
@@ -29,71 +35,68 @@ def grid_lrs(default: float, n: int) -> list[float]:
     return [math.exp(lo + i * (hi - lo) / (n - 1)) for i in range(n)]
 
 
-def main() -> None:
-    from tunelab.config import load_config
+def setup_result(train_examples: int, methods: list[str], grid_n: int, out: Path) -> dict:
+    from tunelab.config import for_method, load_config
     from tunelab.methods import METHODS
     from tunelab.results import load_records
     from tunelab.train import run
     from tunelab.tune import trial_config, tune
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train-examples", type=int, default=3000)
-    ap.add_argument("--methods", default="full,llrd,freeze,lora,prompt")
-    ap.add_argument("--grid", type=int, default=6, help="learning rates per method")
-    ap.add_argument("--trials", type=int, default=12, help="tune trials per method")
-    ap.add_argument("--out", default=str(HERE / "out" / "tune"))
-    args = ap.parse_args()
-    out, methods = Path(args.out), args.methods.split(",")
-    base = load_config(
-        None,
-        [
-            f"data.max_train_examples={args.train_examples}",
-            f"out_dir={out / 'tune'}",
-            "tracker=none",
-            f"tune.trials={args.trials}",
-        ],
-    )
-    grid = {}
-    t0 = time.perf_counter()
+    over = [f"data.max_train_examples={train_examples}", "tracker=none"]
+    base = load_config(None, [*over, f"out_dir={out / 'tune'}"])
+    grid, t0 = {}, time.perf_counter()
     for method in methods:
-        points = []
-        for i, lr in enumerate(grid_lrs(METHODS[method]().lr, args.grid)):
+        for i, lr in enumerate(grid_lrs(METHODS[method]().lr, grid_n)):
             cfg = trial_config(base, method, {"train.lr": lr}, i)
             cfg.out_dir = str(out / "grid" / method)
             rec = run(cfg, overwrite=True)
-            points.append(_point(rec))
-            print(f"grid {method} lr={lr:.3g}: val {100 * points[-1]['val']:.2f}", flush=True)
-        grid[method] = points
+            print(f"grid {method} lr={lr:.3g}: val {100 * _best(rec):.2f}", flush=True)
     grid_wall = time.perf_counter() - t0
+    for method in methods:
+        grid[method] = [_point(r) for r in load_records(out / "grid" / method)]
     t0 = time.perf_counter()
-    tune(base, methods)
+    summary = tune(base, methods)
     tune_wall = time.perf_counter() - t0
     trials = [r for r in load_records(out / "tune" / "trials") if r.is_trial]
     tuned = {m: [_point(r) for r in trials if r.tuning.study == m] for m in methods}
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "train_examples": args.train_examples,
-        "grid_points": args.grid,
-        "trials": args.trials,
+        "train_examples": train_examples,
+        "grid_points": grid_n,
+        "tune": {
+            "trials": base.tune.trials,
+            "evals": base.tune.evals,
+            "eta": base.tune.eta,
+            "pruner": base.tune.pruner,
+            "rungs": summary.rungs,
+            "stopped": {m: t.stopped for m, t in summary.methods.items() if t.stopped},
+            "reached": {m: t.rungs for m, t in summary.methods.items()},
+        },
+        "eval_examples": base.tune.eval_examples,
         "grid": _side(grid, grid_wall),
-        "tune": _side(tuned, tune_wall),
+        "tuned": _side(tuned, tune_wall),
     }
-    (out / "tune-bench.json").write_text(json.dumps(result, indent=2))
-    write_results(HERE / "RESULTS.md", "tune", results_md(result))
-    print(results_md(result))
+    # each side's best configuration of its winning method, trained once more and tested
+    for side in ("grid", "tuned"):
+        s = result[side]
+        params = s["best"][s["winner"]]["params"]
+        cfg = for_method(base, s["winner"], params, name=side, out_dir=str(out / "final"))
+        rec = run(cfg, overwrite=True)  # validated on the whole split, tested
+        s["final"] = {"val": _best(rec), "test": rec.test.accuracy, "params": params}
+    return result
 
 
-def rewrite() -> None:
-    """Regenerate the RESULTS.md block from bench/out/tune/tune-bench.json (no rerun)."""
-    result = json.loads((HERE / "out" / "tune" / "tune-bench.json").read_text())
-    write_results(HERE / "RESULTS.md", "tune", results_md(result))
+def _best(rec) -> float:
+    return rec.best_validation.accuracy if rec.best_validation else 0.0
 
 
 def _point(rec) -> dict:
+    last = rec.curve[-1].get("val_accuracy", 0.0) if rec.curve else 0.0
     return {
         "lr": rec.lr,
         "status": rec.status,
-        "val": rec.best_validation.accuracy if rec.best_validation else 0.0,
+        "val": _best(rec),
+        "val_last": last,
+        "validations": len(rec.curve),
         "examples": rec.timing.train_examples_seen,
         "seconds": rec.timing.train_s + rec.timing.eval_s,
         "params": rec.tuning.params if rec.tuning else {"train.lr": rec.lr},
@@ -101,67 +104,129 @@ def _point(rec) -> dict:
 
 
 def _side(points: dict[str, list[dict]], wall: float) -> dict:
-    best = {m: max(p, key=lambda x: x["val"]) for m, p in points.items() if p}
+    # the best of a method: among the configurations trained to the end (a pruned trial's
+    # validation came from fewer steps; on the grid every run is trained to the end)
+    full = {m: [p for p in ps if p["status"] == "ok"] for m, ps in points.items()}
+    best = {m: max(p, key=lambda x: x["val"]) for m, p in full.items() if p}
     winner = max(best, key=lambda m: best[m]["val"])
     return {
         "examples": sum(p["examples"] for ps in points.values() for p in ps),
         "seconds": sum(p["seconds"] for ps in points.values() for p in ps),
         "wall_s": wall,
         "runs": sum(len(p) for p in points.values()),
-        "pruned": sum(p["status"] == "pruned" for ps in points.values() for p in ps),
+        "to_the_end": sum(len(p) for p in full.values()),
         "best": best,
         "winner": winner,
         "points": points,
     }
 
 
-def results_md(r: dict) -> str:
-    g, t = r["grid"], r["tune"]
-    lines = [
-        "### Tuning: exhaustive grid vs `tune` with pruning",
-        "",
-        f"Measured {r['date']}; MiniLM-L6, {r['train_examples']} built-in training snippets, one "
-        "epoch per run, 4 validations per run on the first 500 validation snippets. Grid: "
-        f"{r['grid_points']} learning rates per method over tune's range (default/10 .. "
-        f"default*10), every run to the end. Tune: {r['trials']} trials per method (TPE, "
-        "seeded; Hyperband pruning; lr plus each method's own knobs).",
-        "",
-        "| method | grid best val % (lr) | tune best val % (configuration) |",
-        "|---|---|---|",
-    ]
-    for m in g["best"]:
-        gb, tb = g["best"][m], t["best"].get(m)
-        conf = ", ".join(
-            f"{k.split('.')[-1]}={_n(v)}" for k, v in (tb or {}).get("params", {}).items()
-        )
-        tv = f"{100 * tb['val']:.2f} ({conf})" if tb else "-"
-        lines.append(f"| {m} | {100 * gb['val']:.2f} ({gb['lr']:.3g}) | {tv} |")
-    ratio_ex = t["examples"] / g["examples"]
-    lines += [
-        "",
-        "| | runs (pruned) | training examples | seconds (train + validation) | wall s | "
-        "winner | best val % |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, s in (("grid", g), ("tune", t)):
-        w = s["best"][s["winner"]]
-        lines.append(
-            f"| {name} | {s['runs']} ({s['pruned']}) | {s['examples']:,} | {s['seconds']:.0f} | "
-            f"{s['wall_s']:.0f} | {s['winner']} | {100 * w['val']:.2f} |"
-        )
-    same = g["winner"] == t["winner"]
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", default="3000,1000", help="training snippets, one per setup")
+    ap.add_argument("--methods", default="full,llrd,freeze,lora,prompt")
+    ap.add_argument("--grid", type=int, default=6, help="learning rates per method")
+    ap.add_argument("--out", default=str(HERE / "out" / "tune"))
+    ap.add_argument("--rewrite", help="regenerate RESULTS.md's block from this result file")
+    args = ap.parse_args()
+    if args.rewrite:
+        result = json.loads(Path(args.rewrite).read_text())
+    else:
+        import torch
+
+        from tunelab.measure import environment  # the machine, library versions, git commit
+
+        result = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+            "env": environment(torch.device("cpu")),
+            "setups": [
+                setup_result(int(n), args.methods.split(","), args.grid, Path(args.out) / n)
+                for n in args.setups.split(",")
+            ],
+        }
+        path = HERE / "results" / f"tune-bench-{result['date'][:10]}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"raw results: {path}")
+    write_results(HERE / "RESULTS.md", "tune", results_md(result))
+    print(results_md(result))
+
+
+def verdict(s: dict) -> dict:
+    """The issue's targets for one setup, from its numbers."""
+    g, t = s["grid"], s["tuned"]
     gap = 100 * (t["best"][t["winner"]]["val"] - g["best"][g["winner"]]["val"])
-    per_run = t["examples"] / max(t["runs"], 1) / (g["examples"] / max(g["runs"], 1))
-    lines += [
+    return {
+        "same_winner": g["winner"] == t["winner"],
+        "gap_pt": gap,
+        "within": gap >= -0.5,
+        "ratio": t["examples"] / g["examples"],
+    }
+
+
+def results_md(r: dict) -> str:
+    lines = [
+        "### Tuning: exhaustive grid vs `tune` at its defaults",
         "",
-        f"Tune spent {ratio_ex:.2f}x the grid's training examples "
-        f"({t['seconds'] / g['seconds']:.2f}x its seconds) for {t['runs']} trials against "
-        f"{g['runs']} grid runs: a trial cost "
-        f"{per_run:.2f} of a full run on average ({t['pruned']} of {t['runs']} pruned). Same "
-        f"winning method: {'yes' if same else 'no'}; tune's best validation is "
-        f"{abs(gap):.2f} pt {'above' if gap >= 0 else 'below'} the grid's. Targets: same winner "
-        "(met if yes), within 0.5 pt (met if above or within), at most 1/3 of the grid's compute.",
+        f"Measured {r['date']} on {r['env']['cpu']}, {r['env']['cpu_count']} cores, commit "
+        f"{r['env']['git_commit']}. MiniLM-L6 on the built-in snippets, one "
+        "epoch per run, batch 32. Grid: 6 learning rates per method over tune's range "
+        "(default/10 .. default*10), every run trained to the end, the method's other knobs at "
+        "their defaults. Tune: `tunelab tune` at its defaults. Both sides validate 9 times per "
+        "run trained to the end, on the same first 500 validation snippets; a method's best is "
+        "its best run trained to the end. Compute: training examples processed, from the run "
+        "records; seconds: training + validation. Final: the winning method's best "
+        "configuration of each side trained once more and scored on the whole validation split "
+        "and on test. Raw: `bench/results/tune-bench-<date>.json`.",
     ]
+    for s in r["setups"]:
+        g, t, tc, v = s["grid"], s["tuned"], s["tune"], verdict(s)
+        rungs = ", ".join(map(str, tc["rungs"])) or "-"
+        lines += [
+            "",
+            f"#### {s['train_examples']:,} training snippets",
+            "",
+            f"Tune: {tc['pruner']}, {tc['trials']} configurations per method, rungs at "
+            f"validations {rungs} of {tc['evals']} (eta {tc['eta']}), racing on.",
+            "",
+            "| method | grid best val % (lr) | tune best val % (configuration) | trials reaching "
+            "each rung | stopped |",
+            "|---|---|---|---|---|",
+        ]
+        for m in g["best"]:
+            gb, tb = g["best"][m], t["best"].get(m)
+            conf = ", ".join(
+                f"{k.split('.')[-1]}={_n(x)}" for k, x in (tb or {}).get("params", {}).items()
+            )
+            tv = f"{100 * tb['val']:.2f} ({conf})" if tb else "- (no run to the end)"
+            reached = " / ".join(map(str, tc["reached"].get(m, [])))
+            stop = tc["stopped"].get(m, "")
+            lines.append(
+                f"| {m} | {100 * gb['val']:.2f} ({gb['lr']:.3g}) | {tv} | {reached} | {stop} |"
+            )
+        lines += [
+            "",
+            "| | runs (to the end) | training examples | seconds | wall s | winner | best val % "
+            "| final val % | final test % |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, side in (("grid", g), ("tune", t)):
+            w, f = side["best"][side["winner"]], side["final"]
+            lines.append(
+                f"| {name} | {side['runs']} ({side['to_the_end']}) | {side['examples']:,} | "
+                f"{side['seconds']:.0f} | {side['wall_s']:.0f} | {side['winner']} | "
+                f"{100 * w['val']:.2f} | {100 * f['val']:.2f} | {100 * f['test']:.2f} |"
+            )
+        lines += [
+            "",
+            f"Tune spent **{v['ratio']:.2f}x** the grid's training examples "
+            f"({t['seconds'] / g['seconds']:.2f}x its seconds, "
+            f"{t['wall_s'] / g['wall_s']:.2f}x its wall time). Same winning method: "
+            f"**{'yes' if v['same_winner'] else 'no'}**; tune's best validation is "
+            f"{abs(v['gap_pt']):.2f} pt {'above' if v['gap_pt'] >= 0 else 'below'} "
+            f"the grid's. Targets: same winner {'met' if v['same_winner'] else 'missed'}; within "
+            f"0.5 pt or better {'met' if v['within'] else 'missed'}; at most 1/3 of the grid's "
+            f"examples {'met' if v['ratio'] <= 1 / 3 else 'missed'}.",
+        ]
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import as_a_shell_starts, tiny_overrides
 from tunelab.results import load_records, read_record
-from tunelab.rundir import RunClaimed, _claim, release_run_dir
+from tunelab.rundir import RunClaimed, claim, release_run_dir
 
 pytestmark = pytest.mark.slow  # real subprocesses: in `make test`, not in `make test-fast`
 
@@ -182,11 +182,11 @@ def test_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
     try:
         (run_dir / ".claim").write_text(f"{other.pid}@{os.uname().nodename}")
         with pytest.raises(RunClaimed, match=str(other.pid)):
-            _claim(run_dir)
+            claim(run_dir)
     finally:
         other.kill()
         other.wait()
-    _claim(run_dir)  # its owner is gone: taken over
+    claim(run_dir)  # its owner is gone: taken over
     assert (run_dir / ".claim").read_text().startswith(f"{os.getpid()}@")
     release_run_dir(run_dir)
     assert not (run_dir / ".claim").exists()

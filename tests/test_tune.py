@@ -89,13 +89,13 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
         return original(self, split)
 
     monkeypatch.setattr(Session, "evaluate", spy)
-    base = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 2})
+    base = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 2, "tune.pruner": "hyperband"})
     best = tune(base, ["lora"])
     assert best.methods["lora"].trials.complete + best.methods["lora"].trials.pruned == 2
     assert scored and set(scored) == {"validation"}
     trials = tmp_path / "trials" / "lora"
     first = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/result.json")}
-    more = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 3})
+    more = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 3, "tune.pruner": "hyperband"})
     tune(more, ["lora"])  # the same command with a larger budget: only the third trial runs
     runs = sorted(p.parent.name for p in (tmp_path / "trials" / "lora").glob("*/result.json"))
     assert runs == ["0", "1", "2"]
@@ -111,7 +111,9 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
     assert "lora (trial " in md.read_text() and "No successful runs" not in page
     with pytest.raises(ConfigError, match="another config"):  # a changed setup is not mixed in
         open_study(
-            base_cfg(tiny_model, toy_csv, tmp_path, **{"train.epochs": 1}),
+            base_cfg(
+                tiny_model, toy_csv, tmp_path, **{"train.epochs": 1, "tune.pruner": "hyperband"}
+            ),
             "lora",
             storage_for(more),
         )
@@ -119,8 +121,9 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
 
 @pytest.mark.slow
 def test_two_workers_share_one_journal(tiny_model, toy_csv, tmp_path):
-    base = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 4, "train.epochs": 1})
-    tune(base, ["bitfit"], workers=2)
+    over = {"tune.trials": 4, "train.epochs": 1, "tune.pruner": "hyperband"}
+    tune(base_cfg(tiny_model, toy_csv, tmp_path, **over), ["bitfit"], workers=2)
+    base = base_cfg(tiny_model, toy_csv, tmp_path, **over)
     study = optuna.load_study(study_name="bitfit", storage=storage_for(base))
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert 4 <= len(done) <= 5  # each worker checks the count before starting a trial

@@ -126,10 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tune",
-        type=int,
-        metavar="N",
-        help="tune each method first (N trials each, see `tunelab tune`), then compare "
-        "every method at its own best configuration",
+        **{"type": int, "nargs": "?", "const": 0, "metavar": "N"},
+        help="tune each method first (N configurations each, default tune.trials; see "
+        "`tunelab tune`), then compare every method at its own best configuration",
     )
     _tune_flags(p)
     p = sub.add_parser("tune", help="search each method's hyperparameters (Optuna)")
@@ -182,8 +181,9 @@ def _load(args):
         ("tune", "tune.trials"),
         ("storage", "tune.storage"),
     ):
-        if getattr(args, flag, None) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+        value = getattr(args, flag, None)
+        if value is not None and not (flag == "tune" and value == 0):  # bare --tune: as set
+            overrides.append(f"{key}={value}")
     if getattr(args, "space", None):
         overrides.append(f"tune.shared=[{args.space}]")
     cfg = load_config(path, overrides)
@@ -213,7 +213,7 @@ def cmd_config() -> None:
     """Every config key with its default, allowed values and meaning (from the dataclasses)."""
     from tunelab.config import SECTIONS
     from tunelab.fields import choices_text, field_docs
-    from tunelab.methods import knobs
+    from tunelab.methods import method_dict
     from tunelab.tasks import TASKS
 
     for section, cls in SECTIONS.items():
@@ -224,7 +224,7 @@ def cmd_config() -> None:
                 allowed = "one of " + ", ".join(TASKS)
             value = getattr(obj, key)
             if key == "method" and not section:  # the built method, as a config names it
-                value = {"name": value.name, **knobs(value)}
+                value = method_dict(value)
             print(f"{section}{key} = {value!r}{f' ({allowed})' if allowed else ''}")
             print(f"    {doc}")
 
@@ -291,7 +291,7 @@ def cmd_compare(args) -> None:
     )
 
     sizes = parse_sizes(args.train_sizes) if args.train_sizes else None
-    tuned = cmd_tune(args) if args.tune else None
+    tuned = cmd_tune(args) if args.tune is not None else None
     cfg = _load(args)
     methods = parse_methods(args.methods)
     if sizes:

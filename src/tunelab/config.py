@@ -21,7 +21,7 @@ import yaml
 
 from tunelab.errors import ConfigError
 from tunelab.fields import NonNegative, Positive, Range, apply_fields, field_docs
-from tunelab.methods import METHODS, Method, build_method, knobs
+from tunelab.methods import METHODS, Method, build_method, knobs, method_dict
 
 
 @dataclass
@@ -133,23 +133,31 @@ class TrainConfig:
 
 @dataclass
 class TuneConfig:
-    trials: Annotated[int, Positive] = 12
-    """Trials per method, the same for every method (with the same per-trial step budget:
-    that is what makes a tuned comparison fair)."""
-    evals: Annotated[int, Positive] = 4
-    """Validation points per trial; the pruner decides at each whether a trial goes on."""
+    trials: Annotated[int, Positive] = 6
+    """Configurations per method, the same for every method (with the same per-trial step
+    budget: that is what makes a tuned comparison fair). With the halving pruner, the size of
+    each method's bracket: 6 costs about 1.8 full runs per method (see tune.pruner)."""
+    evals: Annotated[int, Positive] = 9
+    """Validation points of a trial that runs to the end; the pruner decides at them."""
+    pruner: Literal["halving", "hyperband", "median", "none"] = "halving"
+    """How weak configurations stop early. halving: successive halving across methods, rung by
+    rung (every trial to the first rung, the best 1/eta on to the next from where they paused,
+    ...; rungs at validations evals/eta^k: 1, 3, 9 of 9); hyperband, median: Optuna's pruners
+    on trials sampled one at a time (TPE); none: every trial to the end."""
+    eta: Annotated[int, Range(ge=2)] = 3
+    """Halving: the reduction factor, the ratio between rungs (1/eta of the trials climb)."""
     race: bool = True
-    """Race the methods: trials go round-robin, one per method per round, and a method whose
-    best validation accuracy is behind the leader's outside noise (Wilson intervals over the
-    tuning subset) stops receiving trials once every method finished its random start-up
-    (max(4, trials/3) trials). The report says where and why it stopped."""
+    """Race the methods: a method whose best validation accuracy is behind the leader's outside
+    noise (95% Wilson intervals over the tuning subset) stops receiving budget; with halving
+    after each rung but the last, with the Optuna pruners (trials round-robin, one per method
+    per round) once every method finished its random start-up (max(4, trials/3) trials). The
+    report says where and why it stopped."""
     eval_examples: Annotated[int | None, Positive] = 500
     """Validation examples scored during tuning: the first N of the validation split, the same
     fixed subset for every trial (unset = all). The final comparison scores all of them."""
-    pruner: Literal["hyperband", "median", "none"] = "hyperband"
-    """Stops weak trials early: Optuna's Hyperband, median, or none."""
     seed: int = 0
-    """Seed of the TPE sampler (one study per method)."""
+    """Seed of the sampler (halving: the scrambled Sobol sequence, the same for every method;
+    the Optuna pruners: TPE)."""
     space: dict[str, Any] = field(default_factory=dict)
     """Per-method changes to the search space, e.g. {lora: {lr: [1e-4, 1e-2], r: 8}}: a
     [low, high] range, a list of three or more choices, or one value that fixes the knob."""
@@ -339,7 +347,7 @@ def _read_yaml(p: Path) -> dict[str, Any]:
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Plain nested dict of the config, secrets included (in memory only: files get
     ``public_dict``); the method as {name, knob: value, ...}."""
-    return {**dataclasses.asdict(cfg), "method": {"name": cfg.method.name, **knobs(cfg.method)}}
+    return {**dataclasses.asdict(cfg), "method": method_dict(cfg.method)}
 
 
 def public_dict(cfg: RunConfig) -> dict[str, Any]:

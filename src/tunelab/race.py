@@ -21,7 +21,10 @@ class Standing:
     n: int
     """Validation examples that accuracy was measured on."""
     trials: int
-    """Finished trials (complete, pruned or failed)."""
+    """Finished trials (complete, pruned or failed), or the method's bracket."""
+    at: str = ""
+    """Where it stands, for the message (e.g. "at rung 1 (validation 1 of 9)"); default: after
+    its trials."""
 
 
 def out_of_race(standings: list[Standing], after: int) -> dict[str, str]:
@@ -35,8 +38,9 @@ def out_of_race(standings: list[Standing], after: int) -> dict[str, str]:
     for s in ready:
         est = binomial(100 * s.best, s.n)
         if s is not lead and est.high < top.low:
+            where = s.at or f"after {s.trials} trials"
             out[s.method] = (
-                f"stopped after {s.trials} trials: best {est.mean:.1f}% (95% interval up to "
+                f"stopped {where}: best {est.mean:.1f}% (95% interval up to "
                 f"{est.high:.1f}%) vs the leader {lead.method} {top.mean:.1f}% (from "
                 f"{top.low:.1f}%), outside noise on {s.n} validation examples"
             )

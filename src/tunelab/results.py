@@ -184,6 +184,8 @@ class MethodTuning:
     importances: dict[str, float] = field(default_factory=dict)
     stopped: str = ""
     """Why the race stopped giving this method trials ("" if it ran them all)."""
+    rungs: list[int] = field(default_factory=list)
+    """Successive halving: how many of its trials reached each rung."""
 
 
 @dataclass
@@ -197,6 +199,10 @@ class TuningSummary:
     pruner: str = "hyperband"
     metric: str = "accuracy"
     methods: dict[str, MethodTuning] = field(default_factory=dict)
+    rungs: list[int] = field(default_factory=list)
+    """Successive halving: the validations where trials were compared (e.g. [1, 3, 9])."""
+    eta: int = 0
+    """Successive halving: the reduction factor between rungs."""
 
     def write(self, root: Path) -> None:
         write_json(Path(root) / TUNING, dataclasses.asdict(self))
@@ -258,7 +264,7 @@ class RunRecord:
     method: str
     config: RunConfig
     """The run's configuration (result.json holds it with secrets redacted)."""
-    status: str = "running"  # running | ok | failed | interrupted | pruned
+    status: str = "running"  # running | ok | failed | interrupted | pruned | paused
     reason: str = ""
     schema: int = SCHEMA
     method_knobs: dict[str, Any] = field(default_factory=dict)

@@ -33,9 +33,10 @@ class RunClaimed(TunelabError):
     """Another live process is running this run folder."""
 
 
-def _claim(run_dir: Path) -> None:
+def claim(run_dir: Path) -> None:
     """Take the folder for this process, atomically (O_EXCL): two processes pointed at one
-    output folder never run the same run. A claim left by a dead process is taken over."""
+    output folder never run the same run. A claim left by a dead process is taken over; this
+    process's own claim is kept (a caller may hold the folder around a run)."""
     path = run_dir / CLAIM
     me = f"{os.getpid()}@{socket.gethostname()}"
     for _ in range(2):
@@ -43,7 +44,9 @@ def _claim(run_dir: Path) -> None:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = path.read_text().strip() if path.exists() else ""
-            if owner and alive(owner) and owner != me:
+            if owner == me:
+                return
+            if owner and alive(owner):
                 raise RunClaimed(f"run {run_dir.name} is being run by process {owner}") from None
             path.unlink(missing_ok=True)  # its process is gone
             continue
@@ -71,7 +74,7 @@ def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) 
         return  # the main process of a multi-process run owns the folder
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _claim(run_dir)
+        claim(run_dir)
     except OSError as e:
         raise TunelabError(
             f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}; choose an output "
@@ -90,7 +93,7 @@ def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) 
 def _check_existing(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if (run_dir / RESULT).exists() or (run_dir / STATE).exists():
         if resume and (run_dir / STATE).exists():
-            (run_dir / RESULT).unlink(missing_ok=True)  # an "interrupted" record goes on
+            pass  # its interrupted / paused record stays until the run writes the next one
         elif overwrite or _failed_without_progress(run_dir):
             for item in run_dir.iterdir():
                 if item.name != CLAIM:

@@ -1,11 +1,10 @@
 """ONE explicit, method- and task-agnostic training loop (on accelerate: CPU, CUDA, several GPUs).
 
-Read top to bottom: ``run`` = ``setup`` (data, model, the method's ``prepare`` and
-``param_groups``, AdamW + warmup/decay) -> ``restore`` (an interrupted run's checkpoint) ->
-``train_loop`` (``train_step`` and, regularly, ``validate``, which keeps the best weights) ->
-``finish`` (test the best validation checkpoint, save it, write the run record). The loop asks
-a task (``tunelab.tasks``) for losses and metrics, and sends metrics out through one logger.
-"""
+``run`` = ``setup`` (data, model, the method's ``prepare`` and ``param_groups``, AdamW +
+warmup/decay) -> ``restore`` (an interrupted or paused run's checkpoint) -> ``train_loop``
+(``train_step`` and, regularly, ``validate``, which keeps the best weights) -> ``finish`` (test
+the best validation checkpoint, save it, write the record). A task (``tunelab.tasks``) gives
+losses and metrics; metrics go out through one logger."""
 
 from __future__ import annotations
 
@@ -32,8 +31,10 @@ from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_ro
 from tunelab.resume import Progress, Saver
 from tunelab.tasks import Prepared, check_task, data_info, prepare_data
 
-OnValidation = Callable[[int, Scores], bool | None]
-"""After each validation (step, scores): False stops the run, recorded as ``pruned``."""
+PAUSE = "pause"
+OnValidation = Callable[[int, Scores], bool | str | None]
+"""After each validation (its number in the run, counted across a resume; its scores): False
+stops the run (``pruned``); PAUSE stops it keeping its checkpoint (``paused``; resume goes on)."""
 
 
 @dataclass
@@ -121,11 +122,9 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
         fast.tune_allocator()
     set_seed(tc.seed)  # before the head, adapters and prompts are initialised
     data = prepare_data(cfg)
-    rss_before_model = measure.settled_rss()
-    pad_id = data.tokenizer.pad_token_id
-    mc = cfg.model
+    rss_before_model, mc = measure.settled_rss(), cfg.model
     model = load_model(
-        mc.name, data.splits.label_names, pad_id, data.task.lm_head,
+        mc.name, data.splits.label_names, data.tokenizer.pad_token_id, data.task.lm_head,
         mc.trust_remote_code, mc.allow_pickle,
     )  # fmt: skip
     record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device))
@@ -155,7 +154,7 @@ def train_loop(
     s: Session, pg: Progress, best: dict, logger: Logger, on_validation: OnValidation | None
 ) -> str:
     """Optimizer steps until the budget is spent, validating regularly. Returns ``done``,
-    ``early`` (patience ran out) or ``pruned`` (``on_validation`` said stop)."""
+    ``early`` (patience ran out), or ``pruned`` / ``paused`` (``on_validation`` said so)."""
     tc, device = s.cfg.train, s.acc.device
     s.model.train()
     outcome, accuracy = "done", s.data.task.has_accuracy
@@ -260,8 +259,9 @@ def validate(
     else:
         pg.evals_since_best += 1
     saving.checkpoint(s.saver, pg, best)
-    if on_validation and on_validation(pg.step, val) is False:
-        return "pruned"
+    said = on_validation(len(pg.curve), val) if on_validation else None
+    if said is False or said == PAUSE:
+        return "pruned" if said is False else "paused"
     return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
 
 
@@ -269,12 +269,12 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
     """Test the best validation checkpoint (never the last one), save it, write the record."""
     rec, model, main = s.record, s.acc.unwrap_model(s.model), s.acc.is_main_process
     ckpt.load_trainable(model, best)
-    test_s = 0.0  # the best validation's weights are back; a pruned run is not tested
-    if outcome != "pruned" and s.cfg.train.test:
+    test_s, stopped = 0.0, outcome in ("pruned", "paused")  # neither is tested nor saved
+    if not stopped and s.cfg.train.test:
         t0 = time.perf_counter()
         rec.test = s.evaluate(s.data.test)
         test_s = time.perf_counter() - t0
-    if outcome != "pruned" and s.cfg.train.save_model and main:
+    if not stopped and s.cfg.train.save_model and main:
         ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model")
     seen = torch.tensor([pg.examples, pg.tokens], device=s.acc.device)  # summed: parts differ
     seen = [int(x) for x in (s.acc.reduce(seen, "sum") if s.acc.num_processes > 1 else seen)]
@@ -289,11 +289,11 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         best_step=pg.best_step,
         best_validation=pg.best,
     )
-    if outcome == "pruned":
-        reason = f"stopped by its caller after the validation at step {pg.step}"
-        rec.stop("pruned", reason, pg.step, pg.curve)
+    if stopped:  # paused: its checkpoint stays for --resume
+        rec.stop(outcome, f"{outcome} by its caller at step {pg.step}", pg.step, pg.curve)
     if main:
         rec.write(s.run_dir)
+    if main and outcome != "paused":
         (s.run_dir / STATE).unlink(missing_ok=True)
     s.acc.wait_for_everyone()  # several processes: leave together (the trackers' shutdown
     return rec  # tears the process group down, and a peer already gone would hang it)

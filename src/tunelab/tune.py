@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunelab import halving
 from tunelab.config import RunConfig, TuneConfig, for_method, redact, to_dict
 from tunelab.errors import ConfigError, RunFailed, TunelabError
 from tunelab.files import alive, write_text
@@ -65,11 +66,10 @@ class Reporter:
     """``on_validation`` for a trial: report each validation to Optuna, stop when pruned."""
 
     def __init__(self, trial, metric: str):
-        self.trial, self.metric, self.evals = trial, metric, 0
+        self.trial, self.metric = trial, metric
 
-    def __call__(self, step: int, scores: Scores) -> bool:
-        self.evals += 1
-        self.trial.report(scores.value(self.metric), self.evals)
+    def __call__(self, evals: int, scores: Scores) -> bool:
+        self.trial.report(scores.value(self.metric), evals)
         return not self.trial.should_prune()
 
 
@@ -131,6 +131,7 @@ def open_study(base: RunConfig, method: str, storage, worker: int = 0):
         "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tc.evals),
         "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         "none": optuna.pruners.NopPruner(),
+        "halving": optuna.pruners.NopPruner(),  # halving.halve decides, between rungs
     }[tc.pruner]
     study = optuna.create_study(
         storage=storage,
@@ -154,9 +155,11 @@ def startup_trials(tc: TuneConfig) -> int:
 
 
 def fingerprint(base: RunConfig) -> str:
-    """The config a study belongs to (all but the trial count and the storage)."""
+    """The config a study belongs to (all but the storage, racing and, for the Optuna pruners,
+    the trial count: a successive-halving bracket is defined by its size)."""
     d = to_dict(base)
-    d["tune"] = {k: v for k, v in d["tune"].items() if k not in ("trials", "storage", "race")}
+    free = ("storage", "race") + (("trials",) if base.tune.pruner != "halving" else ())
+    d["tune"] = {k: v for k, v in d["tune"].items() if k not in free}
     d.pop("name")
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -219,6 +222,16 @@ def optimize(base: RunConfig, methods: list[str], worker: int = 0) -> None:
     spaces = check_spaces(methods, base.tune)
     storage = storage_for(base)
     studies = {m: open_study(base, m, storage, worker) for m in methods}
+    if base.tune.pruner == "halving":
+        from tqdm.auto import tqdm
+
+        def summary() -> None:  # after each rung: what `tunelab report` shows meanwhile
+            if worker == 0:
+                summarize(base, methods)
+
+        spec = (trial_config, objective_metric(base))
+        halving.halve(base, studies, spaces, *spec, tqdm.write, summary)
+        return
     total = len(methods) * base.tune.trials
     on_trial = TrialProgress(total, sum(map(finished, studies.values())))
     runs = {m: objective(base, m, spaces[m]) for m in methods}
@@ -292,7 +305,13 @@ def tune(base: RunConfig, methods: list[str], workers: int = 1) -> TuningSummary
     return each method's best parameters and value."""
     import multiprocessing
 
-    check_spaces(methods, base.tune)  # refuse a bad space before any process starts
+    spaces = check_spaces(methods, base.tune)  # refuse a bad space before any process starts
+    if base.tune.pruner == "halving":  # each bracket asked once, before any worker starts
+        storage = storage_for(base)
+        for m in methods:
+            halving.populate(
+                open_study(base, m, storage), spaces[m], base.tune.trials, base.tune.seed
+            )
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
     procs = [
@@ -360,17 +379,21 @@ def summarize(base: RunConfig, methods: list[str]) -> TuningSummary:
     storage = storage_for(base)
     spaces = check_spaces(methods, base.tune)
     trials = [r for r in load_records(Path(base.out_dir) / "trials") if r.is_trial]
+    at = halving.rungs(base.tune) if base.tune.pruner == "halving" else []
     out = TuningSummary(
         trials_per_method=base.tune.trials,
         evals=base.tune.evals,
         eval_examples=base.tune.eval_examples,
         pruner=base.tune.pruner,
         metric=objective_metric(base)[0],
+        rungs=at,
+        eta=base.tune.eta if at else 0,
     )
     for method in methods:
         study = optuna.load_study(study_name=method, storage=storage)
         mine = [r for r in trials if r.tuning.study == method]
         out.methods[method] = summary_of(study, spaces[method], mine)
+        out.methods[method].rungs = [sum(r.ok or len(r.curve) >= e for r in mine) for e in at]
     out.write(Path(base.out_dir))
     return out
 
@@ -381,10 +404,12 @@ def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> Meth
     states = [t.state.name for t in study.trials]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = study.best_trial if complete else None  # in the study's own direction
-    try:
-        importances = dict(optuna.importance.get_param_importances(study))
-    except (RuntimeError, ValueError):  # too few complete trials, or nothing varied
-        importances = {}
+    importances = {}
+    try:  # from three complete trials on (fewer: Optuna says "equal", which means nothing)
+        if len(complete) >= 3:
+            importances = dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError):  # nothing varied
+        pass
     return MethodTuning(
         space={k: list(v) for k, v in space.items()},
         trials=TrialCounts(*(states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL"))),

@@ -63,3 +63,8 @@ def method_class(name: str) -> type[Method]:
 def knobs(method: Method) -> dict[str, Any]:
     """The method's knobs and their current values."""
     return {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
+
+
+def method_dict(method: Method) -> dict[str, Any]:
+    """The method as a config names it: {name, knob: value, ...}."""
+    return {"name": method.name, **knobs(method)}

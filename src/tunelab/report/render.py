@@ -273,14 +273,27 @@ def size_markdown(s) -> list[str]:
 
 
 def tuning_text(t: TuningSummary) -> str:
+    if t.rungs:
+        how = (
+            f"{t.trials_per_method} configurations per method (a seeded scrambled Sobol "
+            f"sequence over its space), each with the same step budget and up to {t.evals} "
+            f"validations on the first {t.eval_examples or 'all'} validation examples (a fixed "
+            f"subset). Successive halving: every configuration trained to the first rung, the "
+            f"best 1/{t.eta} went on from where they paused, rungs at validations "
+            f"{', '.join(map(str, t.rungs))}; between rungs a method behind the leader "
+            f"outside noise stopped (the trials column says where)"
+        )
+    else:
+        how = (
+            f"{t.trials_per_method} trials, each with the same step budget and {t.evals} "
+            f"validations on the first {t.eval_examples or 'all'} validation examples (a fixed "
+            f"subset). Optuna's TPE sampler (seeded) chose the configurations and the "
+            f"{t.pruner} pruner stopped weak trials"
+        )
     return (
-        f"Every method had the same budget: {t.trials_per_method} trials, each with the same "
-        f"step budget and {t.evals} validations on the first {t.eval_examples or 'all'}"
-        f" validation examples (a fixed subset). Optuna's TPE sampler (seeded) chose the "
-        f"configurations and the {t.pruner} pruner stopped weak trials "
-        f"(objective: validation {t.metric}). The test split was never "
-        "scored during tuning; the comparison reruns each method's "
-        "best configuration on the full validation split and scores it on test once."
+        f"Every method had the same budget: {how} (objective: validation {t.metric}). The test "
+        "split was never scored during tuning; the comparison reruns each method's best "
+        "configuration on the full validation split and scores it on test once."
     )
 
 
@@ -300,6 +313,7 @@ def tuning_rows(t: TuningSummary) -> list[dict]:
                 "best": best,
                 "value": value,
                 "trials": f"{n.complete} / {n.pruned} / {n.fail}"
+                + (f"; per rung {' / '.join(map(str, m.rungs))}" if m.rungs else "")
                 + (f" ({m.stopped})" if m.stopped else ""),
                 "examples": f"{m.examples:,}",
                 "seconds": f"{m.seconds:.0f}",
