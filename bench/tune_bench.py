@@ -1,6 +1,6 @@
 """Exhaustive learning-rate grid against `tunelab tune` at its defaults, on the same work.
 
-For each setup (default: 3,000 and 1,000 built-in training snippets), per method (the
+For each setup (default: 3,000 and 600 built-in training snippets), per method (the
 article's four plus freeze): a grid of 6 learning rates log-spaced over the same range tune
 searches (default/10 .. default*10), each run to the full per-trial budget; then `tune` at its
 defaults (successive halving across methods with racing, `tune.trials` configurations per
@@ -44,10 +44,12 @@ def setup_result(train_examples: int, methods: list[str], grid_n: int, out: Path
 
     over = [f"data.max_train_examples={train_examples}", "tracker=none"]
     base = load_config(None, [*over, f"out_dir={out / 'tune'}"])
+    # a grid run is judged at its end, as tune's trials trained to the end are: one validation
+    grid_base = load_config(None, [*over, "tune.evals=1"])
     grid, t0 = {}, time.perf_counter()
     for method in methods:
         for i, lr in enumerate(grid_lrs(METHODS[method]().lr, grid_n)):
-            cfg = trial_config(base, method, {"train.lr": lr}, i)
+            cfg = trial_config(grid_base, method, {"train.lr": lr}, i)
             cfg.out_dir = str(out / "grid" / method)
             rec = run(cfg, overwrite=True)
             print(f"grid {method} lr={lr:.3g}: val {100 * _best(rec):.2f}", flush=True)
@@ -90,12 +92,14 @@ def _best(rec) -> float:
 
 
 def _point(rec) -> dict:
+    """A grid run or a trial: "val" is its validation accuracy at the end of its steps (the
+    one point both sides have for a run trained to the end), "val_best" its best point."""
     last = rec.curve[-1].get("val_accuracy", 0.0) if rec.curve else 0.0
     return {
         "lr": rec.lr,
         "status": rec.status,
-        "val": _best(rec),
-        "val_last": last,
+        "val": last,
+        "val_best": _best(rec),
         "validations": len(rec.curve),
         "examples": rec.timing.train_examples_seen,
         "seconds": rec.timing.train_s + rec.timing.eval_s,
@@ -123,7 +127,7 @@ def _side(points: dict[str, list[dict]], wall: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--setups", default="3000,1000", help="training snippets, one per setup")
+    ap.add_argument("--setups", default="3000,600", help="training snippets, one per setup")
     ap.add_argument("--methods", default="full,llrd,freeze,lora,prompt")
     ap.add_argument("--grid", type=int, default=6, help="learning rates per method")
     ap.add_argument("--out", default=str(HERE / "out" / "tune"))
@@ -171,9 +175,10 @@ def results_md(r: dict) -> str:
         f"{r['env']['git_commit']}. MiniLM-L6 on the built-in snippets, one "
         "epoch per run, batch 32. Grid: 6 learning rates per method over tune's range "
         "(default/10 .. default*10), every run trained to the end, the method's other knobs at "
-        "their defaults. Tune: `tunelab tune` at its defaults. Both sides validate 9 times per "
-        "run trained to the end, on the same first 500 validation snippets; a method's best is "
-        "its best run trained to the end. Compute: training examples processed, from the run "
+        "their defaults, validated once at the end. Tune: `tunelab tune` at its defaults. A run is "
+        "judged by its validation accuracy at the end of its steps on the same first 500 "
+        "validation snippets, on both sides; a method's best is its best run trained to the "
+        "end (on tune's side, trials that stopped at a rung do not count). Compute: training examples processed, from the run "
         "records; seconds: training + validation. Final: the winning method's best "
         "configuration of each side trained once more and scored on the whole validation split "
         "and on test. Raw: `bench/results/tune-bench-<date>.json`.",

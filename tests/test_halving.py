@@ -92,6 +92,12 @@ def test_a_bracket_pauses_climbs_races_and_trains_like_a_straight_run(
     assert study.user_attrs["stopped"] == lora.stopped  # a resumed tune keeps it stopped
     again = tune(base, ["full", "lora"])  # nothing left to do: nothing reruns
     assert again.methods["full"].examples == full.examples
+    from tunelab.report import build_report
+
+    _, md = build_report(tmp_path / "t")
+    text = md.read_text()
+    assert "Successive halving" in text and "rungs at validations 1, 3, 9" in text
+    assert "1 / 2 / 0; per rung 3 / 1 / 1" in text and "stopped at rung 1" in text
 
 
 def _straight(base, method: str, params: dict, out):

@@ -260,7 +260,11 @@ def cmd_tune(args) -> dict:
     check_spaces(methods, cfg.tune)
     if args.overwrite:
         reset(cfg, methods)
-    print(f"tuning {', '.join(methods)}: {cfg.tune.trials} trials each -> {cfg.out_dir}")
+    tc = cfg.tune
+    how = f"{tc.trials} trials each"
+    if tc.pruner == "halving":
+        how = f"a bracket of {tc.trials} configurations each (successive halving, eta {tc.eta})"
+    print(f"tuning {', '.join(methods)}: {how} -> {cfg.out_dir}")
     best = tune(cfg, methods, workers=args.workers)
     for method, b in best.methods.items():
         t = b.trials

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig, TuneConfig
 from tunelab.errors import RunFailed
 from tunelab.race import Standing, out_of_race
-from tunelab.results import STATE, RunRecord, Scores, Tuning, read_record
+from tunelab.results import STATE, RunRecord, Scores, Tuning, read_record, validation_of
 from tunelab.rundir import RunClaimed, claim, release_run_dir, run_dir_for
 from tunelab.space import suggest
 from tunelab.train import PAUSE, run
@@ -61,20 +61,14 @@ class Trial:
         if rec is None or rec.status == "failed":
             return None
         if len(rec.curve) >= evals:
-            return Scores(**_validation(rec.curve[evals - 1])).value(metric)
+            return Scores(**validation_of(rec.curve[evals - 1])).value(metric)
         if rec.ok and rec.curve:
-            return Scores(**_validation(rec.curve[-1])).value(metric)
+            return Scores(**validation_of(rec.curve[-1])).value(metric)
         return None
 
     def reached(self, evals: int) -> bool:
         rec = self.record
         return rec is not None and (rec.ok or rec.status == "failed" or len(rec.curve) >= evals)
-
-
-def _validation(row: dict) -> dict[str, float]:
-    from tunelab.results import validation_of
-
-    return validation_of(row)
 
 
 class PauseAt:
@@ -191,12 +185,13 @@ def wait(trials: list[Trial], evals: int, seconds: float = 2.0) -> None:
 
 def standings(brackets: dict[str, list[Trial]], alive: dict, evals: int, metric: str, k: int):
     """Each racing method's best value at rung ``k`` (validation ``evals``), for the race."""
+    sign = -1 if metric == "loss" else 1
     out = []
     for method, trials in brackets.items():
         values = [(t.value_at(evals, metric), t) for t in alive[method]]
         values = [(v, t) for v, t in values if v is not None]
         if values:
-            v, t = max(values, key=lambda x: x[0])
+            v, t = max(values, key=lambda x: sign * x[0])
             n = t.record.data.validation if t.record else 0
             at = f"at rung {k + 1} (validation {evals} of {t.cfg.tune.evals})"
             out.append(Standing(method, v, n, len(trials), at=at))
@@ -229,6 +224,7 @@ def halve(
     """Run every method's bracket, rung by rung, racing the methods between rungs.
     ``objective``: the metric trials optimise and its direction (tune.objective_metric)."""
     metric, maximize, at = objective[0], objective[1] == "maximize", rungs(base.tune)
+    spent: dict[str, int] = {}  # training examples per method, kept once a method stops
     for method, study in studies.items():
         populate(study, spaces[method], base.tune.trials, base.tune.seed)
     for k, evals in enumerate(at):
@@ -251,10 +247,10 @@ def halve(
                     close(studies[m], t, "end of the bracket", metric, maximize)
         else:
             board = standings(brackets, alive, evals, metric, k)
-            spent = sum(
-                t.record.timing.train_examples_seen for m in racing for t in brackets[m] if t.record
-            )
-            still = race(base, studies, board, maximize, say, f"{spent:,} training examples so far")
+            for m in racing:
+                spent[m] = sum(t.record.timing.train_examples_seen for t in brackets[m] if t.record)
+            total = f"{sum(spent.values()):,} training examples so far"
+            still = race(base, studies, board, maximize, say, total)
             for m in set(racing) - set(still):
                 for t in brackets[m]:
                     close(studies[m], t, studies[m].user_attrs["stopped"], metric, maximize)
