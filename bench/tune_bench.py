@@ -172,16 +172,16 @@ def results_md(r: dict) -> str:
         "### Tuning: exhaustive grid vs `tune` at its defaults",
         "",
         f"Measured {r['date']} on {r['env']['cpu']}, {r['env']['cpu_count']} cores, commit "
-        f"{r['env']['git_commit']}. MiniLM-L6 on the built-in snippets, one "
-        "epoch per run, batch 32. Grid: 6 learning rates per method over tune's range "
-        "(default/10 .. default*10), every run trained to the end, the method's other knobs at "
-        "their defaults, validated once at the end. Tune: `tunelab tune` at its defaults. A run is "
+        f"{r['env']['git_commit']}. MiniLM-L6 on the built-in snippets, one epoch per run, "
+        "batch 32. Grid: 6 learning rates per method over tune's range (default/10 .. "
+        "default*10), every run trained to the end, the method's other knobs at their "
+        "defaults, validated once at the end. Tune: `tunelab tune` at its defaults. A run is "
         "judged by its validation accuracy at the end of its steps on the same first 500 "
         "validation snippets, on both sides; a method's best is its best run trained to the "
-        "end (on tune's side, trials that stopped at a rung do not count). Compute: training examples processed, from the run "
-        "records; seconds: training + validation. Final: the winning method's best "
-        "configuration of each side trained once more and scored on the whole validation split "
-        "and on test. Raw: `bench/results/tune-bench-<date>.json`.",
+        "end (on tune's side, trials that stopped at a rung do not count). Compute: training "
+        "examples processed, from the run records; seconds: training + validation. Final: the "
+        "winning method's best configuration of each side trained once more, validated on the "
+        "whole validation split and scored on test. Raw: `bench/results/tune-bench-<date>.json`.",
     ]
     for s in r["setups"]:
         g, t, tc, v = s["grid"], s["tuned"], s["tune"], verdict(s)
