@@ -143,14 +143,15 @@ def main() -> None:
         result = {
             "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
             "env": environment(torch.device("cpu")),
-            "setups": [
-                setup_result(int(n), args.methods.split(","), args.grid, Path(args.out) / n)
-                for n in args.setups.split(",")
-            ],
+            "setups": [],
         }
         path = HERE / "results" / f"tune-bench-{result['date'][:10]}.json"
-        path.write_text(json.dumps(result, indent=1))
-        print(f"raw results: {path}")
+        for n in args.setups.split(","):  # kept after each setup: a long bench keeps its part
+            setup = setup_result(int(n), args.methods.split(","), args.grid, Path(args.out) / n)
+            result["setups"].append(setup)
+            path.write_text(json.dumps(result, indent=1))
+            write_results(HERE / "RESULTS.md", "tune", results_md(result))
+            print(f"raw results: {path}")
     write_results(HERE / "RESULTS.md", "tune", results_md(result))
     print(results_md(result))
 
