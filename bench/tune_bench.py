@@ -35,10 +35,12 @@ def grid_lrs(default: float, n: int) -> list[float]:
     return [math.exp(lo + i * (hi - lo) / (n - 1)) for i in range(n)]
 
 
-def setup_result(train_examples: int, methods: list[str], grid_n: int, out: Path) -> dict:
+def setup_result(
+    train_examples: int, methods: list[str], grid_n: int, out: Path, reuse_grid: bool = False
+) -> dict:
     from tunelab.config import for_method, load_config
     from tunelab.methods import METHODS
-    from tunelab.results import load_records
+    from tunelab.results import load_records, read_record
     from tunelab.train import run
     from tunelab.tune import trial_config, tune
 
@@ -46,14 +48,18 @@ def setup_result(train_examples: int, methods: list[str], grid_n: int, out: Path
     base = load_config(None, [*over, f"out_dir={out / 'tune'}"])
     # a grid run is judged at its end, as tune's trials trained to the end are: one validation
     grid_base = load_config(None, [*over, "tune.evals=1"])
-    grid, t0 = {}, time.perf_counter()
+    grid, t0, reused = {}, time.perf_counter(), 0
     for method in methods:
         for i, lr in enumerate(grid_lrs(METHODS[method]().lr, grid_n)):
             cfg = trial_config(grid_base, method, {"train.lr": lr}, i)
             cfg.out_dir = str(out / "grid" / method)
-            rec = run(cfg, overwrite=True)
+            rec = read_record(out / "grid" / method / str(i)) if reuse_grid else None
+            if rec is None or not rec.ok or rec.lr != lr:
+                rec = run(cfg, overwrite=True)
+            else:
+                reused += 1
             print(f"grid {method} lr={lr:.3g}: val {100 * _best(rec):.2f}", flush=True)
-    grid_wall = time.perf_counter() - t0
+    grid_wall = None if reused else time.perf_counter() - t0  # reused runs: no wall time
     for method in methods:
         grid[method] = [_point(r) for r in load_records(out / "grid" / method)]
     t0 = time.perf_counter()
@@ -107,7 +113,7 @@ def _point(rec) -> dict:
     }
 
 
-def _side(points: dict[str, list[dict]], wall: float) -> dict:
+def _side(points: dict[str, list[dict]], wall: float | None) -> dict:
     # the best of a method: among the configurations trained to the end (a pruned trial's
     # validation came from fewer steps; on the grid every run is trained to the end)
     full = {m: [p for p in ps if p["status"] == "ok"] for m, ps in points.items()}
@@ -132,6 +138,12 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=6, help="learning rates per method")
     ap.add_argument("--out", default=str(HERE / "out" / "tune"))
     ap.add_argument("--rewrite", help="regenerate RESULTS.md's block from this result file")
+    ap.add_argument(
+        "--reuse-grid",
+        action="store_true",
+        help="keep grid runs already finished in --out (same lr); the grid's wall time then "
+        "counts only the runs made now",
+    )
     args = ap.parse_args()
     if args.rewrite:
         result = json.loads(Path(args.rewrite).read_text())
@@ -147,7 +159,8 @@ def main() -> None:
         }
         path = HERE / "results" / f"tune-bench-{result['date'][:10]}.json"
         for n in args.setups.split(","):  # kept after each setup: a long bench keeps its part
-            setup = setup_result(int(n), args.methods.split(","), args.grid, Path(args.out) / n)
+            where = Path(args.out) / n
+            setup = setup_result(int(n), args.methods.split(","), args.grid, where, args.reuse_grid)
             result["setups"].append(setup)
             path.write_text(json.dumps(result, indent=1))
             write_results(HERE / "RESULTS.md", "tune", results_md(result))
@@ -217,18 +230,19 @@ def results_md(r: dict) -> str:
         ]
         for name, side in (("grid", g), ("tune", t)):
             w, f = side["best"][side["winner"]], side["final"]
+            wall = "-" if side["wall_s"] is None else f"{side['wall_s']:.0f}"
             lines.append(
                 f"| {name} | {side['runs']} ({side['to_the_end']}) | {side['examples']:,} | "
-                f"{side['seconds']:.0f} | {side['wall_s']:.0f} | {side['winner']} | "
+                f"{side['seconds']:.0f} | {wall} | {side['winner']} | "
                 f"{100 * w['val']:.2f} | {100 * f['val']:.2f} | {100 * f['test']:.2f} |"
             )
         lines += [
             "",
             f"Tune spent **{v['ratio']:.2f}x** the grid's training examples "
-            f"({t['seconds'] / g['seconds']:.2f}x its seconds, "
-            f"{t['wall_s'] / g['wall_s']:.2f}x its wall time). Same winning method: "
-            f"**{'yes' if v['same_winner'] else 'no'}**; tune's best validation is "
-            f"{abs(v['gap_pt']):.2f} pt {'above' if v['gap_pt'] >= 0 else 'below'} "
+            f"({t['seconds'] / g['seconds']:.2f}x its seconds of training and validation"
+            + (f", {t['wall_s'] / g['wall_s']:.2f}x its wall time" if g["wall_s"] else "")
+            + f"). Same winning method: **{'yes' if v['same_winner'] else 'no'}**; tune's best "
+            f"validation is {abs(v['gap_pt']):.2f} pt {'above' if v['gap_pt'] >= 0 else 'below'} "
             f"the grid's. Targets: same winner {'met' if v['same_winner'] else 'missed'}; within "
             f"0.5 pt or better {'met' if v['within'] else 'missed'}; at most 1/3 of the grid's "
             f"examples {'met' if v['ratio'] <= 1 / 3 else 'missed'}.",

@@ -8,6 +8,10 @@ up to the full step budget. Rungs are validation points: with ``tune.evals`` = 9
 the 1st, 3rd and 9th validation (1/9, 1/3 and all of the steps). A bracket of 6 costs
 6 x 1/9 + 2 x 2/9 + 1 x 6/9 = 1.8 full runs, where a 6-point grid costs 6.
 
+Promotion is by the validation loss at the rung (a proper score that already ranks
+configurations when the accuracy still sits at the majority class); the final choice, the
+race and the report use the objective (``train.metric``).
+
 After every rung but the last the methods race (``tunelab.race``): a method whose best value
 at that rung is behind the leader's outside noise stops there; its paused trials are closed
 as pruned, and the study, tuning.json and the report say where and why. The methods still
@@ -109,7 +113,9 @@ def bracket(base: RunConfig, method: str, study, trial_config: Callable) -> list
 
 def climbers(trials: list[Trial], at: list[int], k: int, metric: str, maximize: bool):
     """The trials that train to rung ``k``: all at rung 0, then the best 1/eta of those at the
-    rung before (ties: the lower trial number), failed ones never."""
+    rung before by ``metric`` (ties: the lower trial number), failed ones never. ``halve``
+    promotes by the validation loss: early in training the accuracy on a few hundred examples
+    sits at the majority class in 0.2-point steps (a tie or noise), the loss already ranks."""
     alive = trials
     for j in range(k):
         keep = max(1, len(alive) // _eta(at, j))
@@ -231,7 +237,7 @@ def halve(
         last = k == len(at) - 1
         racing = [m for m in studies if not studies[m].user_attrs.get("stopped")]
         brackets = {m: bracket(base, m, studies[m], trial_config) for m in racing}
-        alive = {m: climbers(brackets[m], at, k, metric, maximize) for m in racing}
+        alive = {m: climbers(brackets[m], at, k, "loss", False) for m in racing}
         for m in racing:  # trials left behind at the rung before: pruned for good
             for t in brackets[m]:
                 if t not in alive[m]:
