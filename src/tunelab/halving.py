@@ -72,15 +72,21 @@ class Trial:
 
     def reached(self, evals: int) -> bool:
         rec = self.record
-        return rec is not None and (rec.ok or rec.status == "failed" or len(rec.curve) >= evals)
+        return rec is not None and (rec.status == "failed" or reached(rec, evals))
+
+
+def reached(rec: RunRecord, evals: int) -> bool:
+    """Whether a trial's run got to its ``evals``-th validation (or ended before: fewer steps
+    than validations asked)."""
+    return rec.ok or len(rec.curve) >= evals
 
 
 class PauseAt:
     """``on_validation`` of a climbing trial: pause at its ``evals``-th validation (the last
     rung runs to the end)."""
 
-    def __init__(self, evals: int, last: bool):
-        self.evals, self.last = evals, last
+    def __init__(self, evals: int, of: int):
+        self.evals, self.last = evals, evals >= of  # the last rung: validation ``of`` of ``of``
 
     def __call__(self, evals: int, scores: Scores) -> str | None:
         return PAUSE if evals >= self.evals and not self.last else None
@@ -131,7 +137,7 @@ def _eta(at: list[int], j: int) -> int:
     return max(1, round(at[j + 1] / at[j]))
 
 
-def climb(trial: Trial, evals: int, last: bool) -> bool:
+def climb(trial: Trial, evals: int) -> bool:
     """Train one trial up to its ``evals``-th validation (to the end on the last rung), going
     on from its pause. False if another live process is running it. The folder is held while
     its record is read again: a worker that finished it a moment ago is never followed by a
@@ -147,7 +153,7 @@ def climb(trial: Trial, evals: int, last: bool) -> bool:
         if trial.reached(evals):
             return True
         tag = Tuning(study=trial.method, trial=trial.number, params=trial.params)
-        pause = PauseAt(evals, last)
+        pause = PauseAt(evals, trial.cfg.tune.evals)
         trial.record = run(trial.cfg, resume=True, on_validation=pause, tuning=tag)
     except RunFailed:  # recorded on disk as failed: it counts, and never climbs
         trial.record = read_record(folder)
@@ -186,7 +192,7 @@ def wait(trials: list[Trial], evals: int, seconds: float = 2.0) -> None:
         for t in trials:
             t.record = read_record(run_dir_for(t.cfg))
             if not t.reached(evals):
-                climb(t, evals, evals == t.cfg.tune.evals)
+                climb(t, evals)
 
 
 def standings(brackets: dict[str, list[Trial]], alive: dict, evals: int, metric: str, k: int):
@@ -244,7 +250,7 @@ def halve(
                     close(studies[m], t, f"not promoted past rung {k}", metric, maximize)
         for m in racing:
             for t in alive[m]:
-                if climb(t, evals, last):
+                if climb(t, evals):
                     say(line(t, evals, metric))
         wait([t for m in racing for t in alive[m]], evals)
         if last:

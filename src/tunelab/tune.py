@@ -393,7 +393,7 @@ def summarize(base: RunConfig, methods: list[str]) -> TuningSummary:
         study = optuna.load_study(study_name=method, storage=storage)
         mine = [r for r in trials if r.tuning.study == method]
         out.methods[method] = summary_of(study, spaces[method], mine)
-        out.methods[method].rungs = [sum(r.ok or len(r.curve) >= e for r in mine) for e in at]
+        out.methods[method].rungs = [sum(halving.reached(r, e) for r in mine) for e in at]
     out.write(Path(base.out_dir))
     return out
 
