@@ -37,6 +37,17 @@ def expected_trainable(name: str, model) -> int:
     if name == "ia3":  # peft's BERT targets key, value (scale out = H) and every module named
         # "output.dense" as feed-forward (scale in): attention output (H) and FFN output (FF)
         return L * (H + H + H + FF) + HEAD
+    per_layer = {  # each of query and value (H x H) in each layer
+        "adalora": 12 * H + H * 12 + 12,  # init_r 12: P (12 x H), Q (H x 12), E (12)
+        "vera": 256 + H,  # only the vectors d (r = 256) and b (H); the random A, B frozen
+        "loha": 2 * (8 * H + H * 8),  # two rank-8 products
+        "lokr": 4 * 4 + 8 * 8,  # 32 = 4 x 8: W1 4x4 (x) W2 8x8, both whole (8 < 2r)
+        "oft": 32 * 31 // 2,  # one 32-block: its skew-symmetric upper triangle
+    }
+    if name in per_layer:
+        return L * 2 * per_layer[name] + HEAD
+    if name == "lntuning":  # the two LayerNorms of each block (gain + shift), not the
+        return L * 2 * 2 * H + HEAD  # embeddings' one
     raise AssertionError(f"no expectation for method {name}")
 
 

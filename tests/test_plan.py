@@ -87,7 +87,11 @@ def real_model(config, task: str, method: str):
     return model
 
 
-@pytest.mark.parametrize("method", ["full", "freeze", "bitfit", "lora", "prompt", "ia3"])
+@pytest.mark.parametrize(
+    "method",
+    ["full", "freeze", "bitfit", "lora", "prompt", "ia3"]
+    + ["adalora", "vera", "loha", "lokr", "oft", "lntuning"],
+)
 def test_state_bytes_are_exact(method):
     """Weights, gradients and fused AdamW state against the tensors after a real step."""
     config = tiny_bert_config(num_labels=2)

@@ -48,7 +48,15 @@ def load_run_model(run_dir: str | Path):
     check_adapter(folder, mc.name, mc.allow_pickle)
     config = AutoConfig.from_pretrained(folder)  # carries num_labels and id2label
     base = safe_load(auto, mc.name, mc.trust_remote_code, mc.allow_pickle, config=config)
-    return PeftModel.from_pretrained(base, folder).eval(), tok
+    model = PeftModel.from_pretrained(base, folder).eval()
+    tuner = model.base_model
+    if getattr(model.peft_config["default"], "orth_reg_weight", None) is not None:
+        # AdaLoRA's forward reads the trainable adapter's name to add its regulariser to a
+        # loss even in inference mode, where peft never sets it (peft issue #571); a trained
+        # model's loss is the task's, without the training regulariser, as the run scored it
+        tuner.trainable_adapter_name = "default"
+        model.peft_config["default"].orth_reg_weight = 0.0
+    return model, tok
 
 
 def _tokenizer(folder: Path, trust_remote_code: bool):
@@ -148,6 +156,20 @@ def _generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[dict]
     ]
 
 
+def plain_modules(model):
+    """``model`` with any head peft still wraps (``ModulesToSaveWrapper``: LN tuning's
+    ``merge_and_unload`` leaves them) replaced by the trained module it holds, so the folder
+    has the plain transformers keys."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            setattr(owner, leaf, module.modules_to_save["default"])
+    return model
+
+
 def export(run_dir: str | Path, out: str | Path) -> Path:
     """A standalone HF folder (safetensors + tokenizer) that plain transformers loads with no
     peft: LoRA / IA3 adapters merged into the base weights, a full model copied. Written to a
@@ -170,7 +192,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
         )
     with atomic_folder(out) as tmp:
         if adapter:
-            model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+            plain_modules(model.merge_and_unload()).save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
         else:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)

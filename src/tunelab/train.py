@@ -112,8 +112,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    tc = cfg.train
-    trackers = None if cfg.tracker == "none" else cfg.tracker
+    tc, trackers = cfg.train, (None if cfg.tracker == "none" else cfg.tracker)
     cpu = not torch.cuda.is_available()  # lets torchrun's CPU processes form a gloo group
     mp = precision(tc.mixed_precision)
     acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir), cpu=cpu)
@@ -163,7 +162,7 @@ def train_loop(
         while pg.step < s.total_steps and outcome == "done":
             steps = epoch_steps(s, pg.epoch)
             while pg.batch_in_epoch < len(steps) and pg.step < s.total_steps and outcome == "done":
-                train_step(s, steps[pg.batch_in_epoch], win)
+                train_step(s, steps[pg.batch_in_epoch], win, pg.step)
                 pg.step += 1
                 pg.batch_in_epoch += 1
                 guard.fault("step")
@@ -198,8 +197,8 @@ def epoch_steps(s: Session, epoch: int) -> list[list[tuple[list[int], float]]]:
     return [st for st in steps if len(st) == tc.grad_accum]
 
 
-def train_step(s: Session, micro: list[tuple[list[int], float]], win: Window) -> None:
-    """One optimizer step over its micro-batches (gradients all-reduced on the last only)."""
+def train_step(s: Session, micro: list[tuple[list[int], float]], win: Window, step: int) -> None:
+    """Optimizer step ``step`` (from 0) over its micro-batches, then the method's hook."""
     tc, task, pad_id = s.cfg.train, s.data.task, s.data.tokenizer.pad_token_id
     for j, (idx, scale) in enumerate(micro):
         batch = task.collate(s.data.train, idx, pad_id)
@@ -216,6 +215,7 @@ def train_step(s: Session, micro: list[tuple[list[int], float]], win: Window) ->
         torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip, foreach=True)
     s.optimizer.step()
     s.scheduler.step()
+    s.cfg.method.after_step(s.acc.unwrap_model(s.model), step, s.total_steps)
     s.optimizer.zero_grad(set_to_none=True)
 
 

@@ -10,15 +10,21 @@ from typing import Any
 
 from tunelab.errors import ConfigError
 from tunelab.fields import apply_fields
+from tunelab.methods.adalora import AdaLoRA
 from tunelab.methods.base import Method
 from tunelab.methods.bitfit import BitFit
 from tunelab.methods.freeze import Freeze
 from tunelab.methods.full import Full
 from tunelab.methods.ia3 import IA3
 from tunelab.methods.llrd import LLRD
+from tunelab.methods.lntuning import LNTuning
+from tunelab.methods.loha import LoHa
+from tunelab.methods.lokr import LoKr
 from tunelab.methods.lora import LoRA
+from tunelab.methods.oft import OFT
 from tunelab.methods.prefix import Prefix
 from tunelab.methods.prompt import Prompt
+from tunelab.methods.vera import VeRA
 
 DEFAULT = "full"  # the method of a config that names none
 
@@ -31,6 +37,12 @@ METHODS: dict[str, type[Method]] = {
     "prompt": Prompt,
     "prefix": Prefix,
     "ia3": IA3,
+    "adalora": AdaLoRA,
+    "vera": VeRA,
+    "loha": LoHa,
+    "lokr": LoKr,
+    "oft": OFT,
+    "lntuning": LNTuning,
 }
 
 

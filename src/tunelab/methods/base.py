@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from tunelab.anatomy import Anatomy, NotApplicable
+from tunelab.anatomy import Anatomy, NotApplicable, anatomy
 from tunelab.models import is_causal_lm
 
 
@@ -66,6 +66,45 @@ def stack_targets(
     return hit
 
 
+DEFAULT_ROLES = [("q", "v"), ("qkv",), ("q", "k", "v", "attn_out")]
+ALL_LINEAR = [("q", "k", "v", "qkv", "attn_out", "mlp_in", "mlp_out")]
+
+
+def adapter_targets(model: nn.Module, table: dict, chosen: list[str] | None, method: str):
+    """peft's ``target_modules`` for an adapter on linear layers of the blocks: unset = peft's
+    ``table`` for the architecture, else query/value found by name, else a fused qkv;
+    ``[all-linear]`` = every linear layer of the blocks; else the user's names, refused where
+    they reach into the task head (which trains in full)."""
+    from tunelab.errors import ConfigError
+
+    a = anatomy(model)
+    if not chosen or chosen == ["all-linear"]:
+        roles = ALL_LINEAR if chosen else DEFAULT_ROLES
+        return a.pattern(stack_targets(a, {} if chosen else table, roles, method))
+    clash = [n for n, _ in model.named_modules() if a.is_head(n + ".") and
+             any(n == t or n.endswith("." + t) for t in chosen)]  # fmt: skip
+    if clash:
+        raise ConfigError(
+            f"method.target_modules matches {clash[0]!r}, part of the task head, which trains "
+            f"in full; name modules inside the transformer blocks"
+        )
+    return chosen
+
+
+def peft_adapter(model: nn.Module, config_class, **knobs: Any) -> nn.Module:
+    """``get_peft_model`` with the task type and the head trained in full (``peft_head``)
+    filled in; a peft refusal (a layer shape the tuner cannot take) becomes NotApplicable."""
+    from peft import get_peft_model
+
+    a = anatomy(model)
+    try:
+        cfg = config_class(task_type=peft_task(model), **peft_head(model, a), **knobs)
+        return get_peft_model(model, cfg)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        name = config_class.__name__.removesuffix("Config")
+        raise NotApplicable(f"{name} on {a.model_type}: peft refuses it: {e}") from None
+
+
 def set_trainable(model: nn.Module, keep) -> None:
     """requires_grad = keep(name) for every parameter."""
     for n, p in model.named_parameters():
@@ -116,3 +155,8 @@ class Method:
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
         """AdamW parameter groups of the trainable parameters."""
         return adamw_groups(list(model.named_parameters()), lr, weight_decay)
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called by the loop after every optimizer step (``step`` counts from 0 of
+        ``total_steps``), before the gradients are cleared: a method that changes its own
+        structure while it trains (AdaLoRA's rank budget) does it here. Default: nothing."""
