@@ -8,8 +8,10 @@ after the other (nothing else should run meanwhile), and compare their verdicts.
 Each side is the README's command of its own commit, run from a git worktree of that commit
 with this checkout's virtualenv (`python -m tunelab`, PYTHONPATH set to the worktree's src):
 
-    before: tunelab compare --config configs/tune-demo.yaml --tune 12 --methods full,lora,prompt --seeds 3
-    after:  tunelab compare --config configs/tune-demo.yaml --tune    --methods full,lora,prompt --seeds 3
+    before: tunelab compare --config configs/tune-demo.yaml --tune 12 \
+                --methods full,lora,prompt --seeds 3
+    after:  tunelab compare --config configs/tune-demo.yaml --tune \
+                --methods full,lora,prompt --seeds 3
 
 Both output folders are then read by *this* checkout's analysis (the same code judges both):
 each method's final validation and test accuracy (mean and 95% interval over the 3 seeds) and
@@ -44,14 +46,18 @@ TUNE = {"before": ["--tune", "12"], "after": ["--tune"]}
 
 def worktree(commit: str, path: Path) -> Path:
     if not path.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True
+        )
     return path
 
 
 def run_side(side: str, tree: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "tunelab", *COMMON, *TUNE[side], "--seeds", "3"]
     cmd += ["--out", str(out), "--overwrite"]
-    env = dict(os.environ, PYTHONPATH=str(tree / "src"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = dict(
+        os.environ, PYTHONPATH=str(tree / "src"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"
+    )
     log = out.parent / f"{out.name}.log"
     print(f"{side}: {' '.join(cmd[1:])} (log {log})", flush=True)
     t0 = time.perf_counter()
@@ -89,7 +95,9 @@ def judge(out: Path) -> dict:
             for r in rows
         },
         "best": top.method,
-        "within_noise_of_best": sorted(r.method for r in rows if same(r["val_acc"], top["val_acc"])),
+        "within_noise_of_best": sorted(
+            r.method for r in rows if same(r["val_acc"], top["val_acc"])
+        ),
         "verdicts": a.verdicts,
     }
 
@@ -104,17 +112,24 @@ def main() -> None:
     date = datetime.now(timezone.utc).isoformat(timespec="minutes")
     path = HERE / "results" / f"tune-demo-time-{date[:10]}.json"
     result = json.loads(path.read_text()) if path.exists() else {"sides": {}}
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
     commits = {"before": BEFORE, "after": head.stdout.strip()}
     for side in args.sides.split(","):
         tree = worktree(commits[side], work / f"tree-{side}")
-        result["sides"][side] = {"commit": commits[side], **run_side(side, tree, work / f"out-{side}")}
+        result["sides"][side] = {
+            "commit": commits[side],
+            **run_side(side, tree, work / f"out-{side}"),
+        }
         result.update(date=date, cores=os.cpu_count())
         path.write_text(json.dumps(result, indent=1) + "\n")
     s = result["sides"]
     if {"before", "after"} <= s.keys():
         result["ratio_wall"] = round(s["after"]["wall_s"] / s["before"]["wall_s"], 3)
-        result["same_verdict"] = s["after"]["within_noise_of_best"] == s["before"]["within_noise_of_best"]
+        result["same_verdict"] = (
+            s["after"]["within_noise_of_best"] == s["before"]["within_noise_of_best"]
+        )
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"after/before wall: {result['ratio_wall']}; same verdict: {result['same_verdict']}")
     print(f"written: {path}")

@@ -10,8 +10,8 @@ rank for the first ``tinit`` of them, the budget cut down cubically until the la
 which train at the final ranks. Defaults: init_r 12 and target_r 8 (the paper's GLUE setting
 with query/value targets, here like LoRA's), orthogonality regulariser 0.5 (the paper's 0.1
 to 0.5; added to the training loss where peft computes it, i.e. when the model computes the
-loss from labels, and never to a validation or test loss); lr LoRA's 2e-3. A resumed run keeps the masks (they are weights) and restarts
-the sensitivity averages.
+loss from labels, and never to a validation or test loss); lr LoRA's 2e-3. A resumed run
+keeps the masks (they are weights) and restarts the sensitivity averages.
 """
 
 from dataclasses import dataclass
