@@ -20,7 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- arch-table:start -->", "<!-- arch-table:end -->"
-COLUMNS = ["full", "llrd", "freeze", "bitfit", "lora", "prompt", "prefix", "ia3", "plan"]
+sys.path.insert(0, str(ROOT / "src"))
+from tunelab.methods import METHODS  # noqa: E402
+
+COLUMNS = [*METHODS, "plan"]  # every method tunelab has, in METHODS order
 
 
 def run_matrix() -> list[dict]:

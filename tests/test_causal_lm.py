@@ -47,6 +47,44 @@ def test_answer_only_loss_and_label_word_scoring(tiny_llama, toy_csv, tmp_path):
     assert torch.equal(preds, task.score(model, batch)[1].argmax(-1))  # fast path = scoring
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_head_on_labelled_positions_gives_the_models_own_loss_and_gradients(
+    method, tiny_llama, toy_csv, tmp_path
+):
+    """The training forward that projects only the answer positions onto the vocabulary
+    (``forward_labelled``) against the model's own loss over every position (labels -100
+    elsewhere), multi-token words of different lengths included: same loss to 1e-4
+    relative, same predictions, same gradients."""
+    from tunelab.methods import build_method
+    from tunelab.tasks.causal_lm import keeps_logits
+
+    cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, "data.label_words=[utterly dreadful, good]")
+    data = prepare_data(cfg)
+    task = data.task
+    assert len(task.word_ids[0]) > len(task.word_ids[1])
+    batch = task.collate(data.train, list(range(8)), data.tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = build_method({"name": method}).prepare(
+        load_model(tiny_llama, data.splits.label_names, lm_head=True)
+    )
+    model.train()
+    assert keeps_logits(model)
+    torch.manual_seed(1)  # the same dropout masks on both paths
+    loss, preds = task.forward(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    task.head_on_labels = False
+    torch.manual_seed(1)
+    full_loss, full_preds = task.forward(model, batch)
+    full_loss.backward()
+    assert loss.item() == pytest.approx(full_loss.item(), rel=1e-4)
+    assert torch.equal(preds, full_preds)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_multi_token_words_are_length_normalised(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     task = CausalLM(["neg", "pos"], "Text: {text}\nVerdict:", ["utterly dreadful", "good"])

@@ -105,6 +105,7 @@ def test_trains_reloads_and_exports_on_an_encoder(variant, tiny_model, toy_csv, 
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-extended (CI runs it after make test): ~2 min
 @pytest.mark.parametrize("variant", [k for k in VARIANTS if k != "gaussian"])
 def test_trains_reloads_and_exports_on_a_decoder(variant, tiny_llama, toy_csv, tmp_path):
     from transformers import AutoModelForCausalLM

@@ -12,7 +12,7 @@ from torch import nn
 
 from tunelab.anatomy import unwrap
 from tunelab.assets import package_dir
-from tunelab.errors import NoTokenizer, TunelabError
+from tunelab.errors import ConfigError, NoTokenizer, TunelabError
 
 # Runs keep the weights in float32 whatever dtype a checkpoint is stored in (transformers 5
 # loads a bf16 checkpoint as bf16 by default): AdamW updates of about lr x 1e-3 relative size
@@ -183,6 +183,28 @@ def load_model(
     model = safe_load(auto, name, trust_remote_code, allow_pickle, **extra)
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    return model
+
+
+def frozen_dtype(setting: str, mixed_precision: str, method) -> torch.dtype:
+    """The dtype of the weights a run does not train, for model.base_dtype (see its doc) under
+    accelerate's ``mixed_precision`` ("bf16" or "no"), for a method (or its class)."""
+    if setting == "bf16" and mixed_precision != "bf16":
+        raise ConfigError(
+            "model.base_dtype=bf16 needs bf16 compute: set train.mixed_precision=bf16 (on a CPU "
+            "without native bf16 it is emulated and slow), or model.base_dtype=fp32"
+        )
+    auto = setting == "auto" and mixed_precision == "bf16" and not method.trains_every_weight
+    return torch.bfloat16 if setting == "bf16" or auto else WEIGHTS_DTYPE
+
+
+def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Frozen floating-point parameters in ``dtype``, trained ones in fp32 (tied weights are
+    one parameter: cast once)."""
+    for p in model.parameters():
+        want = WEIGHTS_DTYPE if p.requires_grad else dtype
+        if p.is_floating_point() and p.dtype != want:
+            p.data = p.data.to(want)
     return model
 
 

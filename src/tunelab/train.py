@@ -25,7 +25,7 @@ from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, close_quietly, make_logger
 from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, knobs
-from tunelab.models import load_model
+from tunelab.models import frozen_dtype, load_model, store_frozen
 from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
 from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
 from tunelab.resume import Progress, Saver
@@ -109,8 +109,7 @@ def run(
 
 def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> Session:
     """Data, model, method, optimizer and schedule; fills the record's static fields."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate import Accelerator, utils
 
     tc, trackers = cfg.train, (None if cfg.tracker == "none" else cfg.tracker)
     cpu = not torch.cuda.is_available()  # lets torchrun's CPU processes form a gloo group
@@ -119,7 +118,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     fast_paths = tc.fast_cpu and acc.device.type == "cpu"
     if fast_paths:
         fast.tune_allocator()
-    set_seed(tc.seed)  # before the head, adapters and prompts are initialised
+    utils.set_seed(tc.seed)  # before the head, adapters and prompts are initialised
     data = prepare_data(cfg)
     rss_before_model, mc = measure.settled_rss(), cfg.model
     model = load_model(
@@ -128,7 +127,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     )  # fmt: skip
     record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device))
     try:
-        model = method.prepare(model)
+        model = store_frozen(method.prepare(model), frozen_dtype(mc.base_dtype, mp, method))
     except TunelabError as e:
         raise RunFailed(str(e)) from None
     if tc.gradient_checkpointing:

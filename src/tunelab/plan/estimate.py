@@ -29,7 +29,7 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.errors import NoTokenizer, TunelabError
 from tunelab.methods import METHODS
-from tunelab.models import WEIGHTS_DTYPE
+from tunelab.models import WEIGHTS_DTYPE, frozen_dtype
 from tunelab.plan.costs import Cost, Plan
 from tunelab.plan.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
 from tunelab.plan.text import duration, gib
@@ -41,6 +41,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
     est = Cost(method)
     fast_cpu = plan.device == "cpu" and cfg.train.fast_cpu
     try:
+        frozen = frozen_dtype(cfg.model.base_dtype, plan.precision, METHODS[method])
         t = trace(
             config,
             plan.task,
@@ -49,6 +50,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
             plan.longest,
             plan.precision == "bf16",
             fast_cpu,
+            frozen,
         )
     except TunelabError as e:
         est.error = str(e)

@@ -13,7 +13,7 @@ from tunelab.anatomy import config_layers, with_layers
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
-from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve
+from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve, store_frozen
 
 
 def model_config(name: str, task: str, n_labels: int):
@@ -51,10 +51,11 @@ def build(config, task: str):
         raise TunelabError(f"cannot build {config.model_type} for {task}: {e}") from None
 
 
-def fake_model(config, task: str, knobs: dict, mode):
+def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGHTS_DTYPE):
     """The model with the method applied, its parameters fake CPU tensors of ``mode``: built
     and prepared on the meta device (peft moves adapters between devices, which fake tensors
-    refuse), then every parameter swapped for a fake one (tied weights stay tied)."""
+    refuse), then every parameter swapped for a fake one (tied weights stay tied), the frozen
+    ones stored in ``frozen`` as a run stores them (``models.store_frozen``)."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():
@@ -69,7 +70,8 @@ def fake_model(config, task: str, knobs: dict, mode):
                 if p is None:
                     continue
                 if id(p) not in fakes:
-                    t = torch.empty(p.shape, dtype=p.dtype, device="cpu")
+                    kind = p.dtype if p.requires_grad or not p.is_floating_point() else frozen
+                    t = torch.empty(p.shape, dtype=kind, device="cpu")
                     fakes[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
                 module._parameters[name] = fakes[id(p)]
     return model
@@ -110,7 +112,14 @@ def state_bytes(model) -> dict[str, int]:
 
 
 def trace(
-    config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
+    config,
+    task: str,
+    knobs: dict,
+    batch: int,
+    length: int,
+    bf16: bool,
+    fast_cpu: bool,
+    frozen: torch.dtype = WEIGHTS_DTYPE,
 ) -> dict:
     """Parameters, state bytes, activation bytes and FLOPs per token of one method on a fake
     model for a [batch, length] training batch (what ``estimate`` and the tests compare with
@@ -128,7 +137,7 @@ def trace(
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations, not ours
-        model = fake_model(config, task, knobs, mode)
+        model = fake_model(config, task, knobs, mode, frozen)
         with mode:
             if fast_cpu:
                 fast.install(model)
@@ -147,7 +156,7 @@ def trace(
             except (DynamicOutputShapeException, DataDependentOutputException) as e:
                 why = f"{type(e).__name__} ({e}) under fake tensors"
         out["activations"], out["largest"], n = layer_scaled_activations(
-            config, task, knobs, batch, length, bf16, fast_cpu
+            config, task, knobs, batch, length, bf16, fast_cpu, frozen
         )
         out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
         return with_peak(out)
@@ -161,7 +170,14 @@ def with_peak(t: dict) -> dict:
 
 
 def layer_scaled_activations(
-    config, task: str, knobs: dict, batch: int, length: int, bf16: bool, fast_cpu: bool
+    config,
+    task: str,
+    knobs: dict,
+    batch: int,
+    length: int,
+    bf16: bool,
+    fast_cpu: bool,
+    frozen: torch.dtype = WEIGHTS_DTYPE,
 ) -> tuple[int, int, int]:
     """(activation bytes, largest saved tensor's bytes, layers): a real forward of 1- and
     2-layer copies of the model with the method applied, random weights, the same batch
@@ -175,7 +191,7 @@ def layer_scaled_activations(
     for k in (1, 2):
         torch.manual_seed(0)
         small = with_layers(config, k)
-        model = build_method(knobs).prepare(build(small, task))
+        model = store_frozen(build_method(knobs).prepare(build(small, task)), frozen)
         if fast_cpu:
             fast.install(model)
         data = training_batch(small, task, batch, length)

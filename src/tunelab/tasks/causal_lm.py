@@ -7,12 +7,15 @@ then compare with any classifier's on the same data.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
 from tunelab import batches as B
 from tunelab import data as D
+from tunelab.anatomy import unwrap
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classification import Classification
 from tunelab.tasks.label_words import word_logprobs
@@ -32,6 +35,9 @@ class CausalLM(Classification):
     lm_head = True  # the model keeps its language-model head (no classifier)
     zero_shot = True  # the untrained model's label-word accuracy is a baseline to beat
     word_ids: list[list[int]] = field(default_factory=list)
+    head_on_labels: bool = True
+    """Training forward: the LM head on the answer positions only (``forward_labelled``) where
+    the model can (``keeps_logits``); False computes it everywhere (the bench's reference)."""
 
     @classmethod
     def from_config(cls, cfg, label_names: list[str]) -> CausalLM:
@@ -118,6 +124,8 @@ class CausalLM(Classification):
         multi-token words); evaluation: every label word scored exactly (``score``)."""
         if not model.training:
             return self.forward_eval(model, batch)
+        if self.head_on_labels and keeps_logits(model):
+            return self.forward_labelled(model, batch)
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -140,6 +148,45 @@ class CausalLM(Classification):
         true = [logp[int(k)][i] for i, k in enumerate(batch["targets"].tolist())]
         return -torch.cat(true).sum() / sum(len(t) for t in true), scores
 
+    def forward_labelled(self, model, batch: dict[str, torch.Tensor]):
+        """The training forward with the LM head and the loss on the labelled positions only
+        (those whose next token is an answer token): the model's ``logits_to_keep`` mask
+        projects just those hidden states onto the vocabulary, instead of every position of
+        every row; the loss is the same mean token cross-entropy in fp32 as the model's own."""
+        labels = batch["labels"]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=keep,
+        )
+        logits = out.logits.float()  # [labelled positions (row-major), vocabulary]
+        loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+        counts = keep.sum(1)
+        firsts = counts.cumsum(0) - counts  # each row's first answer position
+        words = torch.tensor([w[0] for w in self.word_ids], device=logits.device)
+        return loss, logits[firsts][:, words].argmax(-1)
+
     def forward_eval(self, model, batch: dict[str, torch.Tensor]):
         loss, scores = self.score(model, batch)
         return loss, scores.argmax(-1)
+
+
+@functools.cache
+def _slices_hidden_states(cls: type) -> bool:
+    try:
+        return "slice_logits_to_keep" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def keeps_logits(model) -> bool:
+    """Whether the model's forward projects only the positions a boolean ``logits_to_keep``
+    mask selects (transformers' ``slice_logits_to_keep``, in every recent decoder); never for
+    a peft prompt-learning model, whose virtual tokens shift the positions."""
+    inner = getattr(model, "module", model)  # DDP
+    cfg = getattr(inner, "active_peft_config", None)
+    if cfg is not None and cfg.is_prompt_learning:
+        return False
+    return _slices_hidden_states(type(unwrap(inner)))

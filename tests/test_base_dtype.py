@@ -1,0 +1,81 @@
+"""model.base_dtype: frozen weights stored in bf16, trained ones in fp32 (issue 21): the rule
+auto follows, a training step under bf16 autocast that changes only the trained weights, the
+plan's byte counts against the real tensors, and a run that records it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_bert_config, tiny_overrides
+from test_plan import llama_config
+
+from tunelab import plan
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.methods import METHODS, build_method
+from tunelab.models import frozen_dtype, store_frozen
+from tunelab.train import run
+
+
+@pytest.mark.parametrize(
+    "setting, precision, method, expected",
+    [
+        ("auto", "bf16", "lora", torch.bfloat16),
+        ("auto", "bf16", "freeze", torch.bfloat16),  # its frozen lower layers
+        ("auto", "bf16", "full", torch.float32),  # nothing is frozen: fp32 master weights
+        ("auto", "no", "lora", torch.float32),
+        ("fp32", "bf16", "lora", torch.float32),
+        ("bf16", "bf16", "full", torch.bfloat16),
+    ],
+)
+def test_auto_stores_frozen_weights_in_bf16_where_the_run_computes_in_bf16(
+    setting, precision, method, expected
+):
+    assert frozen_dtype(setting, precision, METHODS[method]) == expected
+
+
+def test_bf16_storage_without_bf16_compute_is_refused():
+    with pytest.raises(ConfigError, match="train.mixed_precision=bf16"):
+        frozen_dtype("bf16", "no", METHODS["lora"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_a_bf16_base_trains_its_fp32_adapters_under_autocast(arch):
+    task = "classification" if arch == "bert" else "causal-lm"
+    config = tiny_bert_config(num_labels=2) if arch == "bert" else llama_config()
+    torch.manual_seed(0)
+    model = store_frozen(build_method({"name": "lora"}).prepare(plan.build(config, task)),
+                         torch.bfloat16)  # fmt: skip
+    for n, p in model.named_parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**plan.training_batch(config, task, 4, 12)).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], t) for n, t in frozen.items())
+    assert any(not torch.equal(after[n], t) for n, t in trained.items())
+    assert all(after[n].dtype == torch.float32 for n in trained)  # still fp32 after the step
+
+
+@pytest.mark.parametrize("method", ["lora", "freeze", "ia3"])
+def test_plan_counts_the_bf16_base(method):
+    config = tiny_bert_config(num_labels=2)
+    torch.manual_seed(0)
+    model = build_method({"name": method}).prepare(plan.build(config, "classification"))
+    weights = plan.state_bytes(store_frozen(model, torch.bfloat16))["weights"]  # real tensors
+    t = plan.trace(config, "classification", {"name": method}, 4, 12, True, False, torch.bfloat16)
+    assert t["weights"] == weights
+    fp32 = plan.trace(config, "classification", {"name": method}, 4, 12, True, False)
+    assert t["weights"] < fp32["weights"]
+
+
+def test_a_run_records_its_bf16_base(tiny_model, toy_csv, tmp_path):
+    over = {"method.name": "lora", "train.mixed_precision": "bf16", "train.epochs": 1}
+    rec = run(load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **over)))
+    assert rec.ok and rec.env.precision == "bf16" and rec.env.weights == "bfloat16"
+    assert rec.test.accuracy >= 0
