@@ -46,8 +46,13 @@ def test_a_bf16_base_trains_its_fp32_adapters_under_autocast(arch):
     torch.manual_seed(0)
     model = store_frozen(build_method({"name": "lora"}).prepare(plan.build(config, task)),
                          torch.bfloat16)  # fmt: skip
+    linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear)
+              for p in m.parameters(recurse=False)}  # fmt: skip
+    tied = id(model.get_input_embeddings().weight)
     for n, p in model.named_parameters():
-        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
+        frozen_linear = not p.requires_grad and id(p) in linear and id(p) != tied
+        assert p.dtype == (torch.bfloat16 if frozen_linear else torch.float32), n
+    assert any(p.dtype == torch.bfloat16 for p in model.parameters())
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -62,7 +67,7 @@ def test_a_bf16_base_trains_its_fp32_adapters_under_autocast(arch):
     assert all(after[n].dtype == torch.float32 for n in trained)  # still fp32 after the step
 
 
-@pytest.mark.parametrize("method", ["lora", "freeze", "ia3"])
+@pytest.mark.parametrize("method", ["lora", "bitfit", "ia3"])
 def test_plan_counts_the_bf16_base(method):
     config = tiny_bert_config(num_labels=2)
     torch.manual_seed(0)
@@ -74,8 +79,24 @@ def test_plan_counts_the_bf16_base(method):
     assert t["weights"] < fp32["weights"]
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
+def test_the_bf16_base_computes_what_autocast_computed_from_fp32(method):
+    """autocast rounds an fp32 weight to bf16 before each matmul; storing it rounded gives the
+    same numbers: the same logits and loss, bit for bit (so accuracy cannot move)."""
+    config = llama_config()
+    torch.manual_seed(0)
+    model = build_method({"name": method}).prepare(plan.build(config, "causal-lm")).eval()
+    batch = plan.training_batch(config, "causal-lm", 4, 12)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(**batch)
+        store_frozen(model, torch.bfloat16)
+        after = model(**batch)
+    assert any(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert torch.equal(after.logits, before.logits) and torch.equal(after.loss, before.loss)
+
+
 def test_a_run_records_its_bf16_base(tiny_model, toy_csv, tmp_path):
     over = {"method.name": "lora", "train.mixed_precision": "bf16", "train.epochs": 1}
     rec = run(load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **over)))
-    assert rec.ok and rec.env.precision == "bf16" and rec.env.weights == "bfloat16"
+    assert rec.ok and rec.env.precision == "bf16" and rec.env.weights == "bfloat16, float32"
     assert rec.test.accuracy >= 0

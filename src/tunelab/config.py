@@ -71,10 +71,10 @@ class ModelConfig:
     """Load weights from pickle files (pytorch_model.bin) when a model has no safetensors.
     Unpickling can run arbitrary code: only for sources you trust."""
     base_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    """How the weights that do not train are stored: bf16 halves their memory and spares
-    autocast a bf16 copy of each per step; trained weights stay fp32 (AdamW's small updates
-    vanish in bf16). auto: bf16 where the run computes in bf16 (train.mixed_precision) and the
-    method freezes the base, else fp32; bf16 needs bf16 compute."""
+    """How frozen linear-layer weights are stored: bf16 halves their memory and spares bf16
+    autocast a copy of each per step, with the same matmul results (autocast rounds them to
+    bf16 anyway); embeddings, norms and trained weights stay fp32. auto: bf16 where the run
+    computes in bf16 (train.mixed_precision) and the method freezes the base, else fp32."""
 
 
 @dataclass

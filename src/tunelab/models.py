@@ -198,13 +198,20 @@ def frozen_dtype(setting: str, mixed_precision: str, method) -> torch.dtype:
     return torch.bfloat16 if setting == "bf16" or auto else WEIGHTS_DTYPE
 
 
-def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Frozen floating-point parameters in ``dtype``, trained ones in fp32 (tied weights are
-    one parameter: cast once)."""
-    for p in model.parameters():
-        want = WEIGHTS_DTYPE if p.requires_grad else dtype
-        if p.is_floating_point() and p.dtype != want:
-            p.data = p.data.to(want)
+def store_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The frozen weights of linear layers stored in ``dtype``: exactly what bf16 autocast
+    casts to bf16 before every matmul, so the step computes the same numbers without holding
+    a bf16 copy next to an fp32 original. Embeddings (and a head tied to them), norms and
+    every trained parameter stay fp32: the residual stream and AdamW's updates are unchanged."""
+    if dtype == WEIGHTS_DTYPE:
+        return model
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = {id(embed.weight)} if embed is not None else set()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's
+            for p in module.parameters(recurse=False):
+                if not p.requires_grad and p.is_floating_point() and id(p) not in tied:
+                    p.data = p.data.to(dtype)
     return model
 
 

@@ -225,7 +225,7 @@ TUNING = "tuning.json"
 
 @dataclass
 class Env:
-    """Where a run ran: versions, device, threads, precision and the weights' dtype."""
+    """Where a run ran: versions, device, threads, precision and the weights' dtypes."""
 
     packages: dict[str, str | None] = field(default_factory=dict)
     python: str = ""

@@ -136,7 +136,8 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.fast_cpu = fast.install(model) if fast_paths else {}
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
-    weights, env = str(next(model.parameters()).dtype)[6:], measure.environment(acc.device)
+    weights = ", ".join(sorted({str(p.dtype)[6:] for p in model.parameters()}))  # bf16 base
+    env = measure.environment(acc.device)
     record.env = Env(**env, precision=acc.mixed_precision, weights=weights)
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)

@@ -62,7 +62,7 @@ def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGH
         model = build(config, task)
     model.tie_weights()  # inside init_empty_weights, tied weights come out as two parameters
     with init_empty_weights():
-        model = build_method(knobs).prepare(model)
+        model = store_frozen(build_method(knobs).prepare(model), frozen)
     fakes: dict[int, torch.nn.Parameter] = {}
     with mode:
         for module in model.modules():
@@ -70,8 +70,7 @@ def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGH
                 if p is None:
                     continue
                 if id(p) not in fakes:
-                    kind = p.dtype if p.requires_grad or not p.is_floating_point() else frozen
-                    t = torch.empty(p.shape, dtype=kind, device="cpu")
+                    t = torch.empty(p.shape, dtype=p.dtype, device="cpu")
                     fakes[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
                 module._parameters[name] = fakes[id(p)]
     return model
