@@ -10,11 +10,9 @@ from conftest import tiny_bert_config, tiny_overrides
 from test_plan import llama_config
 
 from tunelab import plan
-from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS, build_method
 from tunelab.models import frozen_dtype, store_frozen
-from tunelab.train import run
 
 
 @pytest.mark.parametrize(
@@ -96,7 +94,15 @@ def test_the_bf16_base_computes_what_autocast_computed_from_fp32(method):
 
 
 def test_a_run_records_its_bf16_base(tiny_model, toy_csv, tmp_path):
+    """In its own process: accelerate's precision is set once per process."""
+    import subprocess
+    import sys
+
+    from tunelab.results import read_record
+
     over = {"method.name": "lora", "train.mixed_precision": "bf16", "train.epochs": 1}
-    rec = run(load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **over)))
+    args = tiny_overrides(tiny_model, toy_csv, tmp_path, **over)
+    done = subprocess.run([sys.executable, "-m", "tunelab", "run", *args], capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rec = read_record(tmp_path / "lora-seed0")
     assert rec.ok and rec.env.precision == "bf16" and rec.env.weights == "bfloat16, float32"
-    assert rec.test.accuracy >= 0
