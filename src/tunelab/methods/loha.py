@@ -32,15 +32,20 @@ class LoHa(Method):
     """Module names to adapt; unset = query/value found in the model (peft's table first),
     [all-linear] = every linear layer of the transformer blocks."""
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def tuner(self) -> tuple[type, dict]:
+        """peft's config class and target table (LoKr, its sibling, overrides this only)."""
         from peft import LoHaConfig
         from peft.utils import TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING as TABLE
 
+        return LoHaConfig, TABLE
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        config, table = self.tuner()
         return peft_adapter(
             model,
-            LoHaConfig,
+            config,
             r=self.r,
             alpha=self.alpha,
             module_dropout=self.module_dropout,
-            target_modules=adapter_targets(model, TABLE, self.target_modules, self.name),
+            target_modules=adapter_targets(model, table, self.target_modules, self.name),
         )
