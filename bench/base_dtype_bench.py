@@ -76,21 +76,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=96)
     ap.add_argument("--work", default="/tmp/base-dtype-bench")
+    ap.add_argument("--only", choices=["fp32", "bf16"], help="rerun one side; the other is "
+                    "read back from the same day's JSON")  # fmt: skip
     args = ap.parse_args()
-    sides = {}
-    for base in ("fp32", "bf16"):
+    date = datetime.now(timezone.utc).isoformat(timespec="minutes")
+    path = HERE / "results" / f"base-dtype-{date[:10]}-{args.examples}.json"
+    sides = json.loads(path.read_text())["sides"] if args.only and path.exists() else {}
+    for base in [args.only] if args.only else ["fp32", "bf16"]:
         sides[base] = side(base, args.examples, Path(args.work) / base)
         sides[base]["plan_peak_mb"] = round(planned(base, args.examples) / 2**20, 1)
         print(base, sides[base], flush=True)
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "date": date,
         "cores": os.cpu_count(),
         "examples": args.examples,
         "sides": sides,
         "peak_ratio": round(sides["bf16"]["peak_mb"] / sides["fp32"]["peak_mb"], 3),
         "plan_peak_ratio": round(sides["bf16"]["plan_peak_mb"] / sides["fp32"]["plan_peak_mb"], 3),
     }
-    path = HERE / "results" / f"base-dtype-{result['date'][:10]}-{args.examples}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("peak_ratio", "plan_peak_ratio")}))
     print(f"written: {path}")

@@ -52,6 +52,18 @@ def tune_allocator() -> bool:
     return _ALLOCATOR_TUNED
 
 
+def release_freed() -> None:
+    """Return the heap's freed memory to the OS now (glibc's malloc_trim; what the tuned
+    allocator otherwise keeps), after collecting garbage."""
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def dropout_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """A float32 mask of 0 and 1/keep, keep = P(kept) (1 - p rounded to 1/65536)."""
     keep, scale = _keep(shape, p)

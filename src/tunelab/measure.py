@@ -201,14 +201,9 @@ def improved(val: Scores, best: Scores | None, metric: str) -> bool:
 def settled_rss() -> int:
     """Process RSS after returning freed memory to the OS (so earlier runs in the same process
     do not hide or inflate this run's memory)."""
-    import ctypes
-    import gc
+    from tunelab.fast import release_freed
 
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_freed()
     return psutil.Process().memory_info().rss
 
 

@@ -207,11 +207,16 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         return model
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = {id(embed.weight)} if embed is not None else set()
+    cast = 0
     for module in model.modules():
         if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's
             for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.is_floating_point() and id(p) not in tied:
-                    p.data = p.data.to(dtype)
+                    p.data, cast = p.data.to(dtype), cast + 1
+    if cast:  # hand the fp32 originals back to the OS (tunelab's allocator keeps freed memory)
+        from tunelab.fast import release_freed
+
+        release_freed()
     return model
 
 
