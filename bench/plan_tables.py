@@ -16,7 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+import torch  # noqa: E402
+
 from tunelab import plan  # noqa: E402
+from tunelab.methods import METHODS  # noqa: E402
+from tunelab.models import frozen_dtype  # noqa: E402
 from tunelab.plan import gib  # noqa: E402
 
 START, END = "<!-- plan-7b:start -->", "<!-- plan-7b:end -->"
@@ -27,11 +31,16 @@ PARTS = ("weights", "gradients", "optimizer", "activations", "temporaries", "pea
 def main() -> None:
     config = plan.model_config(str(FOLDER), "causal-lm", 2)
     rows = []
-    for method in ("full", "lora"):
-        for bf16 in (False, True):
-            t = plan.trace(config, "causal-lm", {"name": method}, 4, 512, bf16, False)
-            rows.append({"method": method, "precision": "bf16 autocast" if bf16 else "fp32",
-                         "total": t["total"], **{k: t[k] for k in PARTS}})  # fmt: skip
+    cases = [("full", False, "fp32"), ("full", True, "fp32"), ("lora", False, "fp32"),
+             ("lora", True, "fp32"), ("lora", True, "auto")]  # fmt: skip
+    for method, bf16, base in cases:
+        frozen = frozen_dtype(base, "bf16" if bf16 else "no", METHODS[method])
+        t = plan.trace(config, "causal-lm", {"name": method}, 4, 512, bf16, False, frozen)
+        precision = "bf16 autocast" if bf16 else "fp32"
+        if frozen == torch.bfloat16:
+            precision += ", frozen base bf16 (model.base_dtype=auto)"
+        rows.append({"method": method, "precision": precision, "total": t["total"],
+                     **{k: t[k] for k in PARTS}})  # fmt: skip
     day = datetime.date.today().isoformat()
     out = ROOT / "bench" / "results" / f"plan-7b-{day}.json"
     out.write_text(json.dumps({"config": str(FOLDER.relative_to(ROOT)), "batch": [4, 512],
