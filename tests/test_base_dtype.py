@@ -93,6 +93,7 @@ def test_the_bf16_base_computes_what_autocast_computed_from_fp32(method):
     assert torch.equal(after.logits, before.logits) and torch.equal(after.loss, before.loss)
 
 
+@pytest.mark.slow  # a process of its own: ~15 s
 def test_a_run_records_its_bf16_base(tiny_model, toy_csv, tmp_path):
     """In its own process: accelerate's precision is set once per process."""
     import subprocess
