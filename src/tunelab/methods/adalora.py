@@ -20,6 +20,7 @@ from typing import Annotated, ClassVar
 import torch
 from torch import nn
 
+from tunelab.errors import ConfigError
 from tunelab.fields import Positive, Range
 from tunelab.methods.base import Method, adapter_targets, peft_adapter
 
@@ -54,15 +55,11 @@ class AdaLoRA(Method):
         from peft.utils import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING as TABLE
 
         if self.target_r > self.init_r:
-            from tunelab.errors import ConfigError
-
             raise ConfigError(
                 f"method.target_r ({self.target_r}) is above method.init_r ({self.init_r}): "
                 f"AdaLoRA only takes rank away; set target_r <= init_r"
             )
         if self.tinit + self.tfinal >= 1:
-            from tunelab.errors import ConfigError
-
             raise ConfigError(
                 f"method.tinit + method.tfinal = {self.tinit + self.tfinal:g} leaves no steps "
                 f"to move the rank budget; keep their sum below 1"

@@ -91,7 +91,8 @@ class LoRA(Method):
         named = list(model.named_parameters())
         if self.loraplus_ratio == 1:
             return adamw_groups(named, lr, weight_decay)
-        b = [(n, p) for n, p in named if "lora_B" in n or "lora_embedding_B" in n]
-        rest = [(n, p) for n, p in named if not ("lora_B" in n or "lora_embedding_B" in n)]
+        is_b = {n: "lora_B" in n or "lora_embedding_B" in n for n, _ in named}
+        rest = [(n, p) for n, p in named if not is_b[n]]
+        b = [(n, p) for n, p in named if is_b[n]]
         ratio = self.loraplus_ratio
         return adamw_groups(rest, lr, weight_decay) + adamw_groups(b, lr * ratio, weight_decay)
