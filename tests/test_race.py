@@ -47,3 +47,21 @@ def test_a_tune_stops_the_method_that_cannot_catch_up(tiny_model, toy_csv, tmp_p
     assert on_disk["stopped"] == lora.stopped
     again = tune(base, ["full", "lora"])  # resumed: the stopped method stays stopped
     assert again.methods["lora"].stopped == lora.stopped
+
+
+def test_seeds_go_to_the_finalists(tiny_model, toy_csv, tmp_path):
+    from tunelab.compare import Request, run_configs
+    from tunelab.results import MethodTuning, TuningSummary
+
+    base = base_cfg(tiny_model, toy_csv, tmp_path)
+    tuned = TuningSummary(
+        methods={
+            "lora": MethodTuning(best_params={"train.lr": 1e-3}),
+            "prompt": MethodTuning(best_params={"train.lr": 3e-2}, stopped="stopped at rung 1"),
+        }
+    )
+    cfgs = run_configs(Request(base, ["lora", "prompt", "full"], seeds=3, tuned=tuned))
+    runs = {m: [c for c in cfgs if c.method_name == m] for m in ("lora", "prompt", "full")}
+    assert len(runs["lora"]) == 3 and len(runs["full"]) == 3  # finalist; untuned: all seeds
+    assert len(runs["prompt"]) == 1  # raced out: its best configuration, once
+    assert runs["prompt"][0].train.lr == 3e-2 and {c.train.lr for c in runs["lora"]} == {1e-3}

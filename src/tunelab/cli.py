@@ -301,6 +301,9 @@ def cmd_compare(args) -> None:
     if sizes:
         sizes = sizes_for(cfg, sizes)
     req = Request(cfg, methods, args.seeds, sizes, tuned, args.overwrite, args.resume)
+    stopped = [m for m in methods if tuned and m in tuned.methods and tuned.methods[m].stopped]
+    if stopped and args.seeds > 1:
+        print(f"raced out in tuning, run once at their best: {', '.join(stopped)}")
     recs = compare(req, on_run=_print_run)
     md, analysis = summarize(Path(cfg.out_dir))
     print(md)

@@ -96,10 +96,12 @@ def run_configs(req: Request) -> list[RunConfig]:
     """One config per method, training-set size and seed: everything else shared, so the
     budget is the same. ``train.lr`` is not forced on all methods unless the user set it (LoRA
     and prompt tuning need far larger rates than full fine-tuning); with ``tuned``, each
-    method gets its own best parameters from ``tune``; with ``sizes``, each run trains on the
-    first n examples of the same shuffled training set (nested subsets; validation and test
-    unchanged) in a folder named <method>-n<size>-seed<seed>. Every method's knobs are
-    checked here, before the first run starts."""
+    method gets its own best parameters from ``tune`` and a method the race stopped (outside
+    noise of the leader) runs its best configuration once: the seeds go to the finalists;
+    with ``sizes``, each run trains on the first n examples of the same shuffled training
+    set (nested subsets; validation and test unchanged) in a folder named
+    <method>-n<size>-seed<seed>. Every method's knobs are checked here, before the first run
+    starts."""
     base, tuned, sizes, seeds = req.base, req.tuned, req.sizes, req.seeds
     if seeds < 1:
         raise TunelabError(f"--seeds must be at least 1, got {seeds}")
@@ -107,8 +109,9 @@ def run_configs(req: Request) -> list[RunConfig]:
     for method in req.methods:
         found = tuned.methods.get(method) if tuned else None
         params = found.best_params if found else {}
+        n_seeds = 1 if found and found.stopped else seeds
         for size in sizes or [base.data.max_train_examples]:
-            for seed in range(base.train.seed, base.train.seed + seeds):
+            for seed in range(base.train.seed, base.train.seed + n_seeds):
                 top = {}
                 if sizes:
                     task = "" if base.task == "classification" else f"-{base.task}"
