@@ -162,3 +162,13 @@ def test_every_field_is_documented_and_the_docs_reach_the_cli(capsys):
     assert "method.r = 8 (> 0)" in out and "Rank of the update matrices." in out
     assert "method.init = 'random' (one of random, text)" in out
     assert "no configs/prefix.yaml" in out
+
+
+def test_methods_all_names_every_method():
+    from tunelab.compare import parse_methods
+    from tunelab.errors import TunelabError
+    from tunelab.methods import METHODS
+
+    assert parse_methods("all") == list(METHODS) and parse_methods(" lora, full") == ["lora", "full"]
+    with pytest.raises(TunelabError, match="unknown method.*lorax"):
+        parse_methods("lora,lorax")

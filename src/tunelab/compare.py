@@ -26,6 +26,9 @@ from tunelab.train import run
 
 
 def parse_methods(text: str) -> list[str]:
+    """'full,lora' -> ['full', 'lora']; 'all' -> every method."""
+    if text.strip().lower() == "all":
+        return list(METHODS)
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
