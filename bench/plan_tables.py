@@ -1,6 +1,7 @@
 """The README's Llama-2-7B plan table, computed by `tunelab plan`'s own trace from the
 published config.json (tests/data/published/llama-2-7b: no weights, no tokenizer), batch 4 x
-512 tokens, full and LoRA, fp32 and bf16 autocast. Keeps the figures in
+512 tokens, full and LoRA, fp32 and bf16 autocast, LoRA on a bf16 base and on a 4-bit base
+(QLoRA, model.quantize=4bit). Keeps the figures in
 bench/results/plan-7b-<date>.json and rewrites the README between the plan-7b markers.
 
     .venv/bin/python bench/plan_tables.py      # ~40 s
@@ -32,12 +33,16 @@ def main() -> None:
     config = plan.model_config(str(FOLDER), "causal-lm", 2)
     rows = []
     cases = [("full", False, "fp32"), ("full", True, "fp32"), ("lora", False, "fp32"),
-             ("lora", True, "fp32"), ("lora", True, "auto")]  # fmt: skip
+             ("lora", True, "fp32"), ("lora", True, "auto"), ("lora", True, "4bit")]  # fmt: skip
     for method, bf16, base in cases:
-        frozen = frozen_dtype(base, "bf16" if bf16 else "no", METHODS[method])
+        nf4 = base == "4bit"  # 4-bit layers multiply in the run's precision, here bf16
+        frozen = frozen_dtype("auto" if nf4 else base, "bf16" if bf16 else "no", METHODS[method])
         t = plan.trace(config, "causal-lm", {"name": method}, 4, 512, bf16, False, frozen)
+        t = plan.in_nf4(t, frozen) if nf4 else t
         precision = "bf16 autocast" if bf16 else "fp32"
-        if frozen == torch.bfloat16:
+        if nf4:
+            precision += ", frozen base 4-bit NF4 (QLoRA, model.quantize=4bit)"
+        elif frozen == torch.bfloat16:
             precision += ", frozen base bf16 (model.base_dtype=auto)"
         rows.append({"method": method, "precision": precision, "total": t["total"],
                      **{k: t[k] for k in PARTS}})  # fmt: skip

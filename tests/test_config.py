@@ -169,6 +169,7 @@ def test_methods_all_names_every_method():
     from tunelab.errors import TunelabError
     from tunelab.methods import METHODS
 
-    assert parse_methods("all") == list(METHODS) and parse_methods(" lora, full") == ["lora", "full"]
+    assert parse_methods("all") == list(METHODS)
+    assert parse_methods(" lora, full") == ["lora", "full"]
     with pytest.raises(TunelabError, match="unknown method.*lorax"):
         parse_methods("lora,lorax")

@@ -295,3 +295,25 @@ def test_a_plan_that_fits_training_but_not_evaluation_does_not_fit(tmp_path):
     rc, out, err = run_plan(*args, "--memory", f"{between:.3f}GiB")
     assert rc == 0, err
     assert json.loads(out)["estimates"][0]["fits_memory"] is False
+
+
+def test_plan_counts_a_4bit_base_and_refuses_full(tmp_path):
+    """model.quantize=4bit from Phi-3-mini's published config alone: LoRA's weights are the
+    fp32 plan's less every frozen linear weight's 4 - NF4_BYTES bytes; full fine-tuning is
+    refused in its row with the reason."""
+    from tunelab.quantize import NF4_BYTES
+
+    common = ("--model", str(PUBLISHED / "phi-3-mini"), "task=causal-lm", "--json",
+              "--out", str(tmp_path), "--batch-size", "1", "--max-length", "32")  # fmt: skip
+    rows = {}
+    for q in ("none", "4bit"):
+        rc, out, err = run_plan(*common, "--methods", "full,lora", f"model.quantize={q}")
+        assert rc == 0, err
+        rows[q] = {e["method"]: e for e in json.loads(out)["estimates"]}
+    plain, nf4 = rows["none"]["lora"], rows["4bit"]["lora"]
+    assert "method full trains the base's own weights" in rows["4bit"]["full"]["error"]
+    # Phi-3-mini: 32 blocks of qkv (3072 -> 9216), o (3072 -> 3072), gate_up (3072 -> 16384)
+    # and down (8192 -> 3072); the embeddings and the untied LM head stay full precision
+    linear = 32 * 3072 * (9216 + 3072 + 16384 + 8192)
+    assert plain["weights"] - nf4["weights"] == round(linear * (4 - NF4_BYTES))
+    assert nf4["peak"] < plain["peak"] and nf4["trainable"] == plain["trainable"]

@@ -114,9 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("compare", help="run several methods on the same data and tabulate")
     _common(p)
-    p.add_argument(
-        "--methods", default="full,llrd,lora,prompt", help="comma-separated, or all"
-    )
+    p.add_argument("--methods", default="full,llrd,lora,prompt", help="comma-separated, or all")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (mean ± std)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument(
@@ -135,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_flags(p)
     p = sub.add_parser("tune", help="search each method's hyperparameters (Optuna)")
     _common(p)
-    p.add_argument(
-        "--methods", default="full,llrd,lora,prompt", help="comma-separated, or all"
-    )
+    p.add_argument("--methods", default="full,llrd,lora,prompt", help="comma-separated, or all")
     p.add_argument("--trials", type=int, help="trials per method, the same for every method")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     _tune_flags(p)

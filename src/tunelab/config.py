@@ -75,6 +75,10 @@ class ModelConfig:
     autocast a copy of each per step, with the same matmul results (autocast rounds them to
     bf16 anyway); embeddings, norms and trained weights stay fp32. auto: bf16 where the run
     computes in bf16 (train.mixed_precision) and the method freezes the base, else fp32."""
+    quantize: Literal["none", "4bit"] = "none"
+    """4bit: QLoRA's base (arXiv:2305.14314), the frozen linear layers in 4-bit NF4 through
+    bitsandbytes (pip install 'tunelab[qlora]'), for adapter methods; CUDA, or a CPU with
+    bitsandbytes >= 0.48."""
 
 
 @dataclass

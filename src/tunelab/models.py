@@ -160,11 +160,14 @@ def load_model(
     lm_head: bool = False,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    quantization=None,
 ):
     """Pretrained backbone with a fresh classification head for ``label_names`` (id2label
     saved with it), or with ``lm_head`` its own language-model head (causal-LM task).
     Safe by default: weights only from safetensors (``allow_pickle`` lets pickle files in),
-    and no code from the model repository (``trust_remote_code``)."""
+    and no code from the model repository (``trust_remote_code``). ``quantization`` (a
+    ``BitsAndBytesConfig`` from ``tunelab.quantize``) loads the base in 4 bits, made ready
+    for adapter training by peft."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -180,7 +183,13 @@ def load_model(
         auto = AutoModelForSequenceClassification
         extra = {**labels, "num_labels": len(label_names), "problem_type": PROBLEM_TYPE,
                  "ignore_mismatched_sizes": True}  # fmt: skip  # a checkpoint's head: replaced
+    if quantization is not None:
+        extra["quantization_config"] = quantization
     model = safe_load(auto, name, trust_remote_code, allow_pickle, **extra)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model

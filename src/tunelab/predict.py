@@ -13,6 +13,8 @@ from tunelab.config import RunConfig, config_from_dict, yaml_load
 from tunelab.errors import TunelabError
 from tunelab.guard import fault
 from tunelab.models import BUILTIN, resolve, safe_load
+from tunelab.optim import precision
+from tunelab.quantize import quantization
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -22,13 +24,14 @@ def run_config(run_dir: str | Path) -> RunConfig:
     return config_from_dict(yaml_load(path.read_text()) or {})  # a run's: as it was written
 
 
-def load_run_model(run_dir: str | Path):
+def load_run_model(run_dir: str | Path, quantized: bool = True):
     """(model, tokenizer) from ``RUN_DIR/model``: a PEFT adapter or a full HF model, with a
     classification head or (task=causal-lm) its language-model head. Loaded by the same safe
     loader as the run (``models.safe_load``) under the run's own model.allow_pickle and
     model.trust_remote_code; an adapter's base model is the one the run recorded
     (config.yaml), never whatever adapter_config.json names: a folder whose adapter points
-    elsewhere is refused."""
+    elsewhere is refused. A run with model.quantize gets its base quantised as it trained
+    (on the CPU), unless not ``quantized`` (export merges into the full-precision base)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder = Path(run_dir) / "model"
@@ -47,7 +50,12 @@ def load_run_model(run_dir: str | Path):
 
     check_adapter(folder, mc.name, mc.allow_pickle)
     config = AutoConfig.from_pretrained(folder)  # carries num_labels and id2label
-    base = safe_load(auto, mc.name, mc.trust_remote_code, mc.allow_pickle, config=config)
+    if hasattr(config, "quantization_config"):  # a 4-bit run's: the base is loaded unquantised
+        del config.quantization_config  # and quantised as the run did (or not: export)
+    mp, cpu = precision(cfg.train.mixed_precision), torch.device("cpu")
+    q = quantization(mc, cfg.method, mp, cpu) if quantized else None
+    extra = {"quantization_config": q, "device_map": {"": "cpu"}} if q else {}
+    base = safe_load(auto, mc.name, mc.trust_remote_code, mc.allow_pickle, config=config, **extra)
     model = PeftModel.from_pretrained(base, folder).eval()
     tuner = model.base_model
     if getattr(model.peft_config["default"], "orth_reg_weight", None) is not None:
@@ -181,7 +189,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError(f"export folder {str(out)!r} is not empty; pick a new one")
     folder = Path(run_dir) / "model"
-    model, tok = load_run_model(run_dir)
+    model, tok = load_run_model(run_dir, quantized=False)  # merged into full-precision weights
     adapter = (folder / "adapter_config.json").exists()
     if adapter and (
         not hasattr(model, "merge_and_unload") or model.peft_config["default"].is_prompt_learning

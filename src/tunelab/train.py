@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tunelab import checkpoint as ckpt
-from tunelab import fast, guard, measure, results, rundir
+from tunelab import fast, guard, measure, quantize, results, rundir
 from tunelab import resume as saving
 from tunelab.batches import shard_batches, train_batches
 from tunelab.config import RunConfig
@@ -123,7 +123,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     rss_before_model, mc = measure.settled_rss(), cfg.model
     model = load_model(
         mc.name, data.splits.label_names, data.tokenizer.pad_token_id, data.task.lm_head,
-        mc.trust_remote_code, mc.allow_pickle,
+        mc.trust_remote_code, mc.allow_pickle, quantize.quantization(mc, method, mp, acc.device),
     )  # fmt: skip
     record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device))
     try:

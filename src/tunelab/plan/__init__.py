@@ -10,6 +10,7 @@ from tunelab.plan.text import gib, parse_duration, parse_size, table
 from tunelab.plan.trace import (
     build,
     eval_working_set,
+    in_nf4,
     model_config,
     state_bytes,
     trace,
@@ -22,6 +23,7 @@ __all__ = [
     "build",
     "eval_working_set",
     "gib",
+    "in_nf4",
     "model_config",
     "parse_duration",
     "parse_size",

@@ -33,7 +33,8 @@ from tunelab.models import WEIGHTS_DTYPE, frozen_dtype
 from tunelab.plan.costs import Cost, Plan
 from tunelab.plan.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
 from tunelab.plan.text import duration, gib
-from tunelab.plan.trace import eval_working_set, model_config, spec, trace
+from tunelab.plan.trace import eval_working_set, in_nf4, model_config, spec, trace
+from tunelab.quantize import check_method, compute_dtype
 
 
 def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cost:
@@ -42,6 +43,9 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
     fast_cpu = plan.device == "cpu" and cfg.train.fast_cpu
     try:
         frozen = frozen_dtype(cfg.model.base_dtype, plan.precision, METHODS[method])
+        if cfg.model.quantize != "none":  # QLoRA: 4-bit layers multiply in the run's precision
+            check_method(cfg.model, METHODS[method])
+            frozen = compute_dtype(plan.precision)
         t = trace(
             config,
             plan.task,
@@ -55,6 +59,8 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
     except TunelabError as e:
         est.error = str(e)
         return est
+    if cfg.model.quantize != "none":  # the frozen linear weights stored in NF4 instead
+        t = in_nf4(t, frozen)
     est.trainable, est.total = t["trainable"], t["total"]
     est.weights, est.gradients, est.optimizer = t["weights"], t["gradients"], t["optimizer"]
     est.activations, est.activations_from = t["activations"], t["activations_from"]

@@ -14,6 +14,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
 from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve, store_frozen
+from tunelab.quantize import NF4_BYTES, quantized_params
 
 
 def model_config(name: str, task: str, n_labels: int):
@@ -143,6 +144,7 @@ def trace(
             out = {
                 **measure.count_params(model),
                 **state_bytes(model),
+                "quantized": quantized_params(model),
                 "flops_per_token": measure.flops_per_token(model)["total"],
             }
             data = training_batch(config, task, batch, length)
@@ -159,6 +161,15 @@ def trace(
         )
         out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
         return with_peak(out)
+
+
+def in_nf4(t: dict, frozen: torch.dtype) -> dict:
+    """The traced parts of a model traced with its frozen linear weights in ``frozen`` (the
+    4-bit layers' compute dtype), those weights stored in NF4 instead (model.quantize=4bit):
+    bitsandbytes' bytes per weight, the rest unchanged (its layers keep the packed weight for
+    backward, not a dequantised copy)."""
+    saved = round(t["quantized"] * (frozen.itemsize - NF4_BYTES))
+    return with_peak({**t, "weights": t["weights"] - saved})
 
 
 def with_peak(t: dict) -> dict:
