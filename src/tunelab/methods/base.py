@@ -94,12 +94,16 @@ def adapter_targets(model: nn.Module, table: dict, chosen: list[str] | None, met
 def peft_adapter(model: nn.Module, config_class, **knobs: Any) -> nn.Module:
     """``get_peft_model`` with the task type and the head trained in full (``peft_head``)
     filled in; a peft refusal (a layer shape the tuner cannot take) becomes NotApplicable."""
+    import warnings
+
     from peft import get_peft_model
 
     a = anatomy(model)
     try:
         cfg = config_class(task_type=peft_task(model), **peft_head(model, a), **knobs)
-        return get_peft_model(model, cfg)
+        with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            return get_peft_model(model, cfg)
     except (ValueError, TypeError, NotImplementedError) as e:
         name = config_class.__name__.removesuffix("Config")
         raise NotApplicable(f"{name} on {a.model_type}: peft refuses it: {e}") from None
