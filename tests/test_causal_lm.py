@@ -220,3 +220,41 @@ def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
     assert reply["prompt"] == "Repeat the word apple." and isinstance(reply["response"], str)
     with pytest.raises(TunelabError, match="response column .answer. not found"):
         prepare_data(load_config(None, [*over, "data.response_column=answer"]))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_sft_head_on_the_response_only_matches_the_models_own_loss(method, tiny_llama, tmp_path):
+    """SFT rows of different prompt and response lengths: the LM head on the response
+    positions only (``labelled_loss``) against the model's own loss over every position
+    (labels -100 on the prompt and padding): same loss to 1e-4 relative, same gradients."""
+    from tunelab.methods import build_method
+    from tunelab.tasks.causal_lm import keeps_logits
+
+    rows = [
+        {"prompt": "Say " + "a" * (i % 5 + 1), "response": "b " * (i % 3 + 1)} for i in range(8)
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows * 10))
+    over = [f"model.name={tiny_llama}", f"data.dataset={path}", "data.response_column=response",
+            "task=causal-lm", f"out_dir={tmp_path}", "tracker=none"]  # fmt: skip
+    data = prepare_data(load_config(None, over))
+    task = data.task
+    batch = task.collate(data.train, list(range(8)), data.tokenizer.pad_token_id)
+    assert len({int((r != -100).sum()) for r in batch["labels"]}) > 1  # ragged responses
+    torch.manual_seed(0)
+    model = build_method({"name": method}).prepare(load_model(tiny_llama, ["text"], lm_head=True))
+    model.train()
+    assert keeps_logits(model) and task.head_on_labels
+    losses, grads = [], []
+    for on_labels in (True, False):
+        task.head_on_labels = on_labels
+        torch.manual_seed(1)  # the same dropout masks on both paths
+        loss, _ = task.forward(model, batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)

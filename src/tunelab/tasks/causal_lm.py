@@ -12,6 +12,7 @@ import inspect
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from tunelab import batches as B
 from tunelab import data as D
@@ -149,20 +150,9 @@ class CausalLM(Classification):
         return -torch.cat(true).sum() / sum(len(t) for t in true), scores
 
     def forward_labelled(self, model, batch: dict[str, torch.Tensor]):
-        """The training forward with the LM head and the loss on the labelled positions only
-        (those whose next token is an answer token): the model's ``logits_to_keep`` mask
-        projects just those hidden states onto the vocabulary, instead of every position of
-        every row; the loss is the same mean token cross-entropy in fp32 as the model's own."""
-        labels = batch["labels"]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != -100
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            logits_to_keep=keep,
-        )
-        logits = out.logits.float()  # [labelled positions (row-major), vocabulary]
-        loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+        """The training forward with the LM head on the answer positions only
+        (``labelled_loss``); the prediction from each row's first answer position."""
+        loss, logits, keep = labelled_loss(model, batch)
         counts = keep.sum(1)
         firsts = counts.cumsum(0) - counts  # each row's first answer position
         words = torch.tensor([w[0] for w in self.word_ids], device=logits.device)
@@ -171,6 +161,24 @@ class CausalLM(Classification):
     def forward_eval(self, model, batch: dict[str, torch.Tensor]):
         loss, scores = self.score(model, batch)
         return loss, scores.argmax(-1)
+
+
+def labelled_loss(model, batch: dict[str, torch.Tensor]):
+    """(loss, logits, mask): the LM head and the loss on the labelled positions only (those
+    whose next token has a label: the answer, or an SFT response): the model's
+    ``logits_to_keep`` mask projects just those hidden states onto the vocabulary, instead
+    of every position of every row; the loss is the same mean token cross-entropy in fp32 as
+    the model's own. ``logits`` is [labelled positions (row-major), vocabulary]."""
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=keep,
+    )
+    logits = out.logits.float()
+    return F.cross_entropy(logits, labels[:, 1:][keep[:, :-1]]), logits, keep
 
 
 @functools.cache

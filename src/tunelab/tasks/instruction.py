@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab import data as D
-from tunelab.tasks.causal_lm import CausalLM, TextEncoded
+from tunelab.tasks.causal_lm import CausalLM, TextEncoded, keeps_logits, labelled_loss
 
 SAMPLES, SAMPLE_TOKENS = 3, 32  # generations per validation, tokens each
 
@@ -19,6 +19,9 @@ SAMPLES, SAMPLE_TOKENS = 3, 32  # generations per validation, tokens each
 @dataclass
 class Instruction:
     label_names: list[str]
+    head_on_labels: bool = True
+    """The LM head and the loss on the response positions only (``labelled_loss``) where the
+    model can (``keeps_logits``); False computes it everywhere (the reference)."""
     lm_head = True
     zero_shot = True  # the untrained model's loss and perplexity: the baseline to beat
     has_accuracy = False  # nothing to count as a hit: selection and reports use the loss
@@ -51,12 +54,16 @@ class Instruction:
         return batch["targets"]
 
     def forward(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
-        return out.loss, torch.zeros_like(batch["targets"])
+        """The response tokens' mean cross-entropy (training and validation alike)."""
+        if self.head_on_labels and keeps_logits(model):
+            loss = labelled_loss(model, batch)[0]
+        else:
+            loss = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+            ).loss
+        return loss, torch.zeros_like(batch["targets"])
 
     def metrics(self, preds: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return {}  # loss (and perplexity) come from measure.evaluate
