@@ -165,3 +165,17 @@ def test_adalora_moves_the_rank_budget(tiny_model, toy_csv, tmp_path):
     from tunelab.methods.adalora import kept_ranks
 
     assert kept_ranks(model.base_model.model) == config.rank_pattern
+
+
+def test_adalora_refuses_a_budget_with_no_rank_to_move(tiny_model):
+    """target_r = init_r leaves AdaLoRA nothing to mask (peft's budget step then fails deep
+    inside at the first step): refused up front, and its search space never samples it."""
+    from tunelab.errors import ConfigError
+    from tunelab.methods import METHODS
+
+    with pytest.raises(ConfigError, match="target_r .8. is not below method.init_r .8."):
+        build_method({"name": "adalora", "init_r": 8, "target_r": 8}).prepare(
+            load_model(tiny_model, ["neg", "pos"])
+        )
+    space = METHODS["adalora"].space
+    assert max(space["target_r"][1]) < min(space["init_r"][1])

@@ -31,7 +31,7 @@ class AdaLoRA(Method):
     description = "LoRA whose rank budget moves to the layers that need it (peft)"
     saves_adapter = True
     lr: ClassVar[float] = 2e-3
-    space = {"init_r": ("choice", [8, 12, 16]), "target_r": ("choice", [2, 4, 8])}
+    space = {"init_r": ("choice", [8, 12, 16]), "target_r": ("choice", [2, 4, 6])}
     init_r: Annotated[int, Positive] = 12
     """Rank each layer starts with."""
     target_r: Annotated[int, Positive] = 8
@@ -54,10 +54,11 @@ class AdaLoRA(Method):
         from peft import AdaLoraConfig
         from peft.utils import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING as TABLE
 
-        if self.target_r > self.init_r:
+        if self.target_r >= self.init_r:  # equal: peft's budget step fails (nothing to mask)
             raise ConfigError(
-                f"method.target_r ({self.target_r}) is above method.init_r ({self.init_r}): "
-                f"AdaLoRA only takes rank away; set target_r <= init_r"
+                f"method.target_r ({self.target_r}) is not below method.init_r "
+                f"({self.init_r}): AdaLoRA moves rank by taking it away; set target_r < init_r "
+                f"(for fixed ranks use lora)"
             )
         if self.tinit + self.tfinal >= 1:
             raise ConfigError(
