@@ -1,10 +1,18 @@
 """The decoder path against the plain recipe a user would write for it: trl's SFTTrainer with
 completion-only loss (prompt = the review in tunelab's template, completion = the label word),
 LoRA (peft, r=8, alpha=16, q/v) and full fine-tuning of the built-in SmolLM2-135M, same
-examples, batch, epochs, lr, schedule and seed on both sides, each in a fresh process.
+examples, batch, epochs, lr, schedule, seed and precision on both sides (tunelab's automatic
+choice for this machine: bf16 autocast where the CPU computes bf16 natively, which trl gets
+as bf16=True; else fp32 on both), each in a fresh process.
 
-Writes bench/out/decoder-bench.json and the generated block of bench/RESULTS.md (between its
-`<!-- bench:decoder -->` markers).
+Two clocks on each side: the wall time of the whole training phase (trl's train_runtime;
+tunelab's training steps plus its validations and checkpoints, from the run record), and the
+optimizer steps alone (tunelab's examples/s of its training steps; trl's time from each
+step's on_step_begin to its on_step_end, summed: forward, backward, clipping, optimizer,
+scheduler, without data loading and logging, which tunelab's steps include).
+
+Writes bench/results/decoder-bench-<date>.json and the generated block of bench/RESULTS.md
+(between its `<!-- bench:decoder -->` markers).
 """
 
 from __future__ import annotations
@@ -30,8 +38,17 @@ def trl_side(method: str, n: int, batch: int, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    class StepClock(TrainerCallback):
+        seconds = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            StepClock.seconds += time.perf_counter() - self.t0
 
     from tunelab.config import DataConfig, RunConfig
     from tunelab.data import load_splits
@@ -64,6 +81,7 @@ def trl_side(method: str, n: int, batch: int, out: Path) -> dict:
         report_to=[],
         seed=0,
         use_cpu=True,
+        bf16=precision() == "bf16",  # the same precision as tunelab's automatic choice
     )
     peft = (
         LoraConfig(
@@ -82,11 +100,19 @@ def trl_side(method: str, n: int, batch: int, out: Path) -> dict:
         train_dataset=ds,
         processing_class=AutoTokenizer.from_pretrained(path),
         peft_config=peft,
+        callbacks=[StepClock()],
     )
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
-    return {"examples_per_s": n / seconds, "train_s": seconds, "loss": result.training_loss}
+    return {
+        "examples_per_s": n / seconds,
+        "train_s": seconds,
+        "steps_s": StepClock.seconds,
+        "steps_examples_per_s": n / StepClock.seconds,
+        "loss": result.training_loss,
+        "precision": "bf16" if args.bf16 else "fp32",
+    }
 
 
 def tunelab_side(method: str, n: int, batch: int, out: Path) -> dict:
@@ -110,11 +136,23 @@ def tunelab_side(method: str, n: int, batch: int, out: Path) -> dict:
     from tunelab.results import read_record
 
     rec = read_record(out / "tl" / f"{method}-causal-lm-seed0")
+    wall = rec.timing.train_s + rec.timing.eval_s
     return {
-        "examples_per_s": rec.timing.examples_per_s,
-        "train_s": rec.timing.train_s,
+        "examples_per_s": n / wall,
+        "train_s": wall,
+        "steps_s": rec.timing.train_s,
+        "steps_examples_per_s": rec.timing.examples_per_s,
         "val_accuracy": rec.best_validation.accuracy,
+        "precision": rec.env.precision,
     }
+
+
+def precision() -> str:
+    """tunelab's automatic precision on this machine ("bf16" or "no")."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from tunelab.optim import precision as choose
+
+    return choose("auto")
 
 
 def _sh(cmd: list[str]) -> str:
@@ -158,38 +196,45 @@ def main() -> None:
                     str(args.batch_size),
                 ]
                 sides[side] = json.loads(_sh(cmd).strip().splitlines()[-1])
-        ratio = sides["tunelab"]["examples_per_s"] / sides["trl"]["examples_per_s"]
-        rows.append({"method": method, **sides, "speedup": ratio})
-        print(
-            f"{method}: tunelab {sides['tunelab']['examples_per_s']:.2f} ex/s, trl "
-            f"{sides['trl']['examples_per_s']:.2f} ex/s, x{ratio:.2f}",
-            flush=True,
-        )
+        tl, trl = sides["tunelab"], sides["trl"]
+        assert tl["precision"].replace("no", "fp32") == trl["precision"], (tl, trl)
+        ratio = tl["examples_per_s"] / trl["examples_per_s"]
+        steps = tl["steps_examples_per_s"] / trl["steps_examples_per_s"]
+        rows.append({"method": method, **sides, "speedup": ratio, "steps_speedup": steps})
+        print(f"{method}: steps x{steps:.2f}, whole training phase x{ratio:.2f}", flush=True)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "train_examples": args.train_examples,
         "batch_size": args.batch_size,
         "rows": rows,
     }
-    (out / "decoder-bench.json").write_text(json.dumps(result, indent=2))
+    day = result["date"][:10]
+    (HERE / "results" / f"decoder-bench-{day}.json").write_text(json.dumps(result, indent=2))
     write_results(HERE / "RESULTS.md", "decoder", results_md(result))
 
 
 def results_md(r: dict) -> str:
+    prec = r["rows"][0]["trl"]["precision"]
     lines = [
         "### Decoder: tunelab vs trl SFTTrainer (completion-only loss)",
         "",
         f"Measured {r['date']}; SmolLM2-135M-Instruct (built-in), {r['train_examples']} "
         f"Rotten Tomatoes snippets as `Review: ...\\nSentiment:` + label word, batch "
-        f"{r['batch_size']}, one epoch, fp32, tunelab's default lr on both sides.",
+        f"{r['batch_size']}, one epoch, **{prec} on both sides**, tunelab's default lr on both "
+        f"sides, trl at its defaults otherwise. Steps: the optimizer steps alone (forward, "
+        f"backward, optimizer; trl's from on_step_begin to on_step_end); training phase: "
+        f"trl's train_runtime against tunelab's steps plus its validations.",
         "",
-        "| method | tunelab ex/s | trl ex/s | speedup |",
-        "|---|---|---|---|",
+        "| method | precision | tunelab steps ex/s | trl steps ex/s | steps speedup "
+        "| tunelab phase ex/s | trl phase ex/s | phase speedup |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
+        tl, trl = x["tunelab"], x["trl"]
         lines.append(
-            f"| {x['method']} | {x['tunelab']['examples_per_s']:.2f} | "
-            f"{x['trl']['examples_per_s']:.2f} | {x['speedup']:.2f}x |"
+            f"| {x['method']} | {trl['precision']} | {tl['steps_examples_per_s']:.2f} | "
+            f"{trl['steps_examples_per_s']:.2f} | {x['steps_speedup']:.2f}x | "
+            f"{tl['examples_per_s']:.2f} | {trl['examples_per_s']:.2f} | {x['speedup']:.2f}x |"
         )
     return "\n".join(lines)
 
