@@ -157,3 +157,18 @@ def test_two_workers_share_one_bracket(tiny_model, toy_csv, tmp_path):
     assert winner.steps == 60 and len(winner.curve) == 3
     one = _straight(base, "bitfit", winner.tuning.params, tmp_path / "straight")
     assert [p["val_accuracy"] for p in winner.curve] == [p["val_accuracy"] for p in one.curve]
+
+
+@pytest.mark.slow
+def test_a_method_whose_trials_all_fail_does_not_stop_the_tune(tiny_model, toy_csv, tmp_path):
+    """Prefix tuning cannot run on BERT under transformers 5 (every trial fails at its first
+    forward): its trials are closed as failed and the other method's bracket goes on to the
+    end (an Optuna call that does not exist crashed the whole tune here before)."""
+    over = {"train.epochs": 1, "tune.eval_examples": 30, "tune.trials": 3, "tune.evals": 3}
+    base = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **over))
+    best = tune(base, ["bitfit", "prefix"])
+    prefix, bitfit = best.methods["prefix"], best.methods["bitfit"]
+    assert (prefix.trials.fail, prefix.trials.complete, prefix.best_value) == (3, 0, None)
+    assert bitfit.trials.complete == 1 and bitfit.best_value is not None
+    failed = load_records(tmp_path / "trials" / "prefix")
+    assert len(failed) == 3 and all(r.status == "failed" and r.reason for r in failed)

@@ -58,9 +58,12 @@ def test_seeds_go_to_the_finalists(tiny_model, toy_csv, tmp_path):
         methods={
             "lora": MethodTuning(best_params={"train.lr": 1e-3}),
             "prompt": MethodTuning(best_params={"train.lr": 3e-2}, stopped="stopped at rung 1"),
+            "prefix": MethodTuning(),  # every trial failed: no best value
         }
     )
-    cfgs = run_configs(Request(base, ["lora", "prompt", "full"], seeds=3, tuned=tuned))
+    tuned.methods["lora"].best_value = 0.8
+    cfgs = run_configs(Request(base, ["lora", "prompt", "full", "prefix"], seeds=3, tuned=tuned))
+    assert len([c for c in cfgs if c.method_name == "prefix"]) == 1
     runs = {m: [c for c in cfgs if c.method_name == m] for m in ("lora", "prompt", "full")}
     assert len(runs["lora"]) == 3 and len(runs["full"]) == 3  # finalist; untuned: all seeds
     assert len(runs["prompt"]) == 1  # raced out: its best configuration, once

@@ -290,6 +290,7 @@ def cmd_compare(args) -> None:
         compare,
         parse_methods,
         parse_sizes,
+        runs_once,
         sizes_for,
         summarize,
     )
@@ -301,9 +302,9 @@ def cmd_compare(args) -> None:
     if sizes:
         sizes = sizes_for(cfg, sizes)
     req = Request(cfg, methods, args.seeds, sizes, tuned, args.overwrite, args.resume)
-    stopped = [m for m in methods if tuned and m in tuned.methods and tuned.methods[m].stopped]
+    stopped = [m for m in methods if runs_once(tuned, m)]
     if stopped and args.seeds > 1:
-        print(f"raced out in tuning, run once at their best: {', '.join(stopped)}")
+        print(f"raced out or failed in tuning, run once: {', '.join(stopped)}")
     recs = compare(req, on_run=_print_run)
     md, analysis = summarize(Path(cfg.out_dir))
     print(md)

@@ -95,12 +95,19 @@ class Request:
     resume: bool = False
 
 
+def runs_once(tuned: TuningSummary | None, method: str) -> bool:
+    """Whether a tuned comparison runs ``method`` once instead of over every seed: the race
+    stopped it (outside noise of the leader) or none of its trials finished."""
+    found = tuned.methods.get(method) if tuned else None
+    return bool(found and (found.stopped or found.best_value is None))
+
+
 def run_configs(req: Request) -> list[RunConfig]:
     """One config per method, training-set size and seed: everything else shared, so the
     budget is the same. ``train.lr`` is not forced on all methods unless the user set it (LoRA
     and prompt tuning need far larger rates than full fine-tuning); with ``tuned``, each
     method gets its own best parameters from ``tune`` and a method the race stopped (outside
-    noise of the leader) runs its best configuration once: the seeds go to the finalists;
+    noise of the leader) or whose trials all failed runs once: the seeds go to the finalists;
     with ``sizes``, each run trains on the first n examples of the same shuffled training
     set (nested subsets; validation and test unchanged) in a folder named
     <method>-n<size>-seed<seed>. Every method's knobs are checked here, before the first run
@@ -112,7 +119,7 @@ def run_configs(req: Request) -> list[RunConfig]:
     for method in req.methods:
         found = tuned.methods.get(method) if tuned else None
         params = found.best_params if found else {}
-        n_seeds = 1 if found and found.stopped else seeds
+        n_seeds = 1 if runs_once(tuned, method) else seeds
         for size in sizes or [base.data.max_train_examples]:
             for seed in range(base.train.seed, base.train.seed + n_seeds):
                 top = {}

@@ -175,8 +175,7 @@ def close(study, trial: Trial, why: str, metric: str, maximize: bool) -> None:
     try:
         if rec is not None and rec.ok and rec.best_validation is not None:
             study.tell(trial.number, rec.best_validation.value(metric))
-        elif rec is None or rec.status == "failed":
-            study.set_trial_user_attr(trial.number, "failed", rec.reason if rec else why)
+        elif rec is None or rec.status == "failed":  # the reason: its record and error.txt
             study.tell(trial.number, state=TrialState.FAIL)
         else:
             study.tell(trial.number, state=TrialState.PRUNED)
