@@ -4,6 +4,8 @@ plan's byte counts against the real tensors, and a run that records it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_bert_config, tiny_overrides
@@ -107,3 +109,25 @@ def test_a_run_records_its_bf16_base(tiny_model, toy_csv, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rec = read_record(tmp_path / "lora-seed0")
     assert rec.ok and rec.env.precision == "bf16" and rec.env.weights == "bfloat16, float32"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_the_bf16_base_lets_go_of_the_checkpoint_file(tiny_llama):
+    """Weights loaded from safetensors are views of the file's memory map: unless every one
+    of them gets memory of its own, the map (and the fp32 pages a forward touched) stays
+    resident next to the bf16 copies, and the bf16 base saves nothing."""
+    import gc
+
+    from tunelab.methods import build_method
+    from tunelab.models import load_model, store_frozen
+
+    def mapped() -> bool:
+        return any("model.safetensors" in line for line in open("/proc/self/maps"))
+
+    gc.collect()
+    assert not mapped()
+    model = build_method({"name": "lora"}).prepare(load_model(tiny_llama, ["a"], lm_head=True))
+    assert mapped()  # loaded as views of the file (what the fix is about)
+    model = store_frozen(model, torch.bfloat16)
+    gc.collect()
+    assert not mapped()

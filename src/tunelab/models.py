@@ -222,11 +222,22 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
             for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.is_floating_point() and id(p) not in tied:
                     p.data, cast = p.data.to(dtype), cast + 1
-    if cast:  # hand the fp32 originals back to the OS (tunelab's allocator keeps freed memory)
+    if cast:
+        own_memory(model)
         from tunelab.fast import release_freed
 
-        release_freed()
+        release_freed()  # the freed originals back to the OS (tunelab's allocator keeps them)
     return model
+
+
+def own_memory(model: nn.Module) -> None:
+    """Every parameter and buffer copied into memory of its own. Weights loaded from
+    safetensors are views of the file's memory map, which stays mapped (and its touched pages
+    resident) while any one of them lives: casting the frozen weights alone would add their
+    bf16 copies and free nothing (measured on SmolLM2: +259 MB instead of -146 MB)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
 
 
 def safe_load(auto, name: str, trust_remote_code: bool, allow_pickle: bool, **kw):
