@@ -4,6 +4,11 @@ classification as text on the built-in reviews (the decoder demo's task and batc
 
     python bench/lm_head_bench.py                 # LoRA (default knobs), 3 rounds
     python bench/lm_head_bench.py --method full --rounds 2
+    python bench/lm_head_bench.py --task sft      # instruction data (SFT): response tokens only
+
+SFT rows are built from the same snippets: the prompt asks for a one-sentence review of the
+snippet's sentiment (through SmolLM2's chat template), the response is the snippet; the loss
+covers the response and its end-of-sequence token.
 
 Both paths are `CausalLM.forward` in training mode (`head_on_labels` True / False) on the same
 model, batches, optimizer and precision (train.mixed_precision=auto's choice here), timed
@@ -41,11 +46,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per path per round")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--task", choices=["labels", "sft"], default="labels")
     args = ap.parse_args()
-    cfg = load_config(
-        str(HERE.parent / "configs" / "decoder-demo.yaml"),
-        [f"train.batch_size={args.batch}", f"method.name={args.method}", "tracker=none"],
-    )
+    over = [f"train.batch_size={args.batch}", f"method.name={args.method}", "tracker=none"]
+    if args.task == "sft":
+        over += [f"data.dataset={sft_rows(args.steps + 1, args.batch)}",
+                 "data.response_column=response"]  # fmt: skip
+    cfg = load_config(str(HERE.parent / "configs" / "decoder-demo.yaml"), over)
     data = prepare_data(cfg)
     task, pad = data.task, data.tokenizer.pad_token_id
     torch.manual_seed(0)
@@ -100,6 +107,9 @@ def main() -> None:
         "cores": os.cpu_count(),
         "model": "smollm2 (SmolLM2-135M-Instruct, packaged)",
         "method": args.method,
+        "task": "classification as text" if args.task == "labels" else "SFT (instruction)",
+        "labelled_per_step": sum(int((b["labels"] != -100).sum()) for b in batches[1:])
+        / args.steps,
         "precision": mp,
         "batch": n,
         "tokens_per_step": tokens / args.steps,
@@ -110,10 +120,27 @@ def main() -> None:
         "loss_every_position": b,
         "loss_rel_diff": abs(a - b) / abs(b),
     }
-    path = HERE / "results" / f"lm-head-{result['date'][:10]}-{args.method}.json"
+    tag = args.method if args.task == "labels" else f"{args.method}-sft"
+    path = HERE / "results" / f"lm-head-{result['date'][:10]}-{tag}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("speedup", "loss_rel_diff", "precision")}))
     print(f"written: {path}")
+
+
+def sft_rows(steps: int, batch: int) -> Path:
+    """Instruction rows from the built-in snippets, as a JSONL file (see the docstring)."""
+    from tunelab.config import DataConfig
+    from tunelab.data import load_splits
+
+    split = load_splits(DataConfig()).train
+    words = ["negative", "positive"]
+    rows = [
+        {"prompt": f"Write a one-sentence {words[y]} movie review.", "response": text}
+        for text, y in zip(split.texts, split.labels, strict=True)
+    ][: 4 * steps * batch]  # training + validation/test splits carved from these
+    path = Path("/tmp/tunelab-sft-bench.jsonl")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
 
 
 if __name__ == "__main__":
