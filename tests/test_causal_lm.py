@@ -258,3 +258,36 @@ def test_sft_head_on_the_response_only_matches_the_models_own_loss(method, tiny_
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_plan_traces_the_head_on_the_labelled_positions(tiny_llama, toy_csv, tmp_path):
+    """The plan's activations for classification as text (one answer token per row) equal
+    what autograd keeps in the loop's real training forward (the LM head on the labelled
+    positions), far below the head over every position, which it counted before."""
+    from tunelab import plan
+    from tunelab.methods import build_method
+
+    cfg = llama_cfg(tiny_llama, toy_csv, tmp_path)
+    data = prepare_data(cfg)
+    batch = data.task.collate(data.train, list(range(8)), data.tokenizer.pad_token_id)
+    b, length = batch["input_ids"].shape
+    torch.manual_seed(0)
+    model = build_method({"name": "lora"}).prepare(
+        load_model(tiny_llama, data.splits.label_names, lm_head=True)
+    )
+    model.train()
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage()._cdata, t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        data.task.forward(model, batch)
+    weights = {p.untyped_storage()._cdata for p in model.parameters()}
+    real = sum(n for k, n in seen.items() if k not in weights)
+    config = plan.model_config(tiny_llama, "causal-lm", 2)
+    t = plan.trace(config, "causal-lm", {"name": "lora"}, b, length, False, False, labelled=1)
+    every = plan.trace(config, "causal-lm", {"name": "lora"}, b, length, False, False)
+    assert abs(t["activations"] - real) <= 0.02 * real, (t["activations"], real)
+    assert every["activations"] > 2 * t["activations"]  # 49k-word logits at every position

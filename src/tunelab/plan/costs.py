@@ -63,6 +63,9 @@ class Plan:
     memory_budget: int | None
     memory_from: str
     time_budget: float | None
+    labelled_tokens: float | None = None
+    """A decoder's labelled tokens per training row (the answer, or an SFT response): the
+    positions its LM head projects; None: every position (no tokenizer to count them)."""
     estimates: list[Cost] = field(default_factory=list)
     suggestion: str = ""
 

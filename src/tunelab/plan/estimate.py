@@ -22,6 +22,7 @@ method), else from past run records in the runs folder, else an assumed 0.5.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -55,6 +56,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
             plan.precision == "bf16",
             fast_cpu,
             frozen,
+            math.ceil(plan.labelled_tokens) if plan.labelled_tokens else None,
         )
     except TunelabError as e:
         est.error = str(e)
@@ -94,7 +96,7 @@ def plan(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mode, why = choose_precision(cfg.train.mixed_precision, device)
     config = model_config(cfg.model.name, cfg.task, 2)  # a bad model name fails first
-    mean, longest, n, labels, source = data_shape(cfg)
+    mean, longest, n, labels, source, labelled = data_shape(cfg)
     if cfg.task == "classification":
         config.num_labels = labels
     runs = Path(cfg.out_dir)
@@ -119,6 +121,7 @@ def plan(
         memory_budget=budget,
         memory_from=budget_from,
         time_budget=seconds,
+        labelled_tokens=labelled if cfg.task == "causal-lm" else None,
     )
     p.estimates = [estimate(cfg, m, p, config, runs) for m in methods]
     if calibrate_rate:
@@ -132,11 +135,12 @@ def plan(
     return p
 
 
-def data_shape(cfg: RunConfig) -> tuple[float, int, int, int, str]:
+def data_shape(cfg: RunConfig) -> tuple[float, int, int, int, str, float | None]:
     """(mean tokens per training example, tokens of the longest batch row, training
-    examples, number of labels, where the token counts come from). From the configured data
-    tokenized by the model's tokenizer; a model without one (a folder holding only the
-    published config.json) counts data.max_length tokens for every example, and says so."""
+    examples, number of labels, where the token counts come from, mean labelled tokens per
+    row of a decoder's examples or None). From the configured data tokenized by the model's
+    tokenizer; a model without one (a folder holding only the published config.json) counts
+    data.max_length tokens for every example, every one labelled, and says so."""
     from tunelab.data import load_splits
     from tunelab.tasks import prepare_data
 
@@ -146,11 +150,15 @@ def data_shape(cfg: RunConfig) -> tuple[float, int, int, int, str]:
         splits = load_splits(cfg.data)
         n, labels = len(splits.train), max(2, len(splits.label_names))
         source = "data.max_length for every example: the model has no tokenizer"
-        return float(cfg.data.max_length), cfg.data.max_length, n, labels, source
+        return float(cfg.data.max_length), cfg.data.max_length, n, labels, source, None
     lengths = data.train.lengths
     n_labels = max(2, len(data.splits.label_names))
     source = f"{data.splits.source}, tokenized"
-    return sum(lengths) / len(lengths), max(lengths), len(lengths), n_labels, source
+    prompts = getattr(data.train, "prompt_lengths", None)  # decoders: prompt + labelled part
+    labelled = sum(n - p for n, p in zip(lengths, prompts, strict=True)) if prompts else None
+    mean = sum(lengths) / len(lengths)
+    per_row = labelled / len(lengths) if labelled is not None else None
+    return mean, max(lengths), len(lengths), n_labels, source, per_row
 
 
 def memory_budget(memory: int | None, device: str) -> tuple[int | None, str]:

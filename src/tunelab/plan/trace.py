@@ -15,6 +15,7 @@ from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
 from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve, store_frozen
 from tunelab.quantize import NF4_BYTES, quantized_params
+from tunelab.tasks.causal_lm import keeps_logits
 
 
 def model_config(name: str, task: str, n_labels: int):
@@ -77,18 +78,25 @@ def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGH
     return model
 
 
-def training_batch(config, task: str, batch: int, length: int, device="cpu") -> dict:
+def training_batch(
+    config, task: str, batch: int, length: int, device="cpu", labelled: int | None = None
+) -> dict:
     """A training batch of the given shape, as the task's loop feeds the model: with a padded
     position (length-bucketed batches of several rows nearly always have one, and a mask
-    with padding decides which attention kernel runs); a single row has no mask."""
+    with padding decides which attention kernel runs); a single row has no mask. A decoder
+    with ``labelled`` tokens per row projects only that many positions per row onto the
+    vocabulary (``logits_to_keep``), as the loop's ``labelled_loss`` does with its mask."""
     vocab = getattr(config, "vocab_size", 1000)
     ids = torch.randint(0, min(vocab, 1000), (batch, length), device=device)
     labels = ids if task == "causal-lm" else torch.zeros(batch, dtype=torch.long, device=device)
+    out = {"input_ids": ids, "labels": labels}
+    if task == "causal-lm" and labelled:
+        out.update(labels=ids[:, -labelled:], logits_to_keep=labelled)
     if batch == 1:
-        return {"input_ids": ids, "labels": labels}
+        return out
     mask = torch.ones_like(ids)
     mask[-1, -1] = 0
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {**out, "attention_mask": mask}
 
 
 def spec(cfg: RunConfig, method: str) -> dict:
@@ -120,12 +128,15 @@ def trace(
     bf16: bool,
     fast_cpu: bool,
     frozen: torch.dtype = WEIGHTS_DTYPE,
+    labelled: int | None = None,
 ) -> dict:
     """Parameters, state bytes, activation bytes and FLOPs per token of one method on a fake
     model for a [batch, length] training batch (what ``estimate`` and the tests compare with
-    real runs). A forward fake tensors cannot follow (an op whose output shape depends on the
-    data, such as ``nonzero``) has its activations measured on real shallow copies instead
-    (``layer_scaled_activations``); ``activations_from`` says which route was taken."""
+    real runs); a decoder's LM head on ``labelled`` positions per row where the model and
+    method allow it (``keeps_logits``), else on every position. A forward fake tensors
+    cannot follow (an op whose output shape depends on the data, such as ``nonzero``) has its
+    activations measured on real shallow copies instead (``layer_scaled_activations``);
+    ``activations_from`` says which route was taken."""
     from torch._subclasses.fake_tensor import (
         DataDependentOutputException,
         DynamicOutputShapeException,
@@ -147,7 +158,8 @@ def trace(
                 "quantized": quantized_params(model),
                 "flops_per_token": measure.flops_per_token(model)["total"],
             }
-            data = training_batch(config, task, batch, length)
+            labelled = labelled if keeps_logits(model) else None
+            data = training_batch(config, task, batch, length, labelled=labelled)
             try:  # traced on (fake) CPU tensors, so CPU autocast; on CUDA the ops run in bf16
                 out["activations"], out["largest"] = measure.saved_activations(
                     model, data, "cpu" if bf16 else None
@@ -157,7 +169,7 @@ def trace(
             except (DynamicOutputShapeException, DataDependentOutputException) as e:
                 why = f"{type(e).__name__} ({e}) under fake tensors"
         out["activations"], out["largest"], n = layer_scaled_activations(
-            config, task, knobs, batch, length, bf16, fast_cpu, frozen
+            config, task, knobs, batch, length, bf16, fast_cpu, frozen, labelled
         )
         out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
         return with_peak(out)
@@ -188,6 +200,7 @@ def layer_scaled_activations(
     bf16: bool,
     fast_cpu: bool,
     frozen: torch.dtype = WEIGHTS_DTYPE,
+    labelled: int | None = None,
 ) -> tuple[int, int, int]:
     """(activation bytes, largest saved tensor's bytes, layers): a real forward of 1- and
     2-layer copies of the model with the method applied, random weights, the same batch
@@ -204,7 +217,7 @@ def layer_scaled_activations(
         model = store_frozen(build_method(knobs).prepare(build(small, task)), frozen)
         if fast_cpu:
             fast.install(model)
-        data = training_batch(small, task, batch, length)
+        data = training_batch(small, task, batch, length, labelled=labelled)
         saved.append(measure.saved_activations(model, data, "cpu" if bf16 else None))
         del model
     (a1, largest), (a2, _) = saved
