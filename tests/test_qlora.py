@@ -89,3 +89,28 @@ def test_the_plan_counts_bitsandbytes_own_bytes(tiny_llama):
 
     planned = held(full) - n * (4 - NF4_BYTES)
     assert held(small) == pytest.approx(planned, rel=0.01)
+
+
+@pytest.mark.slow
+def test_qlora_on_a_decoder(tiny_llama, toy_csv, tmp_path):
+    """The tiny Llama (classification as text): 4-bit q/k/v/o and MLP layers, the tied
+    embedding and LM head in fp32; the loss falls and predict reloads the run's own model."""
+    from test_causal_lm import llama_cfg
+
+    from tunelab.results import read_metrics
+
+    cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, "method=lora", **{"model.quantize": "4bit",
+                    "train.lr": 1e-2, "train.epochs": 2})  # fmt: skip
+    rec = run(cfg)
+    assert rec.ok and "uint8" in rec.env.weights
+    run_dir = tmp_path / "lora-causal-lm-seed0"
+    losses = [r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r]
+    assert losses[-1] < losses[0], losses
+    model, _ = load_run_model(run_dir)
+    assert four_bit_layers(model) == 2 * 7  # q, k, v, o, gate, up, down per block
+    data = prepare_data(cfg)
+    batch = data.task.collate(data.test, list(range(8)), data.tokenizer.pad_token_id)
+    with torch.no_grad():
+        a = data.task.score(model, batch)[1]
+        b = data.task.score(load_run_model(run_dir)[0], batch)[1]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
