@@ -71,6 +71,12 @@ def test_a_bracket_pauses_climbs_races_and_trains_like_a_straight_run(
     assert len(left) == 5 and all(r.test is None for r in left)
     assert sum(r.reason.startswith("not promoted past rung 1") for r in left) == 2
     assert sum(r.reason == lora.stopped for r in left) == 3
+    # the stopped method's best trial so far (by its best validation), not its defaults:
+    # what `compare --tune` runs for it
+    lora_best = max((r for r in left if r.tuning.study == "lora"),
+                    key=lambda r: r.best_validation.accuracy)  # fmt: skip
+    assert lora.best_params == lora_best.tuning.params and lora.best_params["train.lr"] == 1e-9
+    assert lora.best_value == lora_best.best_validation.accuracy
     winner = records[("full", full.best_trial)]
     assert winner.ok and len(winner.curve) == 9 and winner.test is None
     # the climbs (paused at validations 1 and 3, resumed twice) trained exactly as one

@@ -392,18 +392,32 @@ def summarize(base: RunConfig, methods: list[str]) -> TuningSummary:
     for method in methods:
         study = optuna.load_study(study_name=method, storage=storage)
         mine = [r for r in trials if r.tuning.study == method]
-        out.methods[method] = summary_of(study, spaces[method], mine)
+        out.methods[method] = summary_of(study, spaces[method], mine, out.metric)
         out.methods[method].rungs = [sum(halving.reached(r, e) for r in mine) for e in at]
     out.write(Path(base.out_dir))
     return out
 
 
-def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> MethodTuning:
+def summary_of(
+    study, space: dict[str, tuple], records: list[RunRecord], metric: str = "accuracy"
+) -> MethodTuning:
+    """A study's summary. Its best trial is the best complete one; a method with none (the
+    race stopped it, or every trial was pruned) gets its best trial so far, by the best
+    validation each trial reached, so that `compare --tune` runs that configuration and not
+    the method's defaults."""
     import optuna
 
     states = [t.state.name for t in study.trials]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = study.best_trial if complete else None  # in the study's own direction
+    params, value, number = (best.params, best.value, best.number) if best else ({}, None, None)
+    scored = [r for r in records if r.best_validation is not None]
+    scored = [r for r in scored if not math.isnan(r.best_validation.value(metric))]
+    if best is None and scored:
+        sign = 1 if study.direction.name == "MAXIMIZE" else -1
+        top = max(scored, key=lambda r: sign * r.best_validation.value(metric))
+        params, value = top.tuning.params, top.best_validation.value(metric)
+        number = top.tuning.trial
     importances = {}
     try:  # from three complete trials on (fewer: Optuna says "equal", which means nothing)
         if len(complete) >= 3:
@@ -413,12 +427,9 @@ def summary_of(study, space: dict[str, tuple], records: list[RunRecord]) -> Meth
     return MethodTuning(
         space={k: list(v) for k, v in space.items()},
         trials=TrialCounts(*(states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL"))),
-        best_params={
-            **{k: v[1] for k, v in space.items() if v[0] == "fixed"},
-            **(best.params if best else {}),
-        },
-        best_value=best.value if best else None,
-        best_trial=best.number if best else None,
+        best_params={**{k: v[1] for k, v in space.items() if v[0] == "fixed"}, **params},
+        best_value=value,
+        best_trial=number,
         examples=sum(r.timing.train_examples_seen for r in records),
         seconds=sum(r.timing.train_s + r.timing.eval_s for r in records),
         importances=importances,
