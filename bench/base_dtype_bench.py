@@ -76,14 +76,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=96)
     ap.add_argument("--work", default="/tmp/base-dtype-bench")
-    ap.add_argument("--only", choices=["fp32", "bf16"], help="rerun one side; the other is "
-                    "read back from the same day's JSON")  # fmt: skip
+    ap.add_argument("--only", choices=["fp32", "bf16", "none"], help="rerun one side (none: "
+                    "neither); the rest is read back from the same day's JSON")  # fmt: skip
     args = ap.parse_args()
     date = datetime.now(timezone.utc).isoformat(timespec="minutes")
     path = HERE / "results" / f"base-dtype-{date[:10]}-{args.examples}.json"
     sides = json.loads(path.read_text())["sides"] if args.only and path.exists() else {}
     for base in [args.only] if args.only else ["fp32", "bf16"]:
-        sides[base] = side(base, args.examples, Path(args.work) / base)
+        if base != "none":
+            sides[base] = side(base, args.examples, Path(args.work) / base)
+    for base in sides:  # the plan of this checkout for both sides, measured now or read back
         sides[base]["plan_peak_mb"] = round(planned(base, args.examples) / 2**20, 1)
         print(base, sides[base], flush=True)
     result = {
