@@ -138,6 +138,10 @@ class TrainConfig:
     fast_cpu: bool = True
     """On CPU: fast dropout masks and a non-trimming allocator (same math, see tunelab.fast);
     false = torch's own dropout, bit-for-bit."""
+    compile: Literal["off", "model", "blocks"] = "off"
+    """torch.compile the model for training: model (its whole forward), blocks (each
+    transformer block, compiled once for all layers: a shorter compile) or off. Off by
+    default: slower on the CPUs measured (bench/RESULTS.md, levers)."""
 
 
 @dataclass

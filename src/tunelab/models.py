@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tunelab.anatomy import unwrap
+from tunelab.anatomy import anatomy, unwrap
 from tunelab.assets import package_dir
 from tunelab.errors import ConfigError, NoTokenizer, TunelabError
 
@@ -216,28 +216,48 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         return model
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = {id(embed.weight)} if embed is not None else set()
-    cast = 0
+    cast: set[int] = set()
     for module in model.modules():
         if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's
             for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.is_floating_point() and id(p) not in tied:
-                    p.data, cast = p.data.to(dtype), cast + 1
+                    p.data = p.data.to(dtype)
+                    cast.add(id(p))
     if cast:
-        own_memory(model)
+        own_memory(model, skip=cast)  # the cast weights are new tensors already
         from tunelab.fast import release_freed
 
         release_freed()  # the freed originals back to the OS (tunelab's allocator keeps them)
     return model
 
 
-def own_memory(model: nn.Module) -> None:
-    """Every parameter and buffer copied into memory of its own. Weights loaded from
-    safetensors are views of the file's memory map, which stays mapped (and its touched pages
-    resident) while any one of them lives: casting the frozen weights alone would add their
-    bf16 copies and free nothing (tests/test_base_dtype.py checks the map is released)."""
+def compile_model(model: nn.Module, how: str) -> nn.Module:
+    """torch.compile (inductor) in place, so parameter names, saving, resuming and the
+    optimizer are untouched: ``model`` its whole forward, ``blocks`` each transformer block of
+    the stack (one graph every layer reuses: compiled once, not per layer), ``off`` nothing.
+    Shapes become dynamic after the first batch of another length (torch's default)."""
+    if how == "model":
+        model.compile()
+    elif how == "blocks":
+        stack = anatomy(model).stack
+        if not stack:
+            raise ConfigError("train.compile=blocks: no stack of transformer blocks found in "
+                              "this model; use train.compile=model")  # fmt: skip
+        for block in unwrap(model).get_submodule(stack):
+            block.compile()
+    return model
+
+
+def own_memory(model: nn.Module, skip: set[int] | frozenset[int] = frozenset()) -> None:
+    """Every parameter and buffer (but those whose id is in ``skip``) copied into memory of its
+    own. Weights loaded from safetensors are views of the file's memory map, which stays mapped
+    (and its touched pages resident) while any one of them lives: casting the frozen weights
+    alone would add their bf16 copies and free nothing (tests/test_base_dtype.py checks the map
+    is released)."""
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
-            t.data = t.data.clone()
+            if id(t) not in skip:
+                t.data = t.data.clone()
 
 
 def safe_load(auto, name: str, trust_remote_code: bool, allow_pickle: bool, **kw):

@@ -25,7 +25,7 @@ from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, close_quietly, make_logger
 from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, knobs
-from tunelab.models import frozen_dtype, load_model, store_frozen
+from tunelab.models import compile_model, frozen_dtype, load_model, store_frozen
 from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
 from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
 from tunelab.resume import Progress, Saver
@@ -116,8 +116,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     mp = precision(tc.mixed_precision)
     acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir), cpu=cpu)
     fast_paths = tc.fast_cpu and acc.device.type == "cpu"
-    if fast_paths:
-        fast.tune_allocator()
+    fast.tune_allocator() if fast_paths else None
     utils.set_seed(tc.seed)  # before the head, adapters and prompts are initialised
     data = prepare_data(cfg)
     rss_before_model, mc = measure.settled_rss(), cfg.model
@@ -134,6 +133,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lr = tc.lr if tc.lr is not None else method.lr
     record.fast_cpu = fast.install(model) if fast_paths else {}
+    compile_model(model, tc.compile)  # after fast.install: it compiles the fast paths too
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
     weights = ", ".join(sorted({str(p.dtype)[6:] for p in model.parameters()}))  # bf16 base
