@@ -16,7 +16,8 @@ Two comparisons in one run (`--precision defaults,bf16`, the default):
   `--precision bf16` measures it anyway.
 `--precision fp32` runs both sides in fp32.
 
-Writes bench/out/bench-<precision>.json and the generated block of bench/RESULTS.md (between
+Writes bench/results/bench-<precision>-<date>.json (and bench/out/bench-<precision>.json) and the
+generated block of bench/RESULTS.md (between
 its `<!-- bench:<precision> -->` markers; the analysis around them is kept).
 """
 
@@ -144,6 +145,8 @@ def main() -> None:
         methods = args.methods.split(",") if args.methods else default
         result = comparison(prec, methods, args, out)
         (out / f"bench-{prec}.json").write_text(json.dumps(result, indent=2))
+        day = result["date"][:10]  # the committed copy, as every bench keeps its results
+        (HERE / "results" / f"bench-{prec}-{day}.json").write_text(json.dumps(result, indent=2))
         write_results(HERE / "RESULTS.md", prec, results_md(result))
         print(f"\nwrote {HERE / 'RESULTS.md'}")
 

@@ -29,6 +29,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tunelab.results import read_record
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 LEVERS = ["compile-model=train.compile=model", "compile-blocks=train.compile=blocks"]
@@ -46,7 +48,7 @@ def run(method: str, n: int, overrides: list[str], out: Path) -> dict:
     if proc.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     run_dir = out / f"{method}-seed0"
-    record = json.loads((run_dir / "result.json").read_text())
+    record = read_record(run_dir)
     windows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     windows = [w for w in windows if "examples_per_s" in w]
     ends = [w["train_time_s"] for w in windows]  # training clock at each window's end
@@ -56,10 +58,10 @@ def run(method: str, n: int, overrides: list[str], out: Path) -> dict:
     return {
         "steady_examples_per_s": steady,
         "first_window_extra_s": seconds[0] - examples[0] / steady,
-        "train_s": record["timing"]["train_s"],
-        "examples_per_s": record["timing"]["examples_per_s"],
+        "train_s": record.timing.train_s,
+        "examples_per_s": record.timing.examples_per_s,
         "wall_s": wall,
-        "test_accuracy": record["test"]["accuracy"],
+        "test_accuracy": record.test.accuracy,
     }
 
 

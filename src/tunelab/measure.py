@@ -118,8 +118,10 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 1
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = math.inf
     for product in (lambda: torch.nn.functional.linear(a, b), lambda: a @ b):
-        for i in range(reps + 1):  # the first call warms up; a layout far off the best so far
-            t = time.perf_counter()  # (the fallback: seconds a call) is not repeated
+        # the first call warms up; a layout whose first call is far off the best so far (the
+        # fallback: seconds a call) is not repeated
+        for i in range(reps + 1):
+            t = time.perf_counter()
             product()
             seconds = time.perf_counter() - t
             best = min(best, seconds) if i else best

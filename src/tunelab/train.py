@@ -3,8 +3,7 @@
 ``run`` = ``setup`` (data, model, the method's ``prepare`` and ``param_groups``, AdamW +
 warmup/decay) -> ``restore`` (an interrupted or paused run's checkpoint) -> ``train_loop``
 (``train_step`` and, regularly, ``validate``, which keeps the best weights) -> ``finish`` (test
-the best validation checkpoint, save it, write the record). A task (``tunelab.tasks``) gives
-losses and metrics; metrics go out through one logger."""
+the best checkpoint, save it, write the record). Losses and metrics: the task's; one logger."""
 
 from __future__ import annotations
 
@@ -116,7 +115,8 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     mp = precision(tc.mixed_precision)
     acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir), cpu=cpu)
     fast_paths = tc.fast_cpu and acc.device.type == "cpu"
-    fast.tune_allocator() if fast_paths else None
+    if fast_paths:
+        fast.tune_allocator()
     utils.set_seed(tc.seed)  # before the head, adapters and prompts are initialised
     data = prepare_data(cfg)
     rss_before_model, mc = measure.settled_rss(), cfg.model
