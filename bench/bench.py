@@ -151,6 +151,16 @@ def main() -> None:
         print(f"\nwrote {HERE / 'RESULTS.md'}")
 
 
+def machine() -> str:
+    """The machine in one line, as every bench's result file names it."""
+    from tunelab.optim import cpu_bf16_flag
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, native bf16: {cpu_bf16_flag() or 'no'}"
+    )
+
+
 def emulated_bf16() -> str | None:
     """Why bf16 autocast here would be emulated arithmetic (None where it is native)."""
     from tunelab.optim import cpu_bf16_flag
@@ -203,8 +213,7 @@ def comparison(prec: str, methods: list[str], args, out: Path) -> dict:
         e2e = end_to_end(prec, rows, args, out)
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "machine": machine(),
         "packages": {
             p: metadata.version(p)
             for p in ("torch", "transformers", "peft", "accelerate", "datasets")

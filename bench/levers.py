@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -85,13 +84,12 @@ def main() -> None:
                     sides[side].append(run(method, args.train_examples, over, out / side))
             rows.append(summarise(method, name, spec, sides))
             print(line(rows[-1]), flush=True)
-    date = datetime.now(timezone.utc)
-    from tunelab.optim import cpu_bf16_flag
+    from bench import machine, write_results  # noqa: PLC0415 (bench/bench.py, next to this)
 
+    date = datetime.now(timezone.utc)
     result = {
         "date": date.isoformat(timespec="minutes"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"native bf16: {cpu_bf16_flag() or 'no'}",
+        "machine": machine(),
         "train_examples": args.train_examples,
         "rounds": args.rounds,
         "rows": rows,
@@ -102,8 +100,6 @@ def main() -> None:
         old = json.loads(path.read_text())["rows"]
         result["rows"] = [x for x in old if (x["method"], x["lever"]) not in mine] + rows
     path.write_text(json.dumps(result, indent=2))
-    from bench import write_results  # noqa: PLC0415 (bench/bench.py, next to this file)
-
     write_results(HERE / "RESULTS.md", "levers", block(result, path))
     print(f"wrote {path}")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -167,8 +166,6 @@ def main() -> None:
         return
     import torch
 
-    from tunelab.optim import cpu_bf16_flag
-
     rows = []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     for case in args.cases.split(","):
@@ -180,18 +177,18 @@ def main() -> None:
             sys.exit(f"{case} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{case}: {rows[-1]['step_ms']:.0f} ms/step ({time.perf_counter() - t:.0f} s)")
+    from bench import machine, write_results  # noqa: PLC0415 (bench/bench.py, next to this)
+
     date = datetime.now(timezone.utc)
     result = {
         "date": date.isoformat(timespec="minutes"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch threads {torch.get_num_threads()}, native bf16: {cpu_bf16_flag() or 'no'}",
+        "machine": machine(),
         "torch": torch.__version__,
         "warmup": args.warmup,
         "rows": rows,
     }
     out = HERE / "results" / f"profile-{date:%Y-%m-%d}.json"
     out.write_text(json.dumps(result, indent=2))
-    from bench import write_results  # noqa: PLC0415 (bench/bench.py, next to this file)
 
     block = (
         f"### Where a training step's time goes (`bench/profile_step.py`)\n\n"
