@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.measure import matmul_peak
+from tunelab.plan import peak_flops
 from tunelab.results import read_record
 
 HERE = Path(__file__).parent
@@ -47,14 +47,6 @@ ARTICLE = ["full", "llrd", "lora", "prompt"]
 EQUAL_BF16 = ["full", "lora", "prompt"]
 # --precision -> (tunelab's train.mixed_precision, the plain recipe's precision)
 PRECISIONS = {"defaults": ("auto", "fp32"), "fp32": ("no", "fp32"), "bf16": ("bf16", "bf16")}
-_PEAKS: dict[str, float] = {}
-
-
-def peak(precision: str) -> float:
-    """This machine's matmul peak in a precision as records name it ("bf16", "no"/"fp32")."""
-    if precision not in _PEAKS:
-        _PEAKS[precision] = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32)
-    return _PEAKS[precision]
 
 
 def sh(cmd: list[str]) -> float:
@@ -133,11 +125,10 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    asked = args.precision.split(",")
+    asked, why = args.precision.split(","), emulated_bf16()
     for prec in asked:
         if prec not in PRECISIONS:
             sys.exit(f"--precision {prec}: not one of {', '.join(PRECISIONS)}")
-        why = emulated_bf16()
         if prec == "bf16" and why and asked != ["bf16"]:
             print(f"bf16 comparison skipped: {why}; `--precision bf16` measures it anyway")
             continue
@@ -197,8 +188,8 @@ def comparison(prec: str, methods: list[str], args, out: Path) -> dict:
             "rounds": {"tunelab": tls, "hf": hfs},
             "speedup": tl["examples_per_s"] / hf["examples_per_s"],
             "speedup_range": [min(ratios), max(ratios)],
-            "mfu_tunelab": fpt * tl["tokens_per_s"] / peak(tl["precision"]),
-            "mfu_hf": fpt * hf["tokens_per_s"] / peak(hf["precision"]),
+            "mfu_tunelab": fpt * tl["tokens_per_s"] / peak_flops(tl["precision"]),
+            "mfu_hf": fpt * hf["tokens_per_s"] / peak_flops(hf["precision"]),
         }
         rows.append(row)
         print(
@@ -221,7 +212,11 @@ def comparison(prec: str, methods: list[str], args, out: Path) -> dict:
         "train_examples": args.train_examples,
         "precision": prec,
         "rounds": args.rounds,
-        "peak_flops": dict(_PEAKS),
+        "peak_flops": {
+            p: peak_flops(p)
+            for r in rows
+            for p in (r["tunelab"]["precision"], r["hf"]["precision"])
+        },
         "rows": rows,
         "e2e": e2e,
     }

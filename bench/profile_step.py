@@ -11,7 +11,7 @@ a fresh process: `--warmup` steps, then `--steps` steps under the profiler. An o
 goes to the first category whose pattern matches its name (CATEGORIES); time in no op
 (Python, collate, the loop) is the step's wall time minus all ops' self time. Also the
 step's achieved FLOP/s by the run records' own count (`flops_per_token` x real tokens) and its
-fraction of this machine's matmul peak in the case's precision (`measure.matmul_peak`).
+fraction of this machine's matmul peak in the case's precision (`plan.peak_flops`).
 
 Writes bench/results/profile-<date>.json and the `<!-- bench:profile -->` block of
 bench/RESULTS.md.
@@ -55,11 +55,11 @@ OUTSIDE = "outside ops (Python, collate, loop)"
 
 def one_case(case: str, warmup: int, steps: int) -> dict:
     """Profile one case in this process; returns its row."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from tunelab import measure, train
     from tunelab.config import load_config
+    from tunelab.plan import peak_flops
     from tunelab.results import RunRecord
 
     model, method, prec, *batch = case.split(":")
@@ -91,8 +91,7 @@ def one_case(case: str, warmup: int, steps: int) -> dict:
             wall = time.perf_counter() - t
         win.summary()  # the window's loss: a NaN here would make the profile meaningless
         fpt = record.flops_per_token.total
-    dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-    peak = measure.matmul_peak(dtype, n=1024, reps=10)
+    peak = peak_flops(prec)  # the plan's own measure of this machine's peak
     shares = categorise(prof.key_averages(), wall)
     return {
         "case": case,
