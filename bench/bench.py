@@ -144,7 +144,7 @@ def main() -> None:
 
 def machine() -> str:
     """The machine in one line, as every bench's result file names it."""
-    from tunelab.optim import cpu_bf16_flag
+    from tunelab.precision import cpu_bf16_flag
 
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
@@ -154,7 +154,7 @@ def machine() -> str:
 
 def emulated_bf16() -> str | None:
     """Why bf16 autocast here would be emulated arithmetic (None where it is native)."""
-    from tunelab.optim import cpu_bf16_flag
+    from tunelab.precision import cpu_bf16_flag
 
     if torch.cuda.is_available() or cpu_bf16_flag():
         return None

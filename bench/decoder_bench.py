@@ -150,7 +150,7 @@ def tunelab_side(method: str, n: int, batch: int, out: Path) -> dict:
 def precision() -> str:
     """tunelab's automatic precision on this machine ("bf16" or "no")."""
     sys.path.insert(0, str(ROOT / "src"))
-    from tunelab.optim import precision as choose
+    from tunelab.precision import precision as choose
 
     return choose("auto")
 

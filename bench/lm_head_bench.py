@@ -38,7 +38,8 @@ def main() -> None:
     from tunelab import fast
     from tunelab.config import load_config
     from tunelab.models import load_model
-    from tunelab.optim import make_optimizer, precision
+    from tunelab.optim import make_optimizer
+    from tunelab.precision import precision
     from tunelab.tasks import prepare_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

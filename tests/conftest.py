@@ -88,8 +88,22 @@ def toy_csv(tmp_path_factory) -> str:
     return str(write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(400)))
 
 
+# The suite's precision axis: each case whose outcome can depend on the precision takes the
+# ``precision`` fixture and runs in both, on every machine (bf16 forced where the CPU would
+# pick fp32: emulated there, so those cases use tiny models). Every other run pins fp32, so
+# the machine never decides what the suite covers.
+PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # id -> train.mixed_precision
+
+
+@pytest.fixture(params=list(PRECISIONS))
+def precision(request) -> str:
+    """train.mixed_precision of the case: ``no`` (fp32) or ``bf16`` (autocast)."""
+    return PRECISIONS[request.param]
+
+
 def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
-    """Overrides for a fast run of the tiny model on the toy data."""
+    """Overrides for a fast run of the tiny model on the toy data (fp32 unless
+    ``train.mixed_precision`` is given: see PRECISIONS)."""
     base = {
         "model.name": model,
         "data.dataset": data,
@@ -99,6 +113,7 @@ def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
         "train.batch_size": 16,
         "train.log_every": 5,
         "train.evals_per_epoch": 1,
+        "train.mixed_precision": "no",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -13,7 +13,6 @@ import os
 import re
 
 import pytest
-import torch
 
 from tests.archs import FAMILIES, save_tiny, tokenizer
 from tests.conftest import toy_rows, write_csv
@@ -100,20 +99,19 @@ def names_architecture(message: str, family: str) -> bool:
 
 
 @pytest.mark.parametrize("family,task,method", cases(list(METHODS)))
-def test_every_method_runs_or_is_refused(built, family, task, method, tmp_path):
+def test_every_method_runs_or_is_refused(built, family, task, method, precision, tmp_path):
     from tunelab.config import load_config
-    from tunelab.measure import evaluate
-    from tunelab.predict import load_run_model
+    from tunelab.precision import RELOAD_RTOL
+    from tunelab.predict import score_run
     from tunelab.results import read_record
     from tunelab.rundir import run_dir_for
-    from tunelab.tasks import prepare_data
 
     make, data = built
     folder = make(family)
     overrides = [
         f"model.name={folder}", f"data.dataset={data}", f"method.name={method}", f"task={task}",
         "train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=16", "tracker=none",
-        f"out_dir={tmp_path}",
+        f"out_dir={tmp_path}", f"train.mixed_precision={precision}",
     ]  # fmt: skip
     rc, err = cli("run", *overrides)
     if rc != 0:
@@ -125,21 +123,23 @@ def test_every_method_runs_or_is_refused(built, family, task, method, tmp_path):
     cfg = load_config(None, overrides)
     rec = read_record(run_dir_for(cfg))
     assert rec.ok and rec.curve and rec.curve[-1]["step"] == 2, rec
-    # the saved run reloads (predict's loader) and scores the test split exactly as recorded
-    model, _ = load_run_model(run_dir_for(cfg))
-    d = prepare_data(cfg)
-    again = evaluate(model, d.task, d.test, 16, d.tokenizer.pad_token_id, torch.device("cpu"))
-    assert again.accuracy == pytest.approx(rec.test.accuracy, abs=1e-9), (again, rec.test)
+    assert rec.env.precision == precision
+    # the saved run reloads (predict's loader) and scores the test split as recorded
+    again = score_run(run_dir_for(cfg))
+    assert again.accuracy == rec.test.accuracy, (again, rec.test)
+    assert again.loss == pytest.approx(rec.test.loss, rel=RELOAD_RTOL[precision])
     record(family, task, method, "ran", f"{rec.params.trainable:,} trainable")
 
 
 @pytest.mark.parametrize("family,task,method", cases(["plan"]))
-def test_plan_answers_for_every_architecture(built, family, task, method, tmp_path, capsys):
+def test_plan_answers_for_every_architecture(built, family, task, method, precision, tmp_path,
+                                            capsys):  # fmt: skip
     from tunelab.cli import main
 
     make, data = built
     folder = make(family)
-    args = ["plan", "--model", folder, f"task={task}", f"data.dataset={data}", "--json"]
+    args = ["plan", "--model", folder, f"task={task}", f"data.dataset={data}", "--json",
+            f"train.mixed_precision={precision}"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path)]) == 0
     plan = json.loads(capsys.readouterr().out)
     rows = {e["method"]: e for e in plan["estimates"]}

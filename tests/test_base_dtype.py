@@ -112,21 +112,25 @@ def test_a_run_records_its_bf16_base(tiny_model, toy_csv, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
-def test_the_bf16_base_lets_go_of_the_checkpoint_file(tiny_llama):
+def test_the_bf16_base_lets_go_of_the_checkpoint_file(tiny_llama, tmp_path):
     """Weights loaded from safetensors are views of the file's memory map: unless every one
     of them gets memory of its own, the map (and the fp32 pages a forward touched) stays
-    resident next to the bf16 copies, and the bf16 base saves nothing."""
+    resident next to the bf16 copies, and the bf16 base saves nothing. (A copy of the model
+    of its own: other tests' models of the shared tiny Llama may still be alive.)"""
     import gc
+    import shutil
 
     from tunelab.methods import build_method
     from tunelab.models import load_model, store_frozen
 
+    folder = shutil.copytree(tiny_llama, tmp_path / "own")
+
     def mapped() -> bool:
-        return any("model.safetensors" in line for line in open("/proc/self/maps"))
+        return any(f"{folder}/model.safetensors" in line for line in open("/proc/self/maps"))
 
     gc.collect()
     assert not mapped()
-    model = build_method({"name": "lora"}).prepare(load_model(tiny_llama, ["a"], lm_head=True))
+    model = build_method({"name": "lora"}).prepare(load_model(str(folder), ["a"], lm_head=True))
     assert mapped()  # loaded as views of the file (what the fix is about)
     model = store_frozen(model, torch.bfloat16)
     gc.collect()

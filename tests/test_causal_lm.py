@@ -125,10 +125,12 @@ def test_label_words_that_tokenize_to_nothing_are_refused(tiny_llama):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "llrd", "freeze", "lora", "prompt", "ia3"])
-def test_every_method_trains_on_a_decoder(method, tiny_llama, toy_csv, tmp_path):
+def test_every_method_trains_on_a_decoder(method, precision, tiny_llama, toy_csv, tmp_path):
     lr = {"prompt": 0.1, "ia3": 3e-2}.get(method, 3e-3)  # scaling vectors, soft prompts: larger
-    rec = run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method, "train.lr": lr}))
-    assert rec.ok and rec.test and rec.data.zero_shot["validation"].accuracy >= 0
+    over = {"method.name": method, "train.lr": lr, "train.mixed_precision": precision}
+    rec = run(llama_cfg(tiny_llama, toy_csv, tmp_path, **over))
+    assert rec.ok and rec.test and rec.env.precision == precision
+    assert rec.data.zero_shot["validation"].accuracy >= 0
     losses = [r["train_loss"] for r in rec.metrics or _rows(tmp_path / f"{method}-causal-lm-seed0")]
     assert losses[-1] < losses[0]
 

@@ -8,10 +8,10 @@ from conftest import tiny_overrides
 
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
-from tunelab.measure import evaluate
 from tunelab.methods import METHODS, build_method
 from tunelab.models import load_model
-from tunelab.predict import load_run_model
+from tunelab.precision import RELOAD_RTOL
+from tunelab.predict import score_run
 from tunelab.tasks import prepare_data
 from tunelab.train import run
 
@@ -86,21 +86,17 @@ def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "prefix"])
-def test_method_learns_saves_and_reloads(name, tiny_model, toy_csv, tmp_path):
-    cfg = load_config(
-        None,
-        tiny_overrides(tiny_model, toy_csv, tmp_path, **{"method.name": name, "train.epochs": 6}),
-    )
+def test_method_learns_saves_and_reloads(name, precision, tiny_model, toy_csv, tmp_path):
+    over = {"method.name": name, "train.epochs": 6, "train.mixed_precision": precision}
+    cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **over))
     rec = run(cfg)
     losses = [r["train_loss"] for r in _rows(tmp_path / f"{name}-seed0") if "train_loss" in r]
     assert losses[-1] < losses[0], f"{name}: loss did not fall: {losses}"
-    assert rec.status == "ok" and rec.saved_bytes > 0
-    # the saved adapter / model reproduces the recorded test metrics exactly
-    model, _ = load_run_model(tmp_path / f"{name}-seed0")
-    data = prepare_data(cfg)
-    again = evaluate(model, data.task, data.test, 64, 0, torch.device("cpu"))
-    assert again.accuracy == pytest.approx(rec.test.accuracy, abs=1e-9)
-    assert again.macro_f1 == pytest.approx(rec.test.macro_f1, abs=1e-9)
+    assert rec.status == "ok" and rec.saved_bytes > 0 and rec.env.precision == precision
+    # the saved adapter / model reproduces the recorded test metrics in the run's precision
+    again = score_run(tmp_path / f"{name}-seed0")
+    assert again.accuracy == rec.test.accuracy and again.macro_f1 == rec.test.macro_f1
+    assert again.loss == pytest.approx(rec.test.loss, rel=RELOAD_RTOL[precision])
 
 
 def _rows(run_dir):

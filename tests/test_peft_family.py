@@ -86,35 +86,44 @@ def check_roundtrip(run_dir, cfg, tmp_path, plain_class):
 
 
 @pytest.mark.parametrize("variant", cases())
-def test_trains_reloads_and_exports_on_an_encoder(variant, tiny_model, toy_csv, tmp_path):
+def test_trains_reloads_and_exports_on_an_encoder(variant, precision, tiny_model, toy_csv,
+                                                  tmp_path):  # fmt: skip
     from transformers import AutoModelForSequenceClassification
 
-    extra = {**knob_overrides(VARIANTS[variant]), "train.epochs": 2, "train.lr": 1e-2}
+    from tunelab.precision import RELOAD_RTOL
+    from tunelab.predict import score_run
+
+    extra = {**knob_overrides(VARIANTS[variant]), "train.epochs": 2, "train.lr": 1e-2,
+             "train.mixed_precision": precision}  # fmt: skip
     cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **extra))
     rec = run(cfg)
-    assert rec.ok and rec.saved_bytes > 0
+    assert rec.ok and rec.saved_bytes > 0 and rec.env.precision == precision
     run_dir = tmp_path / f"{cfg.method.name}-seed0"
-    model, _ = load_run_model(run_dir)
-    from tunelab.measure import evaluate
-
-    data = prepare_data(cfg)
-    again = evaluate(model, data.task, data.test, 64, 0, torch.device("cpu"))
-    assert again.accuracy == pytest.approx(rec.test.accuracy, abs=1e-9)
-    assert again.loss == pytest.approx(rec.test.loss, rel=1e-6)
+    again = score_run(run_dir)  # predict's loader, the run's own precision
+    assert again.accuracy == rec.test.accuracy
+    assert again.loss == pytest.approx(rec.test.loss, rel=RELOAD_RTOL[precision])
     check_roundtrip(run_dir, cfg, tmp_path, AutoModelForSequenceClassification)
 
 
 @pytest.mark.slow
 @pytest.mark.extended  # make test-extended (CI runs it after make test): ~2 min
 @pytest.mark.parametrize("variant", [k for k in VARIANTS if k != "gaussian"])
-def test_trains_reloads_and_exports_on_a_decoder(variant, tiny_llama, toy_csv, tmp_path):
+def test_trains_reloads_and_exports_on_a_decoder(variant, precision, tiny_llama, toy_csv,
+                                                 tmp_path):  # fmt: skip
     from transformers import AutoModelForCausalLM
 
+    from tunelab.precision import RELOAD_RTOL
+    from tunelab.predict import score_run
+
     lr = 3e-2 if variant in ("vera", "lntuning") else 1e-2
-    extra = {**knob_overrides(VARIANTS[variant]), "train.lr": lr}
+    extra = {**knob_overrides(VARIANTS[variant]), "train.lr": lr,
+             "train.mixed_precision": precision}  # fmt: skip
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, **extra)
     rec = run(cfg)
-    assert rec.ok and rec.test
+    assert rec.ok and rec.test and rec.env.precision == precision
+    again = score_run(tmp_path / f"{cfg.method.name}-causal-lm-seed0")
+    assert again.accuracy == rec.test.accuracy
+    assert again.loss == pytest.approx(rec.test.loss, rel=RELOAD_RTOL[precision])
     run_dir = tmp_path / f"{cfg.method.name}-causal-lm-seed0"
     losses = [r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r]
     assert losses[-1] < losses[0], losses

@@ -187,14 +187,14 @@ def test_parse_units():
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch):
-    from tunelab import optim
+    from tunelab import precision
 
-    monkeypatch.setattr(optim, "cpu_bf16_flag", lambda: "amx_bf16")
-    assert optim.choose_precision("auto", "cpu")[0] == "bf16"
-    monkeypatch.setattr(optim, "cpu_bf16_flag", lambda: None)
-    mode, why = optim.choose_precision("auto", "cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: "amx_bf16")
+    assert precision.choose_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_flag", lambda: None)
+    mode, why = precision.choose_precision("auto", "cpu")
     assert mode == "no" and "no native bf16" in why
-    assert optim.choose_precision("no", "cpu")[0] == "no"
+    assert precision.choose_precision("no", "cpu")[0] == "no"
 
 
 # Published config.json files (no weights, no tokenizer), copied from the Hub repositories
@@ -297,14 +297,16 @@ def test_a_plan_that_fits_training_but_not_evaluation_does_not_fit(tmp_path):
     assert json.loads(out)["estimates"][0]["fits_memory"] is False
 
 
-def test_plan_counts_a_4bit_base_and_refuses_full(tmp_path):
+def test_plan_counts_a_4bit_base_and_refuses_full(precision, tmp_path):
     """model.quantize=4bit from Phi-3-mini's published config alone: LoRA's weights are the
-    fp32 plan's less every frozen linear weight's 4 - NF4_BYTES bytes; full fine-tuning is
+    unquantised plan's less every frozen linear weight's bytes in the run's base dtype (fp32,
+    or bf16 under bf16 autocast: model.base_dtype=auto) less NF4_BYTES; full fine-tuning is
     refused in its row with the reason."""
     from tunelab.quantize import NF4_BYTES
 
     common = ("--model", str(PUBLISHED / "phi-3-mini"), "task=causal-lm", "--json",
-              "--out", str(tmp_path), "--batch-size", "1", "--max-length", "32")  # fmt: skip
+              "--out", str(tmp_path), "--batch-size", "1", "--max-length", "32",
+              f"train.mixed_precision={precision}")  # fmt: skip
     rows = {}
     for q in ("none", "4bit"):
         rc, out, err = run_plan(*common, "--methods", "full,lora", f"model.quantize={q}")
@@ -315,5 +317,6 @@ def test_plan_counts_a_4bit_base_and_refuses_full(tmp_path):
     # Phi-3-mini: 32 blocks of qkv (3072 -> 9216), o (3072 -> 3072), gate_up (3072 -> 16384)
     # and down (8192 -> 3072); the embeddings and the untied LM head stay full precision
     linear = 32 * 3072 * (9216 + 3072 + 16384 + 8192)
-    assert plain["weights"] - nf4["weights"] == round(linear * (4 - NF4_BYTES))
+    frozen = 2 if precision == "bf16" else 4  # bytes a frozen linear weight is stored in
+    assert plain["weights"] - nf4["weights"] == round(linear * (frozen - NF4_BYTES))
     assert nf4["peak"] < plain["peak"] and nf4["trainable"] == plain["trainable"]

@@ -24,30 +24,39 @@ def four_bit_layers(model) -> int:
     return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
-def test_qlora_trains_reloads_and_exports(tiny_model, toy_csv, tmp_path):
+def test_qlora_trains_reloads_and_exports(precision, tiny_model, toy_csv, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from tunelab.measure import evaluate
+    from tunelab.precision import RELOAD_RTOL
+    from tunelab.predict import score_run
 
-    extra = {"model.quantize": "4bit", "train.epochs": 2, "train.lr": 1e-2}
+    extra = {"model.quantize": "4bit", "train.epochs": 2, "train.lr": 1e-2,
+             "train.mixed_precision": precision}  # fmt: skip
     over = tiny_overrides(tiny_model, toy_csv, tmp_path, **extra)
     cfg = load_config(None, [*over, "method=lora"])
     rec = run(cfg)
     assert rec.ok and "uint8" in rec.env.weights  # the 4-bit weights, packed two per byte
+    assert rec.env.precision == precision
     run_dir = tmp_path / "lora-seed0"
     model, _ = load_run_model(run_dir)
-    # every linear layer of the 2 blocks (q, k, v, o, up, down) and the pooler: 4-bit
+    # every linear layer of the 2 blocks (q, k, v, o, up, down) and the pooler: 4-bit,
+    # dequantised to the run's compute dtype
     assert four_bit_layers(model) == 2 * 6 + 1
+    import bitsandbytes as bnb
+
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert {m.compute_dtype for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)} == {want}
     trained = [n for n, p in model.named_parameters() if p.requires_grad or "lora_" in n]
     assert trained and all(p.dtype == torch.float32 for n, p in model.named_parameters()
                            if "lora_" in n or "classifier" in n)  # fmt: skip
+    again = score_run(run_dir)  # the run's own model, in its own precision
+    assert again.accuracy == rec.test.accuracy
+    assert again.loss == pytest.approx(rec.test.loss, rel=RELOAD_RTOL[precision])
     data = prepare_data(cfg)
-    again = evaluate(model, data.task, data.test, 64, 0, torch.device("cpu"))
-    assert again.accuracy == pytest.approx(rec.test.accuracy, abs=1e-9)  # the run's own model
-    assert again.loss == pytest.approx(rec.test.loss, rel=1e-5)
     plain = AutoModelForSequenceClassification.from_pretrained(export(run_dir, tmp_path / "out"))
     assert four_bit_layers(plain) == 0 and not any("lora" in n for n, _ in plain.named_parameters())
-    merged = evaluate(plain.eval(), data.task, data.test, 64, 0, torch.device("cpu"))
+    merged = evaluate(plain.eval(), data.task, data.test, 64, 0, torch.device("cpu"), precision)
     # merged into the full-precision base: the 4-bit rounding is gone, the adapter kept
     assert abs(merged.accuracy - rec.test.accuracy) < 0.1, (merged.accuracy, rec.test.accuracy)
 
@@ -92,17 +101,23 @@ def test_the_plan_counts_bitsandbytes_own_bytes(tiny_llama):
 
 
 @pytest.mark.slow
-def test_qlora_on_a_decoder(tiny_llama, toy_csv, tmp_path):
+def test_qlora_on_a_decoder(precision, tiny_llama, toy_csv, tmp_path):
     """The tiny Llama (classification as text): 4-bit q/k/v/o and MLP layers, the tied
     embedding and LM head in fp32; the loss falls and predict reloads the run's own model."""
     from test_causal_lm import llama_cfg
 
+    from tunelab.precision import RELOAD_RTOL
+    from tunelab.predict import score_run
     from tunelab.results import read_metrics
 
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, "method=lora", **{"model.quantize": "4bit",
-                    "train.lr": 1e-2, "train.epochs": 2})  # fmt: skip
+                    "train.lr": 1e-2, "train.epochs": 2,
+                    "train.mixed_precision": precision})  # fmt: skip
     rec = run(cfg)
     assert rec.ok and "uint8" in rec.env.weights
+    again = score_run(tmp_path / "lora-causal-lm-seed0")
+    assert again.accuracy == rec.test.accuracy
+    assert again.loss == pytest.approx(rec.test.loss, rel=RELOAD_RTOL[precision])
     run_dir = tmp_path / "lora-causal-lm-seed0"
     losses = [r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r]
     assert losses[-1] < losses[0], losses

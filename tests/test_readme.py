@@ -61,8 +61,9 @@ EXECUTABLE = [next(c for c in RUNNABLE if c.startswith("compare --model smollm2"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", EXECUTABLE)
-def test_readme_command_runs_at_a_tiny_budget(command, tmp_path):
-    argv = [*shlex.split(command), *TINY, "--out", str(tmp_path)]
+def test_readme_command_runs_at_a_tiny_budget(command, precision, tmp_path):
+    argv = [*shlex.split(command), *TINY, "--out", str(tmp_path),
+            f"train.mixed_precision={precision}"]  # fmt: skip
     if argv[0] == "compare":
         argv += ["--no-report"]
     argv.append("tune.trials=2")  # 2 trials instead of 12: the same code path

@@ -200,11 +200,12 @@ def block_roles(block: nn.Module) -> dict[str, tuple[str, ...]]:
 def head_modules(model: nn.Module) -> tuple[str, ...]:
     """Top-level children with parameters other than the backbone: the task head (BERT's
     ``classifier``, DistilBERT's ``pre_classifier`` + ``classifier``, DeBERTa's ``pooler``,
-    ModernBERT's ``head``, GPT-2's ``score``). A language model's output layer is pretrained,
-    not a new head: it is left out."""
+    ModernBERT's ``head``, GPT-2's ``score``), and the backbone's modules the checkpoint did
+    not hold (``models.fresh_modules``: BERT's pooler from a masked-LM checkpoint). A
+    language model's output layer is pretrained, not a new head: it is left out."""
     backbone = getattr(model, "base_model_prefix", "")
     out = getattr(model, "get_output_embeddings", lambda: None)()
-    names = []
+    names = list(getattr(model, "fresh_modules", ()))
     for name, child in model.named_children():
         if name == backbone or child is out or not any(True for _ in child.parameters()):
             continue

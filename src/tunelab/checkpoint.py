@@ -69,7 +69,9 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, d
     # folder cannot run code here
     path = Path(run_dir) / STATE
     try:
-        st = torch.load(path, weights_only=True)
+        # map_location: a checkpoint written on a GPU resumes on any device (the weights
+        # are copied into the model where it lives; the optimizer casts its state there)
+        st = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
         raise TunelabError(
             f"cannot read the checkpoint {path}: {first_line(e)}; it is left as it is: to keep "
@@ -80,6 +82,16 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, d
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     torch.set_rng_state(st["rng"])
-    if st.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda_rng"])
+    restore_cuda_rng(st.get("cuda_rng"))
     return st["progress"], st["best_state"]
+
+
+def restore_cuda_rng(states: list | None) -> bool:
+    """The CUDA generators' states as saved, where the same number of GPUs is visible (one
+    state per GPU); elsewhere (resumed on the CPU, or with another GPU count) they are left
+    as seeded: dropout masks then differ from the uninterrupted run's, nothing else does.
+    Returns whether they were restored."""
+    if not states or not torch.cuda.is_available() or len(states) != torch.cuda.device_count():
+        return False
+    torch.cuda.set_rng_state_all([s.cpu() for s in states])
+    return True

@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="causal-LM runs: also generate this many tokens after each prompt (greedy)",
     )
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: a CUDA GPU if there is one")
     p = sub.add_parser("export", help="a plain HF model folder from a run (adapters merged)")
     p.add_argument("run_dir")
     p.add_argument("out")
@@ -338,7 +339,7 @@ def cmd_run(args) -> None:
 def cmd_predict(args) -> None:
     from tunelab.predict import predict
 
-    for row in predict(args.run_dir, args.texts, args.max_new_tokens):
+    for row in predict(args.run_dir, args.texts, args.max_new_tokens, args.device):
         print(json.dumps(row))
 
 

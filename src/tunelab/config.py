@@ -116,9 +116,13 @@ class TrainConfig:
     always selects by loss)."""
     seed: int = 0
     """Seed for initialisation, dropout and batch order."""
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """auto (bf16 autocast where the hardware computes bf16 natively: CUDA, or a CPU with AMX or
-    AVX512-BF16; fp32 elsewhere), no (fp32), or bf16 autocast."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto (bf16 autocast where the hardware computes bf16 natively: a recent GPU, or a CPU
+    with AMX or AVX512-BF16; fp16 on a GPU without bf16 such as a T4 or V100; fp32 on other
+    CPUs), no (fp32), bf16 autocast, or fp16 autocast with loss scaling (CUDA only)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the run trains: auto (a CUDA GPU when torch sees one, else the CPU), cpu (even on
+    a GPU machine), or cuda."""
     log_every: Annotated[int, Positive] = 20
     """Read the loss and log every N optimizer steps (the loss is not synced in between)."""
     save_model: bool = True

@@ -20,6 +20,7 @@ from torch import nn
 
 from tunelab import batches as B
 from tunelab.anatomy import anatomy
+from tunelab.precision import autocast
 from tunelab.results import Scores
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab")
@@ -131,15 +132,19 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 1
 
 
 @torch.inference_mode()
-def evaluate(model, task, enc: B.Encoded, batch_size: int, pad_id: int, device) -> Scores:
-    """Mean loss and the task's metrics on a split; batches sorted by length, no autograd."""
+def evaluate(
+    model, task, enc: B.Encoded, batch_size: int, pad_id: int, device, precision: str = "no"
+) -> Scores:
+    """Mean loss and the task's metrics on a split; batches sorted by length, no autograd,
+    every forward under the autocast of ``precision`` (a run's: ``env.precision``)."""
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
     rank, world = _process()
     for idx in B.eval_batches(enc.lengths, batch_size)[rank::world]:  # this process's share
         batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
-        loss, pred = task.forward(model, batch)
+        with autocast(precision, device):
+            loss, pred = task.forward(model, batch)
         loss_sum += loss.float().item() * len(idx)
         preds.append(pred.cpu())
         labels.append(task.targets(batch).cpu())
@@ -181,17 +186,22 @@ def _gather(preds: list, labels: list, loss_sum: float, world: int):
 _ZERO_SHOT: dict[tuple, dict] = {}
 
 
-def zero_shot(cfg, data, model, device) -> dict[str, Scores]:
+def zero_shot(cfg, data, model, device, precision: str = "no") -> dict[str, Scores]:
     """The untrained model's metrics on validation and test, for tasks where that is a
-    baseline (a decoder scoring label words); once per model and data within the process."""
+    baseline (a decoder scoring label words), in the run's precision (and quantisation: a
+    4-bit base is scored as loaded, where bitsandbytes placed it); once per model, data,
+    precision and quantisation within the process."""
     if not data.task.zero_shot:
         return {}
-    key = (cfg.model.name, cfg.task, json.dumps(vars(cfg.data), sort_keys=True))
+    quantized = getattr(model, "is_loaded_in_4bit", False)
+    key = (cfg.model.name, cfg.task, json.dumps(vars(cfg.data), sort_keys=True), precision,
+           quantized, str(device))  # fmt: skip
     if key not in _ZERO_SHOT:
-        model.to(device)
+        if not quantized:  # a 4-bit model cannot move: it was loaded on its device
+            model.to(device)
         bs, pad = cfg.train.eval_batch_size, data.tokenizer.pad_token_id
         _ZERO_SHOT[key] = {
-            split: evaluate(model, data.task, getattr(data, split), bs, pad, device)
+            split: evaluate(model, data.task, getattr(data, split), bs, pad, device, precision)
             for split in ("validation", "test")
         }
     return _ZERO_SHOT[key]
@@ -214,11 +224,25 @@ def settled_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def settled_memory(device: torch.device) -> int:
+    """The baseline a run's peak memory is measured above, taken before its model loads: on
+    CUDA the bytes still allocated (an earlier run of the same compare or tune, freed and its
+    cached blocks given back to the driver first), else the settled process RSS."""
+    if device.type != "cuda":
+        return settled_rss()
+    import gc
+
+    gc.collect()  # an earlier run's model and optimizer, unreachable now
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
 class PeakMemory:
     """Peak memory of a run: CUDA max_memory_allocated, or on CPU the process's peak RSS,
-    sampled every 20 ms by a thread (RSS peaks inside backward), minus ``baseline`` (the RSS
-    before the model was loaded), so weights, gradients, optimizer state and activations count
-    and the data and libraries do not."""
+    sampled every 20 ms by a thread (RSS peaks inside backward), minus ``baseline``
+    (``settled_memory`` before the model was loaded), so weights, gradients, optimizer state
+    and activations count and the data, libraries and earlier runs do not."""
 
     def __init__(self, device: torch.device, baseline: int = 0):
         self.cuda = device.type == "cuda"
@@ -268,7 +292,7 @@ class PeakMemory:
 
     @property
     def used(self) -> int:
-        return self.peak if self.cuda else self.peak - self.baseline
+        return self.peak - self.baseline
 
     @property
     def kind(self) -> str:

@@ -161,13 +161,14 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     quantization=None,
+    device: torch.device | str = "cpu",
 ):
     """Pretrained backbone with a fresh classification head for ``label_names`` (id2label
     saved with it), or with ``lm_head`` its own language-model head (causal-LM task).
     Safe by default: weights only from safetensors (``allow_pickle`` lets pickle files in),
     and no code from the model repository (``trust_remote_code``). ``quantization`` (a
     ``BitsAndBytesConfig`` from ``tunelab.quantize``) loads the base in 4 bits, made ready
-    for adapter training by peft."""
+    for adapter training by peft, on ``device`` (a 4-bit model cannot move once loaded)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -184,15 +185,50 @@ def load_model(
         extra = {**labels, "num_labels": len(label_names), "problem_type": PROBLEM_TYPE,
                  "ignore_mismatched_sizes": True}  # fmt: skip  # a checkpoint's head: replaced
     if quantization is not None:
-        extra["quantization_config"] = quantization
-    model = safe_load(auto, name, trust_remote_code, allow_pickle, **extra)
+        extra.update(quantization_config=quantization, device_map={"": torch.device(device)})
+    model, info = safe_load(auto, name, trust_remote_code, allow_pickle,
+                            output_loading_info=True, **extra)  # fmt: skip
+    model.fresh_modules = fresh_modules(model, set(info.get("missing_keys") or ()))
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        same_kernels_everywhere(model)
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def same_kernels_everywhere(model: nn.Module) -> nn.Module:
+    """Every 4-bit layer computes through bitsandbytes' dequantising kernel, in training and
+    evaluation alike. On a CPU with AVX512-BF16, bitsandbytes 0.49+ repacks a layer's weights
+    in place the first time it runs in eval mode without gradients (a validation), for a
+    faster inference kernel that (a) refuses layers whose widths are not multiples of its
+    tiles ("N must be divisible by block_n", "shape '[32, 0]' is invalid"), (b) computes
+    other numbers than the training kernel (up to 8e-3 apart on one 128 x 64 layer), and (c)
+    breaks the training steps after it (an in-place add on a view of a leaf that requires
+    grad): a run validates mid-training, so it keeps the kernel it trains with."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def fresh_modules(model: nn.Module, missing: set[str]) -> tuple[str, ...]:
+    """Children of the backbone whose every weight the checkpoint lacked, so transformers
+    initialised them at random: BERT's pooler when the checkpoint is a masked-LM one. They
+    join the task head (``anatomy.head_modules``): trained and saved with an adapter, instead
+    of frozen at random values that a reload would draw again, differently."""
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, prefix, None) if prefix else None
+    if not missing or not isinstance(backbone, nn.Module):
+        return ()
+    fresh = []
+    for child, module in backbone.named_children():
+        names = [f"{prefix}.{child}.{n}" for n, _ in module.named_parameters()]
+        if names and all(n in missing for n in names):
+            fresh.append(child)
+    return tuple(fresh)
 
 
 def frozen_dtype(setting: str, mixed_precision: str, method) -> torch.dtype:
@@ -205,6 +241,15 @@ def frozen_dtype(setting: str, mixed_precision: str, method) -> torch.dtype:
         )
     auto = setting == "auto" and mixed_precision == "bf16" and not method.trains_every_weight
     return torch.bfloat16 if setting == "bf16" or auto else WEIGHTS_DTYPE
+
+
+def apply_method(method, model: nn.Module, frozen: torch.dtype) -> nn.Module:
+    """The method applied as every run applies it (and ``plan`` traces it): its ``prepare``,
+    the frozen weights stored in ``frozen`` (``store_frozen``), the adapted linear layers
+    returning autocast's dtype (``precision.adapters_follow_autocast``)."""
+    from tunelab.precision import adapters_follow_autocast
+
+    return adapters_follow_autocast(store_frozen(method.prepare(model), frozen))
 
 
 def store_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -40,39 +40,3 @@ def step_budget(tc: TrainConfig, n_train: int, processes: int) -> tuple[int, int
     # ceil: the last in-epoch validation lands on the epoch end, not one step before it
     eval_every = tc.eval_every or max(1, math.ceil(per_epoch / tc.evals_per_epoch))
     return per_epoch, total, eval_every
-
-
-def cpu_bf16_flag() -> str | None:
-    """The CPU feature that makes bf16 matmuls native here (Intel AMX or AVX512-BF16, as
-    /proc/cpuinfo names them), or None where bf16 would be emulated (slower than fp32)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:  # not Linux: no cheap way to tell, keep fp32
-        return None
-    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
-
-
-def choose_precision(setting: str, device: str) -> tuple[str, str]:
-    """accelerate's mixed_precision ("no" | "bf16") for train.mixed_precision on a device
-    type ("cpu" | "cuda"), and why. auto: bf16 autocast where the hardware computes bf16
-    natively (CUDA with bf16 support; a CPU with AMX or AVX512-BF16: full fine-tuning of
-    MiniLM ran 125 examples/s in bf16 against 72 in fp32 on such a CPU, same test accuracy),
-    fp32 elsewhere (emulated bf16 is slower than fp32)."""
-    if setting != "auto":
-        return setting, f"train.mixed_precision={setting}"
-    if device == "cuda":
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            return "no", "auto: this GPU has no bf16"
-        return "bf16", "auto: CUDA computes bf16 natively"
-    flag = cpu_bf16_flag()
-    if flag:
-        return "bf16", f"auto: this CPU computes bf16 natively ({flag})"
-    return "no", "auto: this CPU has no native bf16 (no AMX or AVX512-BF16), fp32 is faster"
-
-
-def precision(setting: str) -> str:
-    """accelerate's mixed_precision for train.mixed_precision on this machine's device."""
-    return choose_precision(setting, "cuda" if torch.cuda.is_available() else "cpu")[0]

@@ -12,8 +12,15 @@ from tunelab.anatomy import unwrap
 from tunelab.config import RunConfig, config_from_dict, yaml_load
 from tunelab.errors import TunelabError
 from tunelab.guard import fault
-from tunelab.models import BUILTIN, resolve, safe_load
-from tunelab.optim import precision
+from tunelab.models import (
+    BUILTIN,
+    frozen_dtype,
+    resolve,
+    safe_load,
+    same_kernels_everywhere,
+    store_frozen,
+)
+from tunelab.precision import adapters_follow_autocast, autocast, choose_precision, device_type
 from tunelab.quantize import quantization
 
 
@@ -24,14 +31,31 @@ def run_config(run_dir: str | Path) -> RunConfig:
     return config_from_dict(yaml_load(path.read_text()) or {})  # a run's: as it was written
 
 
-def load_run_model(run_dir: str | Path, quantized: bool = True):
+def run_precision(run_dir: str | Path) -> str:
+    """The precision a run trained and scored in (its record's ``env.precision``); a run
+    without a readable record: what its config asks for on this machine's device."""
+    from tunelab.results import read_record
+
+    try:
+        rec = read_record(Path(run_dir))
+    except TunelabError:
+        rec = None
+    if rec is not None and rec.env is not None and rec.env.precision:
+        return rec.env.precision
+    tc = run_config(run_dir).train
+    return choose_precision(tc.mixed_precision, device_type(tc.device))[0]
+
+
+def load_run_model(run_dir: str | Path, quantized: bool = True, device: str | None = None):
     """(model, tokenizer) from ``RUN_DIR/model``: a PEFT adapter or a full HF model, with a
-    classification head or (task=causal-lm) its language-model head. Loaded by the same safe
-    loader as the run (``models.safe_load``) under the run's own model.allow_pickle and
+    classification head or (task=causal-lm) its language-model head, on ``device`` ("cpu",
+    "cuda"; default: a CUDA GPU when there is one). Loaded by the same safe loader as the run
+    (``models.safe_load``) under the run's own model.allow_pickle and
     model.trust_remote_code; an adapter's base model is the one the run recorded
     (config.yaml), never whatever adapter_config.json names: a folder whose adapter points
     elsewhere is refused. A run with model.quantize gets its base quantised as it trained
-    (on the CPU), unless not ``quantized`` (export merges into the full-precision base)."""
+    (on ``device``), unless not ``quantized`` (export merges into the full-precision base).
+    Score it under the run's autocast: ``run_precision``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder = Path(run_dir) / "model"
@@ -41,22 +65,31 @@ def load_run_model(run_dir: str | Path, quantized: bool = True):
             f" is it a finished run folder with train.save_model=true?"
         )
     cfg = run_config(run_dir)
-    mc = cfg.model
+    mc, where = cfg.model, torch.device(device_type(device or "auto"))
     auto = AutoModelForCausalLM if cfg.task == "causal-lm" else AutoModelForSequenceClassification
     tok = _tokenizer(folder, mc.trust_remote_code)
     if not (folder / "adapter_config.json").exists():
-        return safe_load(auto, str(folder), mc.trust_remote_code, mc.allow_pickle).eval(), tok
-    from peft import PeftModel
+        model = safe_load(auto, str(folder), mc.trust_remote_code, mc.allow_pickle)
+        return model.to(where).eval(), tok
+    from peft import PeftConfig, PeftModel
 
     check_adapter(folder, mc.name, mc.allow_pickle)
     config = AutoConfig.from_pretrained(folder)  # carries num_labels and id2label
     if hasattr(config, "quantization_config"):  # a 4-bit run's: the base is loaded unquantised
         del config.quantization_config  # and quantised as the run did (or not: export)
-    mp, cpu = precision(cfg.train.mixed_precision), torch.device("cpu")
-    q = quantization(mc, cfg.method, mp, cpu) if quantized else None
-    extra = {"quantization_config": q, "device_map": {"": "cpu"}} if q else {}
+    q = quantization(mc, cfg.method, run_precision(run_dir), where) if quantized else None
+    extra = {"quantization_config": q, "device_map": {"": where}} if q else {}
     base = safe_load(auto, mc.name, mc.trust_remote_code, mc.allow_pickle, config=config, **extra)
-    model = PeftModel.from_pretrained(base, folder).eval()
+    same_kernels_everywhere(base)
+    # trainable as in the run (the adapter and the task head), so the frozen rest is stored as
+    # the run stored it: LoHa, LoKr, OFT and DoRA combine the stored base weight with their
+    # update before the product, so a bf16 base gives other numbers than an fp32 one
+    prompts = PeftConfig.from_pretrained(folder).is_prompt_learning  # peft: never trainable
+    model = PeftModel.from_pretrained(base, folder, is_trainable=not prompts)
+    store_frozen(model, frozen_dtype(mc.base_dtype, run_precision(run_dir), cfg.method))
+    model = adapters_follow_autocast(model.requires_grad_(False).eval())
+    if not q:  # a 4-bit base is already where it was loaded and cannot move
+        model.to(where)
     tuner = model.base_model
     if getattr(model.peft_config["default"], "orth_reg_weight", None) is not None:
         # AdaLoRA's forward reads the trainable adapter's name to add its regulariser to a
@@ -103,11 +136,19 @@ def check_adapter(folder: Path, model_name: str, allow_pickle: bool) -> None:
 
 
 @torch.inference_mode()
-def predict(run_dir: str | Path, texts: list[str], max_new_tokens: int = 0) -> list[dict]:
-    """Label and score per text; for a causal-LM run, the probability of every label word
-    (and, with ``max_new_tokens``, the model's own greedy continuation of the prompt)."""
+def predict(
+    run_dir: str | Path, texts: list[str], max_new_tokens: int = 0, device: str | None = None
+) -> list[dict]:
+    """Label and score per text, in the run's own precision, on ``device`` (default: a CUDA
+    GPU when there is one); for a causal-LM run, the probability of every label word (and,
+    with ``max_new_tokens``, the model's own greedy continuation of the prompt)."""
     cfg = run_config(run_dir)
-    model, tok = load_run_model(run_dir)
+    model, tok = load_run_model(run_dir, device=device)
+    with autocast(run_precision(run_dir), model.device):  # as the run scored its test split
+        return _predict(cfg, model, tok, texts, max_new_tokens)
+
+
+def _predict(cfg: RunConfig, model, tok, texts: list[str], max_new_tokens: int) -> list[dict]:
     from tunelab.tasks import task_class
 
     task = task_class(cfg)
@@ -116,7 +157,7 @@ def predict(run_dir: str | Path, texts: list[str], max_new_tokens: int = 0) -> l
     if task.lm_head:  # label words scored by the language model
         return _predict_words(cfg, model, tok, texts, max_new_tokens)
     enc = tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
-    probs = model(**enc).logits.softmax(-1)
+    probs = model(**enc.to(model.device)).logits.float().softmax(-1)
     base = unwrap(model)
     id2label = base.config.id2label
     out = []
@@ -136,7 +177,8 @@ def _predict_words(cfg: RunConfig, model, tok, texts, max_new_tokens: int) -> li
     task = build_task(cfg, labels)
     enc = task.encode(Split(list(texts), None, [0] * len(texts)), tok, cfg.data.max_length)
     batch = task.collate(enc, list(range(len(texts))), tok.pad_token_id or 0)
-    probs = task.score(model, batch)[1].softmax(-1)
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    probs = task.score(model, batch)[1].float().softmax(-1)
     out = []
     for i, text in enumerate(texts):
         k = int(probs[i].argmax())
@@ -189,7 +231,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError(f"export folder {str(out)!r} is not empty; pick a new one")
     folder = Path(run_dir) / "model"
-    model, tok = load_run_model(run_dir, quantized=False)  # merged into full-precision weights
+    model, tok = load_run_model(run_dir, quantized=False, device="cpu")  # full precision
     adapter = (folder / "adapter_config.json").exists()
     if adapter and (
         not hasattr(model, "merge_and_unload") or model.peft_config["default"].is_prompt_learning
@@ -206,3 +248,19 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
         fault("export")  # the kill tests: written, not yet in place
     return out
+
+
+def score_run(run_dir: str | Path, split: str = "test", device: str | None = None):
+    """A finished run's saved model, reloaded by ``load_run_model``, scored on a split of its
+    own data (``validation`` or ``test``) as the run scored it: same batches, same precision.
+    Its accuracy equals the record's; its loss is within ``precision.RELOAD_RTOL``."""
+    from tunelab.measure import evaluate
+    from tunelab.tasks import prepare_data
+
+    if split not in ("validation", "test"):
+        raise TunelabError(f"split must be validation or test, got {split!r}")
+    cfg = run_config(run_dir)
+    model, _ = load_run_model(run_dir, device=device)
+    data = prepare_data(cfg)
+    return evaluate(model, data.task, getattr(data, split), cfg.train.eval_batch_size,
+                    data.tokenizer.pad_token_id, model.device, run_precision(run_dir))  # fmt: skip

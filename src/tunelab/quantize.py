@@ -62,7 +62,9 @@ def check_method(mc, method) -> None:
 
 def compute_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype 4-bit layers dequantise to and multiply in: the run's precision."""
-    return torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+    from tunelab.precision import compute_dtype as of
+
+    return of(mixed_precision)
 
 
 def probe(device: torch.device, compute: torch.dtype) -> None:

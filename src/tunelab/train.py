@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
 from tunelab import checkpoint as ckpt
 from tunelab import fast, guard, measure, quantize, results, rundir
@@ -24,8 +25,9 @@ from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, close_quietly, make_logger
 from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, knobs
-from tunelab.models import compile_model, frozen_dtype, load_model, store_frozen
-from tunelab.optim import make_optimizer, make_scheduler, precision, step_budget
+from tunelab.models import apply_method, compile_model, frozen_dtype, load_model
+from tunelab.optim import make_optimizer, make_scheduler, step_budget
+from tunelab.precision import accelerator, choose_precision, device_type
 from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
 from tunelab.resume import Progress, Saver
 from tunelab.tasks import Prepared, check_task, data_info, prepare_data
@@ -55,10 +57,11 @@ class Session:
     saver: Saver  # what checkpoints, restores and stops need of it (tunelab.resume)
 
     def evaluate(self, split) -> Scores:
-        """Loss and the task's metrics on an encoded split."""
-        pad_id, batch_size = self.data.tokenizer.pad_token_id, self.cfg.train.eval_batch_size
-        model = self.acc.unwrap_model(self.model)  # DDP: each process scores its own share
-        return evaluate(model, self.data.task, split, batch_size, pad_id, self.acc.device)
+        """Loss and the task's metrics on an encoded split, in the run's precision."""
+        pad_id, acc = self.data.tokenizer.pad_token_id, self.acc
+        model = acc.unwrap_model(self.model)  # DDP: each process scores its own share
+        args = (self.cfg.train.eval_batch_size, pad_id, acc.device, acc.mixed_precision)
+        return evaluate(model, self.data.task, split, *args)
 
 
 def run(
@@ -76,6 +79,7 @@ def run(
         return done
     method = cfg.method  # built and checked with the config, before anything touches disk
     check_task(cfg)
+    choose_precision(cfg.train.mixed_precision, device_type(cfg.train.device))  # or refused
     rundir.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (secrets redacted)
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
     record.tuning = tuning
@@ -108,25 +112,21 @@ def run(
 
 def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> Session:
     """Data, model, method, optimizer and schedule; fills the record's static fields."""
-    from accelerate import Accelerator, utils
-
     tc, trackers = cfg.train, (None if cfg.tracker == "none" else cfg.tracker)
-    cpu = not torch.cuda.is_available()  # lets torchrun's CPU processes form a gloo group
-    mp = precision(tc.mixed_precision)
-    acc = Accelerator(mixed_precision=mp, log_with=trackers, project_dir=str(run_dir), cpu=cpu)
-    fast_paths = tc.fast_cpu and acc.device.type == "cpu"
+    acc = accelerator(tc, trackers, run_dir)  # device and precision, decided once
+    mp, fast_paths = acc.mixed_precision, tc.fast_cpu and acc.device.type == "cpu"
     if fast_paths:
         fast.tune_allocator()
-    utils.set_seed(tc.seed)  # before the head, adapters and prompts are initialised
+    set_seed(tc.seed)  # before the head, adapters and prompts are initialised
     data = prepare_data(cfg)
-    rss_before_model, mc = measure.settled_rss(), cfg.model
+    rss_before_model, mc = measure.settled_memory(acc.device), cfg.model
     model = load_model(
         mc.name, data.splits.label_names, data.tokenizer.pad_token_id, data.task.lm_head,
         mc.trust_remote_code, mc.allow_pickle, quantize.quantization(mc, method, mp, acc.device),
-    )  # fmt: skip
-    record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device))
+        acc.device)  # fmt: skip
+    record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device, mp))
     try:
-        model = store_frozen(method.prepare(model), frozen_dtype(mc.base_dtype, mp, method))
+        model = apply_method(method, model, frozen_dtype(mc.base_dtype, mp, method))
     except TunelabError as e:
         raise RunFailed(str(e)) from None
     if tc.gradient_checkpointing:
@@ -137,8 +137,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.lr, record.params = lr, results.Params(**measure.count_params(model))
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
     weights = ", ".join(sorted({str(p.dtype)[6:] for p in model.parameters()}))  # bf16 base
-    env = measure.environment(acc.device)
-    record.env = Env(**env, precision=acc.mixed_precision, weights=weights)
+    record.env = Env(**measure.environment(acc.device), precision=mp, weights=weights)
     optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)
@@ -209,6 +208,7 @@ def train_step(s: Session, micro: list[tuple[list[int], float]], win: Window, st
             s.acc.backward(loss * (scale / tc.grad_accum))
         win.add(loss, preds, task.targets(batch), sum(s.data.train.lengths[i] for i in idx))
     if tc.grad_clip > 0:
+        s.acc.unscale_gradients()  # fp16's loss scaling: clip the true gradients (else no-op)
         # foreach: one fused norm over all gradients (torch's CPU default loops per tensor,
         # ~5% of a MiniLM step); grads are already reduced, so this is right under DDP too
         trainable = [p for p in s.model.parameters() if p.requires_grad]

@@ -60,6 +60,8 @@ class Plan:
     examples: int
     epochs: float
     peak_flops: float
+    peak_from: str
+    """Where the matmul peak comes from (measured here, or assumed and which)."""
     memory_budget: int | None
     memory_from: str
     time_budget: float | None

@@ -53,7 +53,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
             spec(cfg, method),
             plan.batch_size,
             plan.longest,
-            plan.precision == "bf16",
+            plan.precision != "no",  # fp16 sizes as bf16: 2 bytes an element
             fast_cpu,
             frozen,
             math.ceil(plan.labelled_tokens) if plan.labelled_tokens else None,
@@ -91,7 +91,7 @@ def plan(
     calibrate_rate: bool = False,
 ) -> Plan:
     """Estimate every method for ``cfg``'s model, data shape and machine."""
-    from tunelab.optim import choose_precision
+    from tunelab.precision import choose_precision
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mode, why = choose_precision(cfg.train.mixed_precision, device)
@@ -102,6 +102,10 @@ def plan(
     runs = Path(cfg.out_dir)
     budget, budget_from = memory_budget(memory, device)
     stored = str(getattr(config, "dtype", None) or "").removeprefix("torch.")
+    if device == "cpu":
+        peak, peak_from = peak_flops(mode), "measured on this CPU"
+    else:
+        peak, peak_from = cuda_peak(mode)
     p = Plan(
         model=cfg.model.name,
         task=cfg.task,
@@ -117,7 +121,8 @@ def plan(
         tokens_from=source,
         examples=examples or n,
         epochs=cfg.train.epochs,
-        peak_flops=peak_flops(mode) if device == "cpu" else cuda_peak(mode),
+        peak_flops=peak,
+        peak_from=peak_from,
         memory_budget=budget,
         memory_from=budget_from,
         time_budget=seconds,

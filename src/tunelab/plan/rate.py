@@ -71,13 +71,20 @@ def learned_efficiency(
 
 
 def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> None:
-    """Real training steps of each method on this machine, on the configured data's own
-    batches when its tokenizer loads (else synthetic rows of the mean length), with random
-    weights from the config (above CALIBRATE_MAX_PARAMS a 2-layer model of the same
-    architecture); the efficiency they reach is kept in ``runs/plan-calibration.json``."""
+    """Real training steps of each method on this machine's ``plan.device`` in the plan's
+    precision, on the configured data's own batches when its tokenizer loads (else synthetic
+    rows of the mean length), with random weights from the config (above
+    CALIBRATE_MAX_PARAMS a 2-layer model of the same architecture); the efficiency they
+    reach is kept in ``runs/plan-calibration.json`` under that device and precision."""
     from tunelab import fast
     from tunelab.optim import make_optimizer
 
+    if plan.device == "cuda" and not torch.cuda.is_available():
+        raise TunelabError(
+            "plan --calibrate times real steps on this machine, which has no CUDA GPU: run it "
+            "on the GPU machine, or drop --calibrate (or plan for --device cpu)"
+        )
+    device = torch.device(plan.device)
     config = model_config(cfg.model.name, plan.task, 2)
     total = max((e.total for e in plan.estimates), default=0)
     if total > CALIBRATE_MAX_PARAMS:
@@ -90,11 +97,11 @@ def calibrate(cfg: RunConfig, methods: list[str], plan: Plan, runs: Path) -> Non
             continue
         torch.manual_seed(0)
         method = build_method(spec(cfg, est.method))
-        model = method.prepare(build(config, plan.task))
+        model = method.prepare(build(config, plan.task)).to(device)
         if plan.device == "cpu" and cfg.train.fast_cpu:
             fast.install(model)
         opt = make_optimizer(method.param_groups(model, 1e-5, 0.0), 1e-5)
-        flops_s = _flops_per_s(model, opt, batches, plan.precision == "bf16", cfg.train.grad_clip)
+        flops_s = _flops_per_s(model, opt, batches, plan.precision, device, cfg.train.grad_clip)
         table[_key(cfg.model.name, est.method, plan.device, plan.precision)] = (
             flops_s / plan.peak_flops
         )
@@ -125,14 +132,19 @@ def calibration_batches(cfg: RunConfig, config, plan: Plan, n: int = 12) -> list
     return out
 
 
-def _flops_per_s(model, opt, batches: list[tuple], bf16: bool, clip: float) -> float:
+def _flops_per_s(
+    model, opt, batches: list[tuple], precision: str, device: torch.device, clip: float
+) -> float:
     """Training FLOP/s (6N rule on real tokens) over the batches, after two warm-up steps;
-    each step as the loop runs it (autocast, backward, clipping, fused AdamW)."""
+    each step as the loop runs it (autocast, backward, clipping, fused AdamW) on ``device``."""
+    from tunelab.precision import autocast
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     per_token = measure.flops_per_token(model)["total"]
+    batches = [({k: v.to(device) for k, v in b.items()}, n) for b, n in batches]
 
     def step(batch: dict) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(precision, device):
             loss = model(**batch).loss
         loss.backward()
         if clip > 0:
@@ -143,25 +155,36 @@ def _flops_per_s(model, opt, batches: list[tuple], bf16: bool, clip: float) -> f
     model.train()
     for batch, _ in batches[:2]:
         step(batch)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     t = time.perf_counter()
     for batch, _ in batches[2:]:
         step(batch)
+    sync()  # the clock must include the queued kernels
     return per_token * sum(n for _, n in batches[2:]) / (time.perf_counter() - t)
 
 
-def cuda_peak(precision: str) -> float:
-    """bf16 / fp32 matmul FLOP/s of this GPU (measured), or an H100's dense peak (989 /
-    67 TFLOP/s, tf32 off) when planning for CUDA on a machine without one."""
-    if torch.cuda.is_available():
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        n = 4096
-        a = torch.randn(n, n, device="cuda", dtype=dtype)
-        for _ in range(3):
-            a @ a
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(10):
-            a @ a
-        torch.cuda.synchronize()
-        return 10 * 2 * n**3 / (time.perf_counter() - t)
-    return 989e12 if precision == "bf16" else 67e12
+H100_DENSE = {"bf16": 989e12, "fp16": 989e12, "no": 67e12}  # FLOP/s, spec sheet, tf32 off
+
+
+def cuda_peak(precision: str) -> tuple[float, str]:
+    """(matmul FLOP/s of this GPU in the precision, measured; where the figure comes from),
+    or an H100 SXM's dense spec-sheet peak, said so, when planning for CUDA on a machine
+    without one."""
+    if not torch.cuda.is_available():
+        return H100_DENSE[precision], (
+            "assumed: an H100's dense spec-sheet peak, no GPU here to measure; "
+            "run the plan on the GPU machine for its own"
+        )
+    from tunelab.precision import compute_dtype
+
+    n, dtype = 4096, compute_dtype(precision)
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    torch.cuda.synchronize()
+    return 10 * 2 * n**3 / (time.perf_counter() - t), f"measured on {torch.cuda.get_device_name()}"

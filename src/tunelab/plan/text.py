@@ -55,13 +55,14 @@ def header(p: Plan) -> str:
     )
     return (
         f"plan for {p.model} ({p.task}) on {p.device}, "
-        f"{'bf16 autocast' if p.precision == 'bf16' else 'fp32'} ({p.precision_why}); weights "
+        f"{'fp32' if p.precision == 'no' else p.precision + ' autocast'} ({p.precision_why}); "
+        f"weights "
         f"in {p.weights_dtype}{stored}\n"
         f"batch {p.batch_size} x {p.longest} tokens at the peak (mean {p.mean_tokens:.0f} tokens"
         f" per example, from {p.tokens_from}); {p.examples:,} examples x {p.epochs:g} epoch(s)\n"
         f"memory budget: {gib(p.memory_budget) if p.memory_budget else 'none'} ({p.memory_from})"
         f"; time budget: {duration(p.time_budget) if p.time_budget else 'none'}; matmul peak "
-        f"{p.peak_flops / 1e9:,.0f} GFLOP/s\n"
+        f"{p.peak_flops / 1e9:,.0f} GFLOP/s ({p.peak_from})\n"
     )
 
 

@@ -13,7 +13,7 @@ from tunelab.anatomy import config_layers, with_layers
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
-from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, resolve, store_frozen
+from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, apply_method, resolve
 from tunelab.quantize import NF4_BYTES, quantized_params
 from tunelab.tasks.causal_lm import keeps_logits
 
@@ -64,7 +64,7 @@ def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGH
         model = build(config, task)
     model.tie_weights()  # inside init_empty_weights, tied weights come out as two parameters
     with init_empty_weights():
-        model = store_frozen(build_method(knobs).prepare(model), frozen)
+        model = apply_method(build_method(knobs), model, frozen)
     fakes: dict[int, torch.nn.Parameter] = {}
     with mode:
         for module in model.modules():
@@ -214,7 +214,7 @@ def layer_scaled_activations(
     for k in (1, 2):
         torch.manual_seed(0)
         small = with_layers(config, k)
-        model = store_frozen(build_method(knobs).prepare(build(small, task)), frozen)
+        model = apply_method(build_method(knobs), build(small, task), frozen)
         if fast_cpu:
             fast.install(model)
         data = training_batch(small, task, batch, length, labelled=labelled)
