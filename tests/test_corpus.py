@@ -138,7 +138,7 @@ CASES = {
     "negative examples": (["run", "data.max_train_examples=-5"], ["must be > 0"]),
     "zero epochs": (["run", "train.epochs=0"], ["train.epochs must be > 0"]),
     "bad precision": (
-        ["run", "train.mixed_precision=fp16"],
+        ["run", "train.mixed_precision=fp8"],
         ["train.mixed_precision must be one of"],
     ),
     "bad metric": (["run", "train.metric=f1"], ["train.metric must be one of"]),

@@ -9,7 +9,7 @@ import pytest
 
 from tunelab.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("integration")]
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +117,21 @@ def test_predict_command(compared, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["a wonderful, moving film", "dull and lifeless"]
     # the label and score are the saved model's own softmax, computed here with transformers
+    # under the autocast of the precision the run recorded (auto: bf16 on a CPU with native
+    # bf16, fp32 elsewhere), as predict computes them
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from tunelab.results import read_record
+
+    precision = read_record(compared / "full-seed0").env.precision
     folder = compared / "full-seed0" / "model"
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
-    with torch.inference_mode():
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), bf16:
         probs = model(**tok([r["text"] for r in rows], padding=True, return_tensors="pt"))
-        probs = probs.logits.softmax(-1)
+        probs = probs.logits.float().softmax(-1)
     for r, p in zip(rows, probs, strict=True):
         assert r["label"] == model.config.id2label[int(p.argmax())]
         assert r["score"] == pytest.approx(float(p.max()), abs=1e-5)

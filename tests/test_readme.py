@@ -73,6 +73,7 @@ def test_readme_command_runs_at_a_tiny_budget(command, precision, tmp_path):
         argv[argv.index("--tune") + 1] = "2"
     if "--seeds" in argv:
         argv[argv.index("--seeds") + 1] = "1"
-    if "--methods" in argv:  # one method: the command's path, at a third of the time
+    if "--methods" in argv and precision != "bf16":  # one method: the command's path; every
+        # method in bf16, the precision `auto` picks on most current CPUs and GPUs (issue 30)
         argv[argv.index("--methods") + 1] = argv[argv.index("--methods") + 1].split(",")[-1]
     assert cli.main(argv) == 0, command

@@ -20,7 +20,8 @@ from tests.conftest import as_a_shell_starts, tiny_overrides
 from tunelab.results import load_records, read_record
 from tunelab.rundir import RunClaimed, claim, release_run_dir
 
-pytestmark = pytest.mark.slow  # real subprocesses: in `make test`, not in `make test-fast`
+# real subprocesses: in `make test`, not in `make test-fast`; one xdist worker (module fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
 # 3 epochs of 320 toy examples at batch 16 = 60 steps; a checkpoint every 7 steps and at

@@ -16,6 +16,9 @@ from tunelab.report import build_report
 from tunelab.report.analysis import pareto_front
 from tunelab.report.stats import Estimate, ci95
 
+# its module-scoped fixture is built once: the module stays on one xdist worker
+pytestmark = pytest.mark.xdist_group("report")
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",

@@ -17,6 +17,9 @@ from tests.conftest import tiny_overrides
 from tests.test_corpus import cli
 from tunelab.cli import main
 
+# its module-scoped fixture is built once: the module stays on one xdist worker
+pytestmark = pytest.mark.xdist_group("safety")
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 

@@ -87,6 +87,10 @@ def load_run_model(run_dir: str | Path, quantized: bool = True, device: str | No
     prompts = PeftConfig.from_pretrained(folder).is_prompt_learning  # peft: never trainable
     model = PeftModel.from_pretrained(base, folder, is_trainable=not prompts)
     store_frozen(model, frozen_dtype(mc.base_dtype, run_precision(run_dir), cfg.method))
+    with torch.no_grad():  # the run's values in fp32 storage: usable outside autocast too
+        for p in model.parameters():
+            if p.dtype in (torch.bfloat16, torch.float16):
+                p.data = p.data.float()
     model = adapters_follow_autocast(model.requires_grad_(False).eval())
     if not q:  # a 4-bit base is already where it was loaded and cannot move
         model.to(where)
