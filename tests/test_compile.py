@@ -27,7 +27,7 @@ def _grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize(
     "arch, how",
     [
-        ("bert", "blocks"),
+        pytest.param("bert", "blocks", marks=pytest.mark.extended),  # ~45 s: make test-extended
         pytest.param("llama", "blocks", marks=pytest.mark.extended),  # ~1 min cold each
         pytest.param("bert", "model", marks=pytest.mark.extended),
     ],
@@ -65,6 +65,7 @@ def test_blocks_needs_a_stack_of_blocks():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_a_run_with_compiled_blocks_trains_and_saves(tmp_path, tiny_model, toy_csv):
     from tunelab.config import load_config
     from tunelab.predict import load_run_model

@@ -85,7 +85,26 @@ def test_method_hooks(name, tiny_model, toy_csv, tmp_path):
     assert any(not torch.equal(after[n], t) for n, t in before.items()), "nothing trained"
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "prefix"])
+# make test-fast: these (method, precision) pairs; make test: every method in fp32 and the
+# bf16 ones in BF16_TEST; make test-extended: the rest of bf16 (issue 31: make test in 10 min)
+FAST_LEARNS = {("full", "no"), ("lora", "bf16"), ("prompt", "bf16")}
+BF16_TEST = {"full", "lora", "prompt", "adalora", "loha", "oft", "ia3"}
+
+
+def learns_cases():
+    out = []
+    for name in (m for m in METHODS if m != "prefix"):
+        for precision, label in (("no", "fp32"), ("bf16", "bf16")):
+            marks = ()
+            if (name, precision) not in FAST_LEARNS:
+                marks = (pytest.mark.slow,)
+                if precision == "bf16" and name not in BF16_TEST:
+                    marks += (pytest.mark.extended,)
+            out.append(pytest.param(name, precision, marks=marks, id=f"{label}-{name}"))
+    return out
+
+
+@pytest.mark.parametrize("name, precision", learns_cases())
 def test_method_learns_saves_and_reloads(name, precision, tiny_model, toy_csv, tmp_path):
     over = {"method.name": name, "train.epochs": 6, "train.mixed_precision": precision}
     cfg = load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path, **over))
@@ -105,6 +124,7 @@ def _rows(run_dir):
     return read_metrics(run_dir)
 
 
+@pytest.mark.slow  # 8 epochs: make test, not test-fast
 def test_full_finetuning_learns_the_toy_task(tiny_model, toy_csv, tmp_path):
     cfg = load_config(
         None,
@@ -119,6 +139,7 @@ def test_full_finetuning_learns_the_toy_task(tiny_model, toy_csv, tmp_path):
     assert rec.test.accuracy > 0.8, rec.test
 
 
+@pytest.mark.slow  # two runs: make test, not test-fast
 def test_same_seed_same_numbers(tiny_model, toy_csv, tmp_path):
     recs = [
         run(

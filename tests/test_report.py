@@ -51,6 +51,7 @@ def cells(page_html: str) -> dict[tuple[str, str], float]:
     return out
 
 
+@pytest.mark.slow  # its fixture compares 8 runs: make test, not test-fast
 def test_table_equals_records_and_follows_them(runs_dir):
     html_path, md_path = build_report(runs_dir)
     page = html_path.read_text()
@@ -89,6 +90,7 @@ def test_confidence_interval_and_pareto_front():
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make browser installs it)")
 def test_report_renders_in_headless_chromium(runs_dir, tmp_path):
     pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed")

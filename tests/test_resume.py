@@ -12,6 +12,7 @@ from tunelab.results import load_records
 from tunelab.train import run
 
 
+@pytest.mark.slow  # two full runs: make test, not test-fast
 def test_interrupted_run_resumes_to_the_same_result(tiny_model, toy_csv, tmp_path):
     over = {"method.name": "lora", "train.epochs": 3, "train.evals_per_epoch": 2}
     straight = run(load_config(None, tiny_overrides(tiny_model, toy_csv, tmp_path / "a", **over)))

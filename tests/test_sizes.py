@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import io
 
+import pytest
+
 from tests.conftest import tiny_overrides
 from tunelab.cli import main
 from tunelab.compare import clip_sizes, parse_sizes
 from tunelab.results import load_records
 
 
+@pytest.mark.slow  # a compare at three sizes: make test, not test-fast
 def test_compare_at_several_sizes_writes_the_articles_table(tiny_model, toy_csv, tmp_path):
     out = tmp_path / "sizes"
     args = tiny_overrides(tiny_model, toy_csv, out, **{"train.epochs": 1})

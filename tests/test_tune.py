@@ -80,6 +80,7 @@ def test_a_hopeless_trial_is_pruned_and_recorded(tiny_model, toy_csv, tmp_path):
     assert on_disk["status"] == "pruned" and on_disk["tuning"] == {"study": "full"}
 
 
+@pytest.mark.slow  # ~25 s: make test, not test-fast
 def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp_path, monkeypatch):
     scored = []
     original = Session.evaluate
@@ -120,6 +121,7 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_two_workers_share_one_journal(tiny_model, toy_csv, tmp_path):
     over = {"tune.trials": 4, "train.epochs": 1, "tune.pruner": "hyperband"}
     tune(base_cfg(tiny_model, toy_csv, tmp_path, **over), ["bitfit"], workers=2)
@@ -131,6 +133,7 @@ def test_two_workers_share_one_journal(tiny_model, toy_csv, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_compare_tune_reruns_each_best_configuration(tiny_model, toy_csv, tmp_path, capsys):
     from tunelab.cli import main
 
@@ -163,6 +166,7 @@ def test_compare_tune_reruns_each_best_configuration(tiny_model, toy_csv, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_ctrl_c_then_the_same_command_resumes(tiny_model, toy_csv, tmp_path):
     """A real process interrupted by SIGINT mid-trial, then the same command again: the trials
     that finished are kept, the interrupted one is redone, the budget ends exact."""

@@ -252,7 +252,13 @@ def _open(cfg: DataConfig):
                     f"dataset {cfg.dataset!r} has no labelled training examples "
                     f"(the file holds no data rows)"
                 )
-            dd = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), **kw)
+            # a local file converts in moments: no "Generating train split" bar on stderr,
+            # which a cold cache would add before a run's output or its one-line error
+            datasets.disable_progress_bars()
+            try:
+                dd = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), **kw)
+            finally:
+                datasets.enable_progress_bars()
         else:
             name, _, subset = cfg.dataset.partition("/")
             if not path.exists() and subset and "/" not in subset:
