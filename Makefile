@@ -27,18 +27,19 @@ demo: setup
 	$(BIN)/tunelab compare --config configs/demo.yaml --methods full,llrd,lora,prompt --out runs/demo --overwrite
 
 # pytest-xdist: 2 workers (one torch thread each, tests/conftest.py); modules with an expensive
-# module fixture stay on one worker (xdist_group marks)
+# fixture stay on one worker (xdist_group marks; their fixtures are session-scoped)
 XDIST := -n 2 --dist loadgroup
 
 test: setup browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not extended"
 
-# the rest of the architecture matrix (13 families x every method, plan for each) and the
-# fast-dropout statistical check: ~6 min more; CI runs it after make test
+# the rest of the architecture matrix (13 families x every method x fp32 and bf16, plan for
+# each), the compile checks, multi-worker tunes and the fast-dropout statistics; CI runs it
+# after make test
 test-extended: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m extended
 
-# the inner loop: everything but the integration tests on the packaged real model
+# the inner loop (~2 min): units and tiny-model cases in both precisions, no real models
 test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 

@@ -57,7 +57,7 @@ def cases(kinds):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def built(tmp_path_factory, smollm2_tokenizer):
     """family -> folder of its tiny model, built on first use; and the toy data."""
     root = tmp_path_factory.mktemp("archs")

@@ -166,6 +166,7 @@ def test_two_workers_share_one_bracket(tiny_model, toy_csv, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_a_method_whose_trials_all_fail_does_not_stop_the_tune(tiny_model, toy_csv, tmp_path):
     """Prefix tuning cannot run on BERT under transformers 5 (every trial fails at its first
     forward): its trials are closed as failed and the other method's bracket goes on to the

@@ -12,7 +12,7 @@ from tunelab.cli import main
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("integration")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     rc = main(

@@ -12,7 +12,7 @@ import torch
 from tests.archs import FAMILIES, tiny_config, tokenizer
 from tunelab.tasks import label_words
 
-# its module-scoped fixture is built once: the module stays on one xdist worker
+# its expensive fixture is built once: the module stays on one xdist worker
 pytestmark = pytest.mark.xdist_group("label_words")
 
 
@@ -33,7 +33,7 @@ def reference(model, ids, starts, words):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def decoder_tok(smollm2_tokenizer):
     return tokenizer("decoder", smollm2_tokenizer)
 

@@ -20,7 +20,7 @@ from tests.conftest import as_a_shell_starts, tiny_overrides
 from tunelab.results import load_records, read_record
 from tunelab.rundir import RunClaimed, claim, release_run_dir
 
-# real subprocesses: in `make test`, not in `make test-fast`; one xdist worker (module fixture)
+# real subprocesses: in `make test`, not in `make test-fast`; one xdist worker (its fixture)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -84,7 +84,7 @@ def finals(rec) -> tuple:
     return rec.status, rec.steps, rec.test, rec.best_validation, rec.best_step
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def reference(tiny_model, toy_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     proc = tunelab("run", *tiny_overrides(tiny_model, toy_csv, out, **KILL))

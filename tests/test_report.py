@@ -16,7 +16,7 @@ from tunelab.report import build_report
 from tunelab.report.analysis import pareto_front
 from tunelab.report.stats import Estimate, ci95
 
-# its module-scoped fixture is built once: the module stays on one xdist worker
+# its expensive fixture is built once: the module stays on one xdist worker
 pytestmark = pytest.mark.xdist_group("report")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,7 +31,7 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def runs_dir(tiny_model, toy_csv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cmp")
     cfg = load_config(

@@ -17,7 +17,7 @@ from tests.conftest import tiny_overrides
 from tests.test_corpus import cli
 from tunelab.cli import main
 
-# its module-scoped fixture is built once: the module stays on one xdist worker
+# its expensive fixture is built once: the module stays on one xdist worker
 pytestmark = pytest.mark.xdist_group("safety")
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -55,6 +55,7 @@ def test_run_names_cannot_leave_the_output_folder(name, tiny_model, toy_csv, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_a_storage_password_never_reaches_disk(tiny_model, toy_csv, tmp_path):
     secret = "hunter2-s3cret"
     url = f"sqlite:///{tmp_path}/studies.db?password={secret}"
@@ -111,7 +112,7 @@ def test_every_knob_survives_the_record(tmp_path):
 # ---------------------------------------------------------------- predict / export loading
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def lora_run(tiny_model, toy_csv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lora-run")
     assert main(["run", *quick(tiny_model, toy_csv, out), "method=lora"]) == 0

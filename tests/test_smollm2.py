@@ -10,7 +10,7 @@ import torch
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
 def converted():
     from tunelab.models import smollm2
 
