@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -144,10 +143,11 @@ def main() -> None:
 
 def machine() -> str:
     """The machine in one line, as every bench's result file names it."""
+    from tunelab.measure import cpu_model
     from tunelab.precision import cpu_bf16_flag
 
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}, native bf16: {cpu_bf16_flag() or 'no'}"
     )
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ BUDGET = {  # overrides every check's runs share
 def machine() -> dict:
     from importlib import metadata
 
+    from tunelab.measure import cpu_model
     from tunelab.precision import cpu_bf16_flag
 
     def version(pkg: str) -> str | None:
@@ -60,7 +60,7 @@ def machine() -> dict:
 
     gpu = torch.cuda.is_available()
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_native_bf16": cpu_bf16_flag() or "no",
         "gpu": torch.cuda.get_device_name() if gpu else None,
         "gpu_bf16": torch.cuda.is_bf16_supported() if gpu else None,

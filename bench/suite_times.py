@@ -59,19 +59,10 @@ def timed(target: str) -> dict:
 def machine() -> dict:
     """The CPU the times were taken on: model, cores, native bf16 (the suite's bf16 cases are
     emulated, and slower, without it)."""
-    import platform
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            rows = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        model = rows[0] if rows else ""
-    except OSError:
-        pass
+    from tunelab.measure import cpu_model
     from tunelab.precision import cpu_bf16_flag
 
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(),
-            "native_bf16": cpu_bf16_flag() or "no"}  # fmt: skip
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "native_bf16": cpu_bf16_flag() or "no"}
 
 
 README = HERE.parent / "README.md"

@@ -318,6 +318,17 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. "AMD EPYC 9454"), else the
+    architecture (``platform.processor()`` says only "x86_64" on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return (names[0] if names else "") or platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     versions = {}
     for pkg in PACKAGES:
@@ -331,7 +342,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "gpu": gpu,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),

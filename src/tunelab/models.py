@@ -205,7 +205,7 @@ def same_kernels_everywhere(model: nn.Module) -> nn.Module:
     in place the first time it runs in eval mode without gradients (a validation), for a
     faster inference kernel that (a) refuses layers whose widths are not multiples of its
     tiles ("N must be divisible by block_n", "shape '[32, 0]' is invalid"), (b) computes
-    other numbers than the training kernel (up to 8e-3 apart on one 128 x 64 layer), and (c)
+    other numbers than the training kernel (bench/bnb_cpu_kernel.py measures it), and (c)
     breaks the training steps after it (an in-place add on a view of a leaf that requires
     grad): a run validates mid-training, so it keeps the kernel it trains with."""
     for module in model.modules():
