@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/tunelab compare --config configs/demo.yaml --methods full,llrd,lora,prompt --out runs/demo --overwrite
 
 # pytest-xdist: 2 workers (one torch thread each, tests/conftest.py); modules with an expensive
-# fixture stay on one worker (xdist_group marks; their fixtures are session-scoped)
+# fixture carry xdist_group marks (not yet taking effect: see README, "The suite's time")
 XDIST := -n 2 --dist loadgroup
 
 test: setup browser
