@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.precision import compute_dtype
 
 # bytes per quantised weight: 4 bits, an 8-bit absmax per block of 64 and (double
 # quantisation) an fp32 absmax per 256 of those (QLoRA section 3; bitsandbytes' defaults)
@@ -38,7 +39,7 @@ def quantization(mc, method, mixed_precision: str, device: torch.device):
         ) from None
     from transformers import BitsAndBytesConfig
 
-    compute = compute_dtype(mixed_precision)
+    compute = compute_dtype(mixed_precision)  # the run's precision: 4-bit layers multiply in it
     probe(device, compute)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -58,13 +59,6 @@ def check_method(mc, method) -> None:
             f"(QLoRA); method {method.name} trains the base's own weights: use an adapter method "
             f"(lora, adalora, ia3, vera, prompt...) or model.quantize=none"
         )
-
-
-def compute_dtype(mixed_precision: str) -> torch.dtype:
-    """The dtype 4-bit layers dequantise to and multiply in: the run's precision."""
-    from tunelab.precision import compute_dtype as of
-
-    return of(mixed_precision)
 
 
 def probe(device: torch.device, compute: torch.dtype) -> None:

@@ -35,7 +35,8 @@ from tunelab.plan.costs import Cost, Plan
 from tunelab.plan.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
 from tunelab.plan.text import duration, gib
 from tunelab.plan.trace import eval_working_set, in_nf4, model_config, spec, trace
-from tunelab.quantize import check_method, compute_dtype
+from tunelab.precision import compute_dtype
+from tunelab.quantize import check_method
 
 
 def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cost:
