@@ -4,6 +4,7 @@ length-sorted batches for evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,6 +28,17 @@ class Encoded:
     @cached_property
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
+
+    def head(self, n: int) -> Encoded:
+        """The first ``n`` examples (all when there are fewer), every per-example list cut."""
+        if n >= len(self):
+            return self
+        cut = {
+            f.name: getattr(self, f.name)[:n]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), list)
+        }
+        return dataclasses.replace(self, **cut)
 
 
 def encode(split: Split, tokenizer, max_length: int) -> Encoded:
@@ -72,6 +84,18 @@ def train_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def optimizer_steps(
+    lengths: list[int], tc, epoch: int, processes: int, index: int
+) -> list[list[tuple[list[int], float]]]:
+    """Process ``index``'s optimizer steps of an epoch, each ``tc.grad_accum`` (batch, loss
+    scale): global batches of batch_size x processes, each process taking its part (the same
+    examples per optimizer step as one process with the global batch size)."""
+    batches = train_batches(lengths, tc.batch_size * processes, tc.seed, epoch)
+    batches = shard_batches(batches, processes, index)
+    steps = [batches[i : i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
+    return [st for st in steps if len(st) == tc.grad_accum]
 
 
 def shard_batches(

@@ -47,9 +47,12 @@ class DataConfig:
     """Share of the data held out for test when the dataset has no test split."""
     split_seed: int = 0
     """Seed of the stratified split; fixed so test data never moves into training."""
-    template: str = "Review: {text}\nSentiment:"
-    """task=causal-lm: the prompt each example becomes; {text} (and {text_pair}) are filled in
-    and the label word is the answer the model learns to continue with."""
+    template: str | None = None
+    """task=causal-lm: the prompt each example becomes; {text} is filled in and the label word
+    is the answer the model learns to continue with. Unset: built from the data, the text
+    column's name as the text's cue and the label column's with the label names as the answer
+    cue ("Text: {text}\nCategory (business, sport, tech):"; the built-in reviews: "Review:
+    {text}\nSentiment:"); the run and `tunelab plan` print the one they use."""
     label_words: list[str] | None = None
     """task=causal-lm: one word per label, in label order (unset = the label names)."""
     response_column: str | None = None
@@ -110,7 +113,21 @@ class TrainConfig:
     evals_per_epoch: Annotated[int, Positive] = 1
     """Validate this many times per epoch when eval_every is 0."""
     patience: Annotated[int, NonNegative] = 0
-    """Stop after this many validations without improvement (0 = never stop early)."""
+    """Stop after this many validations without improvement (0 = never stop early; with
+    until=converged, 0 means 3)."""
+    until: Literal["budget", "converged"] = "budget"
+    """budget: train the epochs (or max_steps) set; converged: train each run until its
+    validation metric stops improving for `patience` validations (3 when unset), with epochs /
+    max_steps as the cap, and keep the best checkpoint: each method at its own convergence,
+    the budget it took in its record (e.g. train.until=converged train.epochs=10)."""
+    trend_points: Annotated[int, NonNegative] = 8
+    """At least this many points on each run's learning curve: between the full validations,
+    the run also scores a fixed probe subset (probe_examples), so a short run still shows
+    whether it was still learning, had converged or overfitted (the report's diagnosis);
+    0 = only the full validations."""
+    probe_examples: Annotated[int, Positive] = 256
+    """Size of that probe subset: the first N validation examples, the same at every point
+    (scored at the full validations too, so the curve compares like with like)."""
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     """Validation metric that selects the best checkpoint (loss: the lowest; instruction data
     always selects by loss)."""
@@ -146,6 +163,11 @@ class TrainConfig:
     """torch.compile the model for training: model (its whole forward), blocks (each
     transformer block, compiled once for all layers: a shorter compile) or off. Off by
     default: slower on the CPUs measured (bench/RESULTS.md, levers)."""
+
+    @property
+    def stop_patience(self) -> int:
+        """Validations without improvement that stop a run (0: it runs its whole budget)."""
+        return self.patience or (3 if self.until == "converged" else 0)
 
 
 @dataclass

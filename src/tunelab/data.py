@@ -74,6 +74,8 @@ class Splits:
     test: Split | Exchanges
     label_names: list[str]
     source: str
+    template: str = "{text}"
+    """Decoders' default prompt for this data (``default_template``; data.template overrides)."""
 
 
 def stratified_split(
@@ -223,9 +225,14 @@ def _rows_in(path: Path) -> int:
     return max(0, lines - 1) if path.suffix in (".csv", ".tsv") else lines
 
 
-def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
+def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str], tuple[str, str]]:
     dd = _open(cfg)
     train, names = _from_hf(dd["train"], cfg, None)
+    cols = list(dd["train"].column_names)
+    columns = (
+        _pick(cols, cfg.text_column, TEXT_GUESSES, "text", "--text-column"),
+        _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column"),
+    )
     splits = {"train": train}
     for key, aliases in (("validation", ("validation", "valid", "dev")), ("test", ("test",))):
         for alias in aliases:
@@ -234,7 +241,25 @@ def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
                 if len(part):  # GLUE's test split has only hidden (-1) labels
                     splits[key] = part
                 break
-    return splits, names
+    return splits, names, columns
+
+
+RT_TEMPLATE = "Review: {text}\nSentiment:"  # the built-in reviews' own prompt
+GENERIC_LABELS = ("label", "labels", "class", "target", "y")
+
+
+def default_template(columns: tuple[str, str], label_names: list[str]) -> str:
+    """A decoder's prompt built from the data instead of a fixed wording: the text column's
+    name as the text's cue, the label column's name (``Answer`` for a generic one such as
+    ``label``) with the label names as the answer cue, e.g. ``"Text: {text}\nCategory
+    (business, sport, tech):"``; the options are left out when they would make a long prompt
+    (more than 12 labels or 120 characters)."""
+    text, label = (c.replace("_", " ").strip().capitalize() or "Text" for c in columns)
+    if label.lower() in GENERIC_LABELS:
+        label = "Answer"
+    options = ", ".join(label_names)
+    cue = f"{label} ({options}):" if len(label_names) <= 12 and len(options) <= 120 else f"{label}:"
+    return f"{text}: {{text}}\n{cue}"
 
 
 def _open(cfg: DataConfig):
@@ -375,9 +400,10 @@ def load_splits(cfg: DataConfig) -> Splits:
         return load_instructions(cfg)
     if cfg.dataset == "rotten-tomatoes":
         rows, names = _rotten_tomatoes()
-        found = {"train": rows}
+        found, template = {"train": rows}, RT_TEMPLATE
     else:
-        found, names = _load_hf(cfg)
+        found, names, columns = _load_hf(cfg)
+        template = default_template(columns, names)
     if "test" not in found and "validation" in found:
         found["test"] = found.pop("validation")
     train = found["train"]
@@ -405,7 +431,7 @@ def load_splits(cfg: DataConfig) -> Splits:
                 f"the {split_name} split of {cfg.dataset!r} is empty; "
                 f"raise data.val_fraction / data.test_fraction"
             )
-    return Splits(train, val, test, names, cfg.dataset)
+    return Splits(train, val, test, names, cfg.dataset, template)
 
 
 def _first(e: BaseException) -> str:

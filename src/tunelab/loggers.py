@@ -82,7 +82,8 @@ class ConsoleLogger:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{values['train_loss']:.4f}")
+        if "train_loss" in values:
+            self.bar.set_postfix(loss=f"{values['train_loss']:.4f}")
 
     def log_validation(self, step: int, values: dict[str, float]) -> None:
         shown = {k: f"{v:.4f}" for k, v in validation_of(values).items()}
@@ -112,7 +113,8 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self.done.wait(self.every):
-            print(self.line(), file=self.stream, flush=True)
+            if EvalProgress.current is None:  # an evaluation prints its own line
+                print(self.line(), file=self.stream, flush=True)
 
     def line(self) -> str:
         step, elapsed = self.progress.step, time.monotonic() - self.t0
@@ -127,7 +129,7 @@ class Heartbeat:
         return f"tunelab: {self.name}: " + ", ".join(parts)
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        self.last = dict(values)
+        self.last.update(values)
 
     def log_validation(self, step: int, values: dict[str, float]) -> None:
         pass
@@ -135,6 +137,58 @@ class Heartbeat:
     def close(self) -> None:
         self.done.set()
         self.thread.join(timeout=5)
+
+
+class EvalProgress:
+    """Progress of one evaluation (validation, probe, test, zero-shot, predict): a transient
+    bar on a terminal, else a plain line every TUNELAB_PROGRESS_SECONDS: what is scored, how
+    far (examples), elapsed and ETA. Main process only; while it runs, the training
+    ``Heartbeat`` stays quiet (its step count does not move during an evaluation)."""
+
+    current: EvalProgress | None = None
+
+    def __init__(self, what: str, total: int, main_process: bool = True, stream=None):
+        self.what, self.total, self.done_n, self.t0 = what, total, 0, time.monotonic()
+        self.stream, self.main = stream or sys.stderr, main_process
+        tty = self.stream.isatty() if hasattr(self.stream, "isatty") else False
+        self.bar = tqdm(total=total, desc=f"scoring {what}", unit="ex", leave=False,
+                        disable=not (tty and main_process), file=self.stream)  # fmt: skip
+        every = progress_seconds() if main_process and not tty else 0
+        self.stop = threading.Event()
+        self.thread = None
+        if every > 0:
+            self.thread = threading.Thread(target=self._beat, args=(every,), daemon=True)
+
+    def __enter__(self) -> EvalProgress:
+        EvalProgress.current = self
+        if self.thread:
+            self.thread.start()
+        return self
+
+    def update(self, n: int) -> None:
+        self.done_n += n
+        self.bar.update(n)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        rate = self.done_n / elapsed if elapsed > 0 else 0.0
+        eta = _clock((self.total - self.done_n) / rate) if rate > 0 else "-"
+        pct = 100 * self.done_n / max(1, self.total)
+        return (
+            f"tunelab: scoring {self.what}: {self.done_n}/{self.total} examples ({pct:.0f}%), "
+            f"elapsed {_clock(elapsed)}, ETA {eta}"
+        )
+
+    def _beat(self, every: float) -> None:
+        while not self.stop.wait(every):
+            print(self.line(), file=self.stream, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=5)
+        self.bar.close()
+        EvalProgress.current = None
 
 
 def progress_seconds() -> float:

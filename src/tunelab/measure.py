@@ -20,6 +20,7 @@ from torch import nn
 
 from tunelab import batches as B
 from tunelab.anatomy import anatomy
+from tunelab.loggers import EvalProgress
 from tunelab.precision import autocast
 from tunelab.results import Scores
 
@@ -133,21 +134,26 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 1
 
 @torch.inference_mode()
 def evaluate(
-    model, task, enc: B.Encoded, batch_size: int, pad_id: int, device, precision: str = "no"
-) -> Scores:
+    model, task, enc: B.Encoded, batch_size: int, pad_id: int, device, precision: str = "no",
+    what: str = "validation",
+) -> Scores:  # fmt: skip
     """Mean loss and the task's metrics on a split; batches sorted by length, no autograd,
-    every forward under the autocast of ``precision`` (a run's: ``env.precision``)."""
+    every forward under the autocast of ``precision`` (a run's: ``env.precision``); ``what``
+    names the split in the progress line (loggers.EvalProgress)."""
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
     rank, world = _process()
-    for idx in B.eval_batches(enc.lengths, batch_size)[rank::world]:  # this process's share
-        batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
-        with autocast(precision, device):
-            loss, pred = task.forward(model, batch)
-        loss_sum += loss.float().item() * len(idx)
-        preds.append(pred.cpu())
-        labels.append(task.targets(batch).cpu())
+    mine = B.eval_batches(enc.lengths, batch_size)[rank::world]  # this process's share
+    with EvalProgress(what, sum(len(i) for i in mine), main_process=rank == 0) as shown:
+        for idx in mine:
+            batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
+            with autocast(precision, device):
+                loss, pred = task.forward(model, batch)
+            loss_sum += loss.float().item() * len(idx)
+            preds.append(pred.cpu())
+            labels.append(task.targets(batch).cpu())
+            shown.update(len(idx))
     model.train(was_training)
     preds, labels, loss_sum = _gather(preds, labels, loss_sum, world)
     scores = Scores.of({"loss": loss_sum / len(enc), **task.metrics(preds, labels)})
@@ -201,7 +207,16 @@ def zero_shot(cfg, data, model, device, precision: str = "no") -> dict[str, Scor
             model.to(device)
         bs, pad = cfg.train.eval_batch_size, data.tokenizer.pad_token_id
         _ZERO_SHOT[key] = {
-            split: evaluate(model, data.task, getattr(data, split), bs, pad, device, precision)
+            split: evaluate(
+                model,
+                data.task,
+                getattr(data, split),
+                bs,
+                pad,
+                device,
+                precision,
+                f"zero-shot {split}",
+            )  # fmt: skip
             for split in ("validation", "test")
         }
     return _ZERO_SHOT[key]

@@ -28,7 +28,17 @@ def run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise TunelabError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    return config_from_dict(yaml_load(path.read_text()) or {})  # a run's: as it was written
+    cfg = config_from_dict(yaml_load(path.read_text()) or {})  # a run's: as it was written
+    if cfg.task == "causal-lm" and not cfg.data.template:  # built from its data: as recorded
+        from tunelab.results import read_record
+
+        try:
+            rec = read_record(Path(run_dir))
+        except TunelabError:
+            rec = None
+        if rec and rec.data.template:
+            cfg.data.template = rec.data.template
+    return cfg
 
 
 def run_precision(run_dir: str | Path) -> str:
@@ -266,5 +276,5 @@ def score_run(run_dir: str | Path, split: str = "test", device: str | None = Non
     cfg = run_config(run_dir)
     model, _ = load_run_model(run_dir, device=device)
     data = prepare_data(cfg)
-    return evaluate(model, data.task, getattr(data, split), cfg.train.eval_batch_size,
-                    data.tokenizer.pad_token_id, model.device, run_precision(run_dir))  # fmt: skip
+    args = (data.tokenizer.pad_token_id, model.device, run_precision(run_dir), split)
+    return evaluate(model, data.task, getattr(data, split), cfg.train.eval_batch_size, *args)

@@ -254,6 +254,7 @@ class DataInfo:
     zero_shot: dict[str, Scores] = field(default_factory=dict)
     """A decoder's metrics before any training (label-word scoring), per split: the
     baseline every decoder method must beat."""
+    template: str = ""  # a decoder's prompt template as the run used it
 
 
 @dataclass
@@ -282,6 +283,7 @@ class RunRecord:
     flops: TrainFlops = field(default_factory=TrainFlops)
     saved_bytes: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)
+    trend: list[dict[str, float]] = field(default_factory=list)  # probe points (tunelab.trend)
     best_step: int = -1
     best_validation: Scores | None = None
     test: Scores | None = None

@@ -51,6 +51,7 @@ class Progress:
     best_step: int = -1
     evals_since_best: int = 0
     curve: list = field(default_factory=list)
+    trend: list = field(default_factory=list)  # probe-subset points (tunelab.trend)
 
 
 def restore(s: Saver, resume: bool) -> tuple[Progress, dict]:

@@ -1,9 +1,8 @@
 """ONE explicit, method- and task-agnostic training loop (on accelerate: CPU, CUDA, several GPUs).
 
-``run`` = ``setup`` (data, model, the method's ``prepare`` and ``param_groups``, AdamW +
-warmup/decay) -> ``restore`` (an interrupted or paused run's checkpoint) -> ``train_loop``
-(``train_step`` and, regularly, ``validate``, which keeps the best weights) -> ``finish`` (test
-the best checkpoint, save it, write the record). Losses and metrics: the task's; one logger."""
+``run`` = ``setup`` (data, model, method, AdamW + schedule) -> ``restore`` (a checkpoint) ->
+``train_loop`` (``train_step``; regularly ``validate``, which keeps the best weights, and the
+trend's probes) -> ``finish`` (test the best checkpoint, save it, write the record)."""
 
 from __future__ import annotations
 
@@ -17,9 +16,9 @@ import torch
 from accelerate.utils import set_seed
 
 from tunelab import checkpoint as ckpt
-from tunelab import fast, guard, measure, quantize, results, rundir
+from tunelab import fast, guard, measure, quantize, results, rundir, trend
 from tunelab import resume as saving
-from tunelab.batches import shard_batches, train_batches
+from tunelab.batches import optimizer_steps
 from tunelab.config import RunConfig
 from tunelab.errors import RunFailed, TrainingDiverged, TunelabError
 from tunelab.loggers import Logger, close_quietly, make_logger
@@ -53,14 +52,15 @@ class Session:
     per_epoch: int  # optimizer steps per epoch
     total_steps: int
     eval_every: int
+    probe_every: int  # steps between probe-subset points of the trend (0: none; tunelab.trend)
     rss_before_model: int
     saver: Saver  # what checkpoints, restores and stops need of it (tunelab.resume)
 
-    def evaluate(self, split) -> Scores:
-        """Loss and the task's metrics on an encoded split, in the run's precision."""
+    def evaluate(self, split, what: str) -> Scores:
+        """The task's scores on a split in the run's precision (``what``: for progress)."""
         pad_id, acc = self.data.tokenizer.pad_token_id, self.acc
         model = acc.unwrap_model(self.model)  # DDP: each process scores its own share
-        args = (self.cfg.train.eval_batch_size, pad_id, acc.device, acc.mixed_precision)
+        args = (self.cfg.train.eval_batch_size, pad_id, acc.device, acc.mixed_precision, what)
         return evaluate(model, self.data.task, split, *args)
 
 
@@ -142,7 +142,8 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)
     model, optimizer = acc.prepare(model, optimizer)
-    parts = (acc, data, model, optimizer, scheduler, record, per_epoch, total, eval_every)
+    probes = trend.probe_every(tc, total, eval_every)
+    parts = (acc, data, model, optimizer, scheduler, record, per_epoch, total, eval_every, probes)
     every = (tc.save_every_steps, tc.save_every_minutes)
     saver = Saver(run_dir, acc, model, optimizer, scheduler, total, *every)
     return Session(cfg, run_dir, *parts, rss_before_model, saver)
@@ -167,11 +168,14 @@ def train_loop(
                 guard.fault("step")
                 last = pg.step == s.total_steps or pg.batch_in_epoch == len(steps)
                 eval_now = pg.step % s.eval_every == 0 or last
-                if eval_now or pg.step % tc.log_every == 0:
+                probe = not eval_now and s.probe_every and pg.step % s.probe_every == 0
+                if eval_now or probe or pg.step % tc.log_every == 0:
                     log_window(s, pg, win, logger)
-                    if eval_now:
-                        with mem.paused():  # the peak measures training steps only
+                    with mem.paused():  # the peak measures training steps only
+                        if eval_now:
                             outcome = validate(s, pg, best, logger, on_validation)
+                        elif probe:
+                            trend.probe(s, pg, logger)
                     win = Window(device, accuracy)  # the clock restarts after validation
                 if outcome == "done" and saving.stop_requested(s.saver) and not last:
                     saving.checkpoint(s.saver, pg, best, win)
@@ -186,14 +190,8 @@ def train_loop(
 
 def epoch_steps(s: Session, epoch: int) -> list[list[tuple[list[int], float]]]:
     """This process's optimizer steps of an epoch, each ``grad_accum`` (batch, loss scale)."""
-    tc, acc = s.cfg.train, s.acc
-    n, b = acc.num_processes, tc.batch_size
-    # global batches of batch_size x processes, each process taking its part: the same
-    # examples per optimizer step as one process with the global batch size
-    batches = train_batches(s.data.train.lengths, b * n, tc.seed, epoch)
-    batches = shard_batches(batches, n, acc.process_index)
-    steps = [batches[i : i + tc.grad_accum] for i in range(0, len(batches), tc.grad_accum)]
-    return [st for st in steps if len(st) == tc.grad_accum]
+    n, i = s.acc.num_processes, s.acc.process_index
+    return optimizer_steps(s.data.train.lengths, s.cfg.train, epoch, n, i)
 
 
 def train_step(s: Session, micro: list[tuple[list[int], float]], win: Window, step: int) -> None:
@@ -230,11 +228,9 @@ def log_window(s: Session, pg: Progress, win: Window, logger: Logger) -> None:
     pg.train_time += stats.pop("seconds")
     pg.train_cpu += stats.pop("cpu_seconds")
     pg.train_other_cpu += stats.pop("other_cpu_seconds")
-    pg.examples += win.examples
-    pg.tokens += win.tokens
-    lr = s.scheduler.get_last_lr()[-1]
-    row = {"epoch": pg.step / s.per_epoch, **stats, "lr": lr, "train_time_s": pg.train_time}
-    logger.log(pg.step, row)
+    pg.examples, pg.tokens = pg.examples + win.examples, pg.tokens + win.tokens
+    row = {"epoch": pg.step / s.per_epoch, **stats, "lr": s.scheduler.get_last_lr()[-1]}
+    logger.log(pg.step, {**row, "train_time_s": pg.train_time})
 
 
 def validate(
@@ -243,8 +239,10 @@ def validate(
     """Score the validation split, keep the best weights, checkpoint; say whether to go on."""
     tc, model = s.cfg.train, s.acc.unwrap_model(s.model)
     t0 = time.perf_counter()
-    val = s.evaluate(s.data.validation)
+    val = s.evaluate(s.data.validation, "validation")
     pg.eval_time += time.perf_counter() - t0
+    if s.probe_every:  # the probe subset's point too (free when it is the whole split)
+        trend.probe(s, pg, logger, val)
     point = {"epoch": pg.step / s.per_epoch, "train_time_s": pg.train_time}
     point.update(validation_row(val))
     samples = s.data.task.samples(model, s.data.validation, s.data.tokenizer)
@@ -262,7 +260,7 @@ def validate(
     said = on_validation(len(pg.curve), val) if on_validation else None
     if said is False or said == PAUSE:
         return "pruned" if said is False else "paused"
-    return "early" if tc.patience and pg.evals_since_best >= tc.patience else "done"
+    return "early" if tc.stop_patience and pg.evals_since_best >= tc.stop_patience else "done"
 
 
 def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
@@ -272,7 +270,7 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
     test_s, stopped = 0.0, outcome in ("pruned", "paused")  # neither is tested nor saved
     if not stopped and s.cfg.train.test:
         t0 = time.perf_counter()
-        rec.test = s.evaluate(s.data.test)
+        rec.test = s.evaluate(s.data.test, "test")
         test_s = time.perf_counter() - t0
     if not stopped and s.cfg.train.save_model and main:
         ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model")
@@ -286,6 +284,7 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         timing=results.Timing.of(pg.train_time, pg.eval_time, test_s, *seen, cpu),
         saved_bytes=measure.weights_bytes(s.run_dir / "model"),
         curve=pg.curve,
+        trend=pg.trend,
         best_step=pg.best_step,
         best_validation=pg.best,
     )

@@ -160,6 +160,8 @@ def data_shape(cfg: RunConfig) -> tuple[float, int, int, int, str, float | None]
     lengths = data.train.lengths
     n_labels = max(2, len(data.splits.label_names))
     source = f"{data.splits.source}, tokenized"
+    if data.task.template:  # a decoder: which prompt the lengths include
+        source += f" in the prompt template {data.task.template!r}"
     prompts = getattr(data.train, "prompt_lengths", None)  # decoders: prompt + labelled part
     labelled = sum(n - p for n, p in zip(lengths, prompts, strict=True)) if prompts else None
     mean = sum(lengths) / len(lengths)

@@ -16,6 +16,7 @@ from tunelab.errors import TunelabError
 from tunelab.files import write_text
 from tunelab.report import plots
 from tunelab.report.analysis import Row, best_of
+from tunelab.report.convergence import row_state
 from tunelab.report.stats import Estimate
 from tunelab.report.summary import Analysis, analyse
 from tunelab.results import RunRecord, TuningSummary, load_records
@@ -27,7 +28,9 @@ LEGEND = (
     "that learned; a method whose validation accuracy does not beat the majority-class "
     "baseline is marked 'did not learn' and not ranked. Peak memory of the training steps "
     "(validation excluded): on CPU the process RSS above its level before the model was loaded "
-    "(differences under 15% are noise), on CUDA max allocated."
+    "(differences under 15% are noise), on CUDA max allocated. When stopped: each run's own "
+    "learning curve read at its end (still learning / converged / overfitting; the rules: "
+    "tunelab.report.convergence)."
 )
 
 
@@ -65,6 +68,7 @@ def table(a: Analysis) -> dict:
             "method": r.method,
             "n": r.n,
             "learned": r.learned,
+            "state": row_state(r.runs),
             "cells": _cells(r, best, mark, a.columns),
         }
         for r in a.rows
@@ -78,15 +82,16 @@ def markdown_table(a: Analysis) -> str:
     """The comparison table in Markdown: mean ± 95% interval, best of each column in bold."""
     t = table(a)
     lines = [
-        "| method | runs | " + " | ".join(t["header"]) + " |",
-        "|---|---|" + "---|" * len(a.columns),
+        "| method | runs | when stopped | " + " | ".join(t["header"]) + " |",
+        "|---|---|---|" + "---|" * len(a.columns),
     ]
     for r in t["rows"]:
         cells = [f"**{c['text']}**" if c["best"] else c["text"] for c in r["cells"]]
         name = r["method"] + ("" if r["learned"] else " (did not learn)")
-        lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {r['n']} | {r['state']} | " + " | ".join(cells) + " |")
     for b in t["baselines"]:
-        lines.append(f"| {b['name']} |  | " + " | ".join(c["text"] for c in b["cells"]) + " |")
+        cells = " | ".join(c["text"] for c in b["cells"])
+        lines.append(f"| {b['name']} |  |  | {cells} |")
     return "\n".join(lines)
 
 
@@ -95,15 +100,15 @@ def csv_table(a: Analysis) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     keys = [h for c in a.columns for h in (c.key, c.key + "_ci95")]
-    w.writerow(["method", "runs", "learned", *keys])
+    w.writerow(["method", "runs", "learned", "when_stopped", *keys])
     for r in a.rows:
         est = [r.values.get(c.key) for c in a.columns]
         vals = [x for e in est for x in ((e.mean, e.half) if e else ("", ""))]
-        w.writerow([r.method, r.n, r.learned, *vals])
+        w.writerow([r.method, r.n, r.learned, row_state(r.runs), *vals])
     for name, base in a.baselines.items():
         est = [base.get(c.key) for c in a.columns]
         vals = [x for e in est for x in ((e.mean, e.half) if e else ("", ""))]
-        w.writerow([name, "", "", *vals])
+        w.writerow([name, "", "", "", *vals])
     return buf.getvalue()
 
 

@@ -14,6 +14,14 @@ from tunelab.report.analysis import (
     floor_for,
     ranked,
 )
+from tunelab.report.convergence import (
+    CONVERGED,
+    LEARNING,
+    OVERFITTING,
+    diagnose,
+    settle_command,
+    still_learning,
+)
 from tunelab.report.stats import Estimate, close, same
 
 
@@ -84,7 +92,9 @@ def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[
                 base = f" ({base.mean:.3f})" if base else ""
             lines.append(
                 f"{head}; did not learn: {what} does not beat its baseline{base} (the majority "
-                f"class, or the untrained model's zero-shot score); not ranked."
+                f"class, or the untrained model's zero-shot score); not ranked"
+                + "".join(f"; {c}" for c in state_clauses(r))
+                + "."
             )
             continue
         if "test_acc" not in r.values:  # instruction data: the language model's own quality
@@ -94,12 +104,63 @@ def verdicts(rows: list[Row], floor: dict[str, Estimate] | None = None) -> list[
                 + (f" (perplexity {ppl.mean:.2f})" if ppl else "")
             ]
             parts += ["the reference"] if r is ref else []
-            lines.append(f"{head}, " + ", ".join(parts) + ".")
+            lines.append(f"{head}, " + ", ".join(parts + state_clauses(r)) + ".")
             continue
         parts = [f"test accuracy {r['test_acc'].mean:.1f}%"]
         parts += ["the reference"] if r is ref else _against(r, ref)
-        lines.append(f"{head}, " + ", ".join(parts) + ".")
+        lines.append(f"{head}, " + ", ".join(parts + state_clauses(r)) + ".")
     return lines
+
+
+def state_clauses(r: Row) -> list[str]:
+    """Where the method's runs were when they stopped (report.convergence): still learning
+    and overfitting are said with their numbers; convergence is said when the run trained
+    to it (train.until=converged) with the budget it took."""
+    out = []
+    for run in r.runs:
+        d, seed = diagnose(run), (f" (seed {run.config.train.seed})" if r.n > 1 else "")
+        if d.state == LEARNING:
+            out.append(f"still learning when its budget ended{seed}: {d.why}")
+        elif d.state == OVERFITTING:
+            out.append(f"overfitting{seed}: {d.why} (its best checkpoint is the one scored)")
+        elif d.state == CONVERGED and run.config.train.until == "converged":
+            cap = "" if run.stopped_early else " (its cap)"
+            out.append(
+                f"trained to convergence{seed} in {run.steps} steps ({run.epochs:.3g} epochs"
+                f"{cap}, {run.timing.train_s:.0f} s)"
+            )
+    return out
+
+
+def budget_limited(rows: list[Row]) -> list[Row]:
+    """Methods with a run still learning when its budget ended (learned or not yet)."""
+    return [r for r in rows if still_learning(r.runs)]
+
+
+def qualify(text: str, rows: list[Row], pick: Row | None, top: Row | None) -> str:
+    """The recommendation as it stands when every method had converged (or only the pick,
+    already the best, was still learning); else withheld: which methods were still learning,
+    the leader in this budget, and the command that would settle it."""
+    limited = budget_limited(rows)
+    if not limited:
+        return text
+    if len(limited) == 1 and limited[0] is pick and pick is top:
+        return text + (
+            f" ({pick.method} was still learning when its budget ended: more training can "
+            "only widen its lead.)"
+        )
+    names = ", ".join(r.method for r in limited)
+    steps = sorted({run.steps for r in limited for run in r.runs})
+    budget = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps"
+    runs = [run for r in rows for run in r.runs]
+    within = text.removeprefix("Recommendation: ")
+    return (
+        f"No recommendation yet: the comparison is budget-limited. {names} "
+        f"{'was' if len(limited) == 1 else 'were'} still learning when the budget ended "
+        f"({budget}), so these numbers rank how fast each method learns in this budget, not "
+        f"how good each gets. Leader in this budget: {within} To settle it, "
+        f"{settle_command(runs)}."
+    )
 
 
 def _against(r: Row, ref: Row) -> list[str]:
@@ -173,11 +234,16 @@ def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
     Methods that did not learn never take part; test accuracy never does."""
     good = ranked(rows)
     if not good:
-        if rows:
-            return "No recommendation: no method beat the majority-class baseline on validation."
-        return "No recommendation: no successful runs."
+        if not rows:
+            return "No recommendation: no successful runs."
+        text = "No recommendation: no method beat the majority-class baseline on validation."
+        if budget_limited(rows):
+            names = ", ".join(r.method for r in budget_limited(rows))
+            runs = [run for r in rows for run in r.runs]
+            text += f" Still learning when the budget ended: {names}; {settle_command(runs)}."
+        return text
     if not all("val_acc" in r.values for r in good):
-        return _by_loss(good)
+        return _by_loss(good, rows)
     top = max(good, key=lambda r: r["val_acc"].mean)
     best = top["val_acc"].mean
     near = [
@@ -199,20 +265,24 @@ def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
         f"{pick['trainable_pct'].mean:.3g}% of the parameters"
     )
     text += f"; also within reach: {', '.join(others)}." if others else "."
-    return text + (f" {contention_note(near)}" if contention_note(near) else "")
+    text += f" {contention_note(near)}" if contention_note(near) else ""
+    return qualify(text, rows, pick, top)
 
 
-def _by_loss(good: list[Row], within: float = 0.02) -> str:
+def _by_loss(good: list[Row], rows: list[Row], within: float = 0.02) -> str:
     """Language-model data: the fastest among the runs whose validation loss is within 2% of
     the lowest."""
     best = min(r["val_loss"].mean for r in good)
     near = [r for r in good if r["val_loss"].mean <= best * (1 + within)]
     pick, why = _fastest(near)
-    note = contention_note(near)
-    return (
+    note, top = contention_note(near), min(good, key=lambda r: r["val_loss"].mean)
+    return qualify(
         f"Recommendation: {pick.method}: the {why} among the methods within {100 * within:g}% "
         f"of the lowest validation loss ({best:.3f}); trains in {pick['train_s'].mean:.0f} s "
-        f"with {pick['trainable_pct'].mean:.3g}% of the parameters." + (f" {note}" if note else "")
+        f"with {pick['trainable_pct'].mean:.3g}% of the parameters." + (f" {note}" if note else ""),
+        rows,
+        pick,
+        top,
     )
 
 

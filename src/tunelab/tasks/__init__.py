@@ -9,13 +9,16 @@ config and a row in the tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 
 from tunelab.batches import Encoded
 from tunelab.config import RunConfig
 from tunelab.data import Splits, load_splits
 from tunelab.errors import ConfigError
+from tunelab.files import is_main
 from tunelab.models import load_tokenizer
 from tunelab.results import DataInfo, Scores
 from tunelab.tasks.base import Task
@@ -47,7 +50,9 @@ def check_task(cfg: RunConfig) -> None:
         raise ConfigError("data.response_column (instruction data) needs task=causal-lm")
     if cfg.task == "causal-lm" and not cfg.data.response_column:
         CausalLM(
-            ["_"] * len(cfg.data.label_words or ["_"]), cfg.data.template, cfg.data.label_words
+            ["_"] * len(cfg.data.label_words or ["_"]),
+            cfg.data.template or "{text}",  # unset: built from the data (data.default_template)
+            cfg.data.label_words,
         )
 
 
@@ -76,7 +81,17 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     if key not in _CACHE:
         splits = load_splits(cfg.data)
         tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        if not cfg.data.template:  # a decoder's prompt built from the data (data.py)
+            data = dataclasses.replace(cfg.data, template=splits.template)
+            cfg = dataclasses.replace(cfg, data=data)
         task = build_task(cfg, splits.label_names)
+        if task.template and is_main():
+            how = (
+                "data.template"
+                if key[0] == json.dumps(vars(cfg.data), sort_keys=True)
+                else ("built from the data; set data.template to change it")
+            )
+            print(f"tunelab: prompt template ({how}): {task.template!r}", file=sys.stderr)
         enc = [
             task.encode(s, tok, cfg.data.max_length)
             for s in (splits.train, splits.validation, splits.test)
@@ -95,6 +110,7 @@ def data_info(data: Prepared, zero_shot: dict[str, Scores] | None = None) -> Dat
         train=len(data.train),
         validation=len(data.validation),
         test=len(data.test),
+        template=data.task.template or "",
         majority={
             "validation": Scores.of(task.baseline(train_labels, data.validation.labels)),
             "test": Scores.of(task.baseline(train_labels, data.test.labels)),

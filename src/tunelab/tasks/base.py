@@ -27,6 +27,8 @@ class Task(Protocol):
     perplexity say how good the model is."""
     selection: str | None
     """The metric that picks the best validation (None: train.metric)."""
+    template: str | None
+    """The prompt each example fills (a decoder classifying as text; None: no prompt)."""
 
     @classmethod
     def from_config(cls, cfg: Any, label_names: list[str]) -> Task:

@@ -18,6 +18,7 @@ class Classification:
     zero_shot = False  # an untrained head is chance: the majority class is the floor
     has_accuracy = True
     selection = None  # train.metric picks the best validation
+    template = None  # the text as it is (CausalLM fills a prompt)
 
     @classmethod
     def from_config(cls, cfg, label_names: list[str]) -> Classification:

@@ -26,6 +26,7 @@ class Instruction:
     zero_shot = True  # the untrained model's loss and perplexity: the baseline to beat
     has_accuracy = False  # nothing to count as a hit: selection and reports use the loss
     selection = "loss"
+    template = None  # the tokenizer's chat template, not a data.template
 
     @classmethod
     def from_config(cls, cfg, label_names: list[str]) -> Instruction:
