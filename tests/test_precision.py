@@ -110,3 +110,22 @@ def test_calibrating_a_cuda_plan_without_a_gpu_is_refused(tiny_model, toy_csv, t
     assert "no CUDA GPU" in err and "Traceback" not in err
     assert main(args[:7] + ["--methods", "lora", "--out", str(tmp_path)]) == 0
     assert "assumed: an H100" in capsys.readouterr().out
+
+
+def test_instruction_lora_validates_and_generates_in_bf16(tiny_llama, tmp_path):
+    """The frozen base is stored in bf16 under bf16 autocast: the greedy samples each
+    validation generates run in the run's precision too (they failed with a dtype mismatch)."""
+    import json
+
+    from tunelab.config import load_config
+    from tunelab.train import run
+
+    rows = [{"prompt": f"Repeat {w}.", "response": f"{w} {w}"} for w in ["apple", "river"] * 30]
+    path = tmp_path / "inst.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    over = [f"model.name={tiny_llama}", f"data.dataset={path}", "data.response_column=response",
+            "task=causal-lm", f"out_dir={tmp_path / 'runs'}", "tracker=none", "train.epochs=1",
+            "train.batch_size=16", "method=lora", "train.mixed_precision=bf16"]  # fmt: skip
+    rec = run(load_config(None, over))
+    assert rec.ok and rec.env.precision == "bf16" and "bfloat16" in rec.env.weights
+    assert rec.curve[-1]["samples"] and rec.curve[-1]["samples"][0]["response"] is not None

@@ -26,7 +26,7 @@ from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, knobs
 from tunelab.models import apply_method, compile_model, frozen_dtype, load_model
 from tunelab.optim import make_optimizer, make_scheduler, step_budget
-from tunelab.precision import accelerator, choose_precision, device_type
+from tunelab.precision import accelerator, autocast, choose_precision, device_type
 from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
 from tunelab.resume import Progress, Saver
 from tunelab.tasks import Prepared, check_task, data_info, prepare_data
@@ -245,7 +245,8 @@ def validate(
         trend.probe(s, pg, logger, val)
     point = {"epoch": pg.step / s.per_epoch, "train_time_s": pg.train_time}
     point.update(validation_row(val))
-    samples = s.data.task.samples(model, s.data.validation, s.data.tokenizer)
+    with autocast(s.acc.mixed_precision, s.acc.device):  # generations: the run's precision
+        samples = s.data.task.samples(model, s.data.validation, s.data.tokenizer)
     if samples:  # a few generations (instruction data), kept with the curve
         point["samples"] = samples
     pg.curve.append({"step": pg.step, **point})

@@ -7,6 +7,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from tunelab.plan.process import ProcessPeak
+
 
 @dataclass
 class Cost:
@@ -26,6 +28,8 @@ class Cost:
     peak: int = 0
     eval_peak: int = 0
     """Evaluation's peak: weights + one evaluation batch's working set (``eval_working_set``)."""
+    process: ProcessPeak = field(default_factory=ProcessPeak)
+    """What the OS sees at the peak (plan.process): CPU resident set / CUDA reserved, a range."""
     flops_per_example: float = 0.0
     flops_per_epoch: float = 0.0
     efficiency: float = 0.0

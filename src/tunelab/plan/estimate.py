@@ -27,11 +27,13 @@ from pathlib import Path
 
 import torch
 
+from tunelab import measure
 from tunelab.config import RunConfig
 from tunelab.errors import NoTokenizer, TunelabError
 from tunelab.methods import METHODS
 from tunelab.models import WEIGHTS_DTYPE, frozen_dtype
 from tunelab.plan.costs import Cost, Plan
+from tunelab.plan.process import process_peak, tensor_room
 from tunelab.plan.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
 from tunelab.plan.text import duration, gib
 from tunelab.plan.trace import eval_working_set, in_nf4, model_config, spec, trace
@@ -39,7 +41,7 @@ from tunelab.precision import compute_dtype
 from tunelab.quantize import check_method
 
 
-def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cost:
+def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path, base: int = 0) -> Cost:
     """One method's row of the plan."""
     est = Cost(method)
     fast_cpu = plan.device == "cpu" and cfg.train.fast_cpu
@@ -70,6 +72,8 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path) -> Cos
     est.temporaries, est.peak = t["temporaries"], t["peak"]
     rows = cfg.train.eval_batch_size
     est.eval_peak = est.weights + eval_working_set(config, plan.task, rows, plan.longest)
+    tensors = max(est.peak, est.eval_peak)
+    est.process = process_peak(plan.device, tensors, est.weights, base)
     est.flops_per_example = t["flops_per_token"] * plan.mean_tokens
     est.flops_per_epoch = est.flops_per_example * plan.examples
     est.efficiency, est.efficiency_from = learned_efficiency(
@@ -98,6 +102,7 @@ def plan(
     mode, why = choose_precision(cfg.train.mixed_precision, device)
     config = model_config(cfg.model.name, cfg.task, 2)  # a bad model name fails first
     mean, longest, n, labels, source, labelled = data_shape(cfg)
+    base = measure.settled_rss()  # interpreter, libraries and the tokenized data, as a run
     if cfg.task == "classification":
         config.num_labels = labels
     runs = Path(cfg.out_dir)
@@ -129,13 +134,13 @@ def plan(
         time_budget=seconds,
         labelled_tokens=labelled if cfg.task == "causal-lm" else None,
     )
-    p.estimates = [estimate(cfg, m, p, config, runs) for m in methods]
+    p.estimates = [estimate(cfg, m, p, config, runs, base) for m in methods]
     if calibrate_rate:
         calibrate(cfg, methods, p, runs)
-        p.estimates = [estimate(cfg, m, p, config, runs) for m in methods]
+        p.estimates = [estimate(cfg, m, p, config, runs, base) for m in methods]
     for e in p.estimates:
-        if not e.error:
-            e.fits_memory = None if budget is None else max(e.peak, e.eval_peak) <= budget
+        if not e.error:  # the high end of what the OS sees: the number that kills a process
+            e.fits_memory = None if budget is None else e.process.high <= budget
             e.fits_time = None if seconds is None else e.seconds <= seconds
     p.suggestion = suggest(p)
     return p
@@ -186,7 +191,8 @@ def largest_batch(e: Cost, p: Plan) -> int:
     scale with it; the gradients do not)."""
     if p.memory_budget is None or not e.activations:
         return p.batch_size
-    room = p.memory_budget - (e.weights + e.optimizer)
+    budget = tensor_room(p.device, p.memory_budget, e.weights, e.process.base)
+    room = budget - (e.weights + e.optimizer)
     if room < e.gradients:
         return 0
     return max(0, int(room // ((e.activations + e.temporaries) / p.batch_size)))

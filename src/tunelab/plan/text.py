@@ -71,7 +71,7 @@ def table(p: Plan) -> str:
     head = header(p)
     cols = [
         "method", "trainable", "weights", "grads", "AdamW", "activations", "peak",
-        "eval peak", "GFLOP/ex", "train time", "rate from", "saves", "fits",
+        "eval peak", "process peak", "GFLOP/ex", "train time", "rate from", "saves", "fits",
     ]  # fmt: skip
     rows = []
     for e in p.estimates:
@@ -94,6 +94,7 @@ def table(p: Plan) -> str:
                 gib(e.activations),
                 gib(e.peak),
                 gib(e.eval_peak),
+                f"{gib(e.process.expected)} ({gib(e.process.low)}-{gib(e.process.high)})",
                 f"{e.flops_per_example / 1e9:.1f}",
                 duration(e.seconds),
                 f"{e.efficiency:.0%} {e.efficiency_from}",
@@ -108,6 +109,7 @@ def table(p: Plan) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     fits_note = "fits = memory/time" if p.time_budget else "fits = memory"
+    kind = next((e.process.kind for e in p.estimates if e.process.kind), "")
     refused = "".join(f"\n{e.method} refused: {e.error}" for e in p.estimates if e.error)
     refused += "".join(
         f"\n{e.method} activations from {e.activations_from}"
@@ -119,6 +121,8 @@ def table(p: Plan) -> str:
         + "\n".join(lines)
         + f"\n({fits_note}; peak = weights + AdamW + max(activations, grads) + backward's "
         f"temporaries (2x the largest saved tensor); eval peak = weights + one evaluation batch: "
-        f"a layer's widest tensors, and a decoder's key/value cache for label words){refused}"
+        f"a layer's widest tensors, and a decoder's key/value cache for label words; process "
+        f"peak = what the OS sees, expected (low-high): {kind}, from tensors by the overhead "
+        f"model of tunelab.plan.process; fits compares its high end with the budget){refused}"
         + f"\n\nsuggestion: {p.suggestion}"
     )
