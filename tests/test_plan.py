@@ -157,7 +157,8 @@ def test_plan_fits_budgets_and_says_what_to_change(tmp_path):
     peaks = {e["method"]: e["process"]["high"] for e in est}
     for e in est:  # the range holds the tensors and the runtime below the model
         pr = e["process"]
-        assert e["peak"] + pr["base"] <= pr["low"] <= pr["expected"] <= pr["high"]
+        assert pr["base"] < pr["low"] <= pr["expected"] <= pr["high"]
+        assert pr["expected"] >= pr["base"] + max(e["peak"], e["eval_peak"])
     assert peaks["lora"] < peaks["full"]
     between = (peaks["lora"] + peaks["full"]) // 2
     p = json.loads(run_plan(*common, "--memory", f"{between // 2**20}MB")[1])
@@ -324,3 +325,15 @@ def test_plan_counts_a_4bit_base_and_refuses_full(precision, tmp_path):
     frozen = 2 if precision == "bf16" else 4  # bytes a frozen linear weight is stored in
     assert plain["weights"] - nf4["weights"] == round(linear * (frozen - NF4_BYTES))
     assert nf4["peak"] < plain["peak"] and nf4["trainable"] == plain["trainable"]
+
+
+def test_the_process_range_inverts_to_the_room_for_tensors():
+    """fits compares the process peak's high end with the budget; the largest batch comes
+    from the same model read backwards (plan.process.tensor_room)."""
+    from tunelab.plan.process import process_peak, tensor_room
+
+    for device in ("cpu", "cuda"):
+        room = tensor_room(device, 16 * 2**30, 2**30, 400 * 2**20)
+        at = process_peak(device, room, 2**30, 400 * 2**20)
+        assert abs(at.high - 16 * 2**30) < 2**20  # exactly the budget, to a MiB
+        assert at.low <= at.expected <= at.high
