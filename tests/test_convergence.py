@@ -178,3 +178,12 @@ def test_probes_fill_the_trend_and_until_converged_stops_on_its_own(tiny_model, 
     assert c.stopped_early and c.epochs < 30
     assert math.isclose(c.epochs, c.steps / (c.steps / c.epochs))
     assert diagnose(c).state == CONVERGED
+
+
+def test_tuning_trials_run_at_their_budget_and_final_runs_to_convergence():
+    from tunelab.tune import trial_config
+
+    base = load_config(overrides=["train.until=converged", "train.epochs=10"])
+    trial = trial_config(base, "lora", {}, 0)
+    assert trial.train.until == "budget" and trial.train.stop_patience == 0
+    assert base.train.until == "converged" and base.train.stop_patience == 3

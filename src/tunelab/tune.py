@@ -44,11 +44,13 @@ STORAGE_ENV = "TUNELAB_STORAGE"  # an RDB URL for tune.storage kept out of confi
 
 def trial_config(base: RunConfig, method: str, params: dict, number: int) -> RunConfig:
     """A trial's run: OUT/trials/<method>/<n>, ``tune.evals`` validations on the fixed
-    validation subset, no test score, no saved model."""
+    validation subset, no test score, no saved model; always at the configured budget (the
+    pruner decides at fixed rungs: train.until=converged applies to the final runs only)."""
     tc = base.tune
     out = Path(base.out_dir) / "trials" / method
     cfg = for_method(base, method, params, name=str(number), out_dir=str(out))
     cfg.train.test = cfg.train.save_model = False
+    cfg.train.until = "budget"
     if tc.eval_examples:
         cfg.data.max_eval_examples = min(cfg.data.max_eval_examples or math.inf, tc.eval_examples)
     if cfg.train.max_steps:
