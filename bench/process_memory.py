@@ -154,6 +154,8 @@ def main() -> None:
             "process_high": pm.high, "runtime_base": pm.base,
             "expected_over_measured": pm.expected / real, "high_covers": pm.high >= real,
             "precision": p["precision"],
+            "plan_parts": {k: e[k] for k in ("weights", "gradients", "optimizer", "activations",
+                                             "temporaries", "peak", "eval_peak")},
         }  # fmt: skip
         rows.append(row)
         print(

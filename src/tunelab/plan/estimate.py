@@ -73,7 +73,7 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path, base: 
     rows = cfg.train.eval_batch_size
     est.eval_peak = est.weights + eval_working_set(config, plan.task, rows, plan.longest)
     tensors = max(est.peak, est.eval_peak)
-    est.process = process_peak(plan.device, tensors, est.weights, base)
+    est.process = process_peak(plan.device, tensors, est.weights + est.optimizer, base)
     est.flops_per_example = t["flops_per_token"] * plan.mean_tokens
     est.flops_per_epoch = est.flops_per_example * plan.examples
     est.efficiency, est.efficiency_from = learned_efficiency(
@@ -191,7 +191,7 @@ def largest_batch(e: Cost, p: Plan) -> int:
     scale with it; the gradients do not)."""
     if p.memory_budget is None or not e.activations:
         return p.batch_size
-    budget = tensor_room(p.device, p.memory_budget, e.weights, e.process.base)
+    budget = tensor_room(p.device, p.memory_budget, e.weights + e.optimizer, e.process.base)
     room = budget - (e.weights + e.optimizer)
     if room < e.gradients:
         return 0

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# CPU: resident peak = base + CPU_FIXED + CPU_TENSORS x the tensor peak (training or evaluation,
-# the higher): allocator fragmentation, autocast's casts and oneDNN's scratch grow with the
-# tensors, the loader's and libraries' buffers do not. Fitted on the first six cases of
-# bench/process_memory.py (2-core AMD EPYC, native bf16): the residuals were -13% .. +19% of the
-# measured peak above base, so the range around the expected part above base is wide.
-CPU_FIXED, CPU_TENSORS = 256 * 2**20, 1.2
-CPU_LOW, CPU_HIGH = 0.8, 1.35
+# CPU: resident peak = base + CPU_FIXED + the persistent tensors (weights + AdamW state) +
+# CPU_TRANSIENT x the rest of the tensor peak (activations or gradients, backward's temporaries,
+# or evaluation's working set, whichever phase is higher): allocator fragmentation, autocast's
+# casts and oneDNN's scratch grow with what is allocated and freed every step. Fitted (least
+# squares, relative) on seven measured runs of bench/process_memory.py on a 2-core AMD EPYC
+# with native bf16 (fit residuals -11% .. +16% of the measured peak); the range is LOW..HIGH
+# times the part above base.
+CPU_FIXED, CPU_TRANSIENT = 224 * 2**20, 1.3
+CPU_LOW, CPU_HIGH = 0.8, 1.3
 # CUDA: reserved = allocated x factor (caching allocator), + the context (not in reserved)
 CUDA_RESERVED = (1.0, 1.15, 1.35)
 CUDA_CONTEXT = 500 * 2**20
@@ -46,12 +48,11 @@ class ProcessPeak:
     kind: str = ""  # "cpu resident set" or "cuda reserved + context"
 
 
-def process_peak(device: str, tensors: int, weights: int, base: int) -> ProcessPeak:
+def process_peak(device: str, tensors: int, persistent: int, base: int) -> ProcessPeak:
     """The process's peak for a run whose tensor peak (training or evaluation, whichever is
-    higher) is ``tensors`` bytes (``weights``: its weights' bytes, kept for models that need
-    them; the fitted CPU model does not)."""
+    higher) is ``tensors`` bytes, ``persistent`` of them held all run (weights, AdamW state)."""
     if device == "cpu":
-        above = CPU_FIXED + CPU_TENSORS * tensors
+        above = CPU_FIXED + persistent + CPU_TRANSIENT * max(tensors - persistent, 0)
         expected = base + above
         return ProcessPeak(
             int(base + CPU_LOW * above), int(expected), int(base + CPU_HIGH * above), base,
@@ -61,9 +62,11 @@ def process_peak(device: str, tensors: int, weights: int, base: int) -> ProcessP
     return ProcessPeak(low, mid, high, CUDA_CONTEXT, "cuda reserved + context")
 
 
-def tensor_room(device: str, budget: int, weights: int, base: int) -> int:
+def tensor_room(device: str, budget: int, persistent: int, base: int) -> int:
     """The largest tensor peak whose process peak (high end) stays within ``budget``: the
     inverse of ``process_peak`` (what ``largest_batch`` may spend)."""
     if device == "cpu":
-        return int(((budget - base) / CPU_HIGH - CPU_FIXED) / CPU_TENSORS)
+        return int(
+            persistent + ((budget - base) / CPU_HIGH - CPU_FIXED - persistent) / CPU_TRANSIENT
+        )
     return int((budget - CUDA_CONTEXT) / CUDA_RESERVED[2])
