@@ -85,9 +85,9 @@ def test_tuning_resumes_and_never_scores_the_test_split(tiny_model, toy_csv, tmp
     scored = []
     original = Session.evaluate
 
-    def spy(self, split):
+    def spy(self, split, what):
         scored.append("test" if split is self.data.test else "validation")
-        return original(self, split)
+        return original(self, split, what)
 
     monkeypatch.setattr(Session, "evaluate", spy)
     base = base_cfg(tiny_model, toy_csv, tmp_path, **{"tune.trials": 2, "tune.pruner": "hyperband"})
