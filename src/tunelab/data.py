@@ -142,10 +142,18 @@ def _pick(
     return None
 
 
+def columns_of(cols: list[str], cfg: DataConfig) -> tuple[str, str]:
+    """(text column, label column) of a dataset: the configured ones, else guessed."""
+    return (
+        _pick(cols, cfg.text_column, TEXT_GUESSES, "text", "--text-column"),
+        _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column"),
+    )
+
+
 def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split, list[str]]:
     """Convert a datasets.Dataset to a Split, mapping labels to ids 0..K-1."""
     cols = list(ds.column_names)
-    text_col = _pick(cols, cfg.text_column, TEXT_GUESSES, "text", "--text-column")
+    text_col, label_col = columns_of(cols, cfg)
     pair_col = _pick(
         cols,
         cfg.text_pair_column,
@@ -154,7 +162,6 @@ def _from_hf(ds, cfg: DataConfig, label_names: list[str] | None) -> tuple[Split,
         "--text-pair-column",
         required=False,
     )
-    label_col = _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column")
     raw = ds[label_col]
     keep = [i for i, y in enumerate(raw) if not _empty(y) and y != -1]  # -1 = hidden test label
     empty = sum(_empty(y) for y in raw)
@@ -228,11 +235,7 @@ def _rows_in(path: Path) -> int:
 def _load_hf(cfg: DataConfig) -> tuple[dict[str, Split], list[str], tuple[str, str]]:
     dd = _open(cfg)
     train, names = _from_hf(dd["train"], cfg, None)
-    cols = list(dd["train"].column_names)
-    columns = (
-        _pick(cols, cfg.text_column, TEXT_GUESSES, "text", "--text-column"),
-        _pick(cols, cfg.label_column, LABEL_GUESSES, "label", "--label-column"),
-    )
+    columns = columns_of(list(dd["train"].column_names), cfg)
     splits = {"train": train}
     for key, aliases in (("validation", ("validation", "valid", "dev")), ("test", ("test",))):
         for alias in aliases:

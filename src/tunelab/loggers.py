@@ -149,7 +149,7 @@ class EvalProgress:
 
     def __init__(self, what: str, total: int, main_process: bool = True, stream=None):
         self.what, self.total, self.done_n, self.t0 = what, total, 0, time.monotonic()
-        self.stream, self.main = stream or sys.stderr, main_process
+        self.stream = stream or sys.stderr
         tty = self.stream.isatty() if hasattr(self.stream, "isatty") else False
         self.bar = tqdm(total=total, desc=f"scoring {what}", unit="ex", leave=False,
                         disable=not (tty and main_process), file=self.stream)  # fmt: skip

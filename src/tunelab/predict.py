@@ -30,26 +30,26 @@ def run_config(run_dir: str | Path) -> RunConfig:
         raise TunelabError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
     cfg = config_from_dict(yaml_load(path.read_text()) or {})  # a run's: as it was written
     if cfg.task == "causal-lm" and not cfg.data.template:  # built from its data: as recorded
-        from tunelab.results import read_record
-
-        try:
-            rec = read_record(Path(run_dir))
-        except TunelabError:
-            rec = None
+        rec = _record(run_dir)
         if rec and rec.data.template:
             cfg.data.template = rec.data.template
     return cfg
 
 
-def run_precision(run_dir: str | Path) -> str:
-    """The precision a run trained and scored in (its record's ``env.precision``); a run
-    without a readable record: what its config asks for on this machine's device."""
+def _record(run_dir: str | Path):
+    """The run's record, or None when it has no readable one."""
     from tunelab.results import read_record
 
     try:
-        rec = read_record(Path(run_dir))
+        return read_record(Path(run_dir))
     except TunelabError:
-        rec = None
+        return None
+
+
+def run_precision(run_dir: str | Path) -> str:
+    """The precision a run trained and scored in (its record's ``env.precision``); a run
+    without a readable record: what its config asks for on this machine's device."""
+    rec = _record(run_dir)
     if rec is not None and rec.env is not None and rec.env.precision:
         return rec.env.precision
     tc = run_config(run_dir).train

@@ -27,6 +27,7 @@ differs less), so "still learning" is said only when the curve leaves little dou
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -149,7 +150,7 @@ def lr_area(known: dict[int, float], a: int, b: int) -> float:
             return known[xs[0]] * (x / xs[0] if xs[0] else 1.0)  # warmup from 0
         if x >= xs[-1]:
             return known[xs[-1]]
-        hi = next(i for i, v in enumerate(xs) if v >= x)
+        hi = bisect.bisect_left(xs, x)  # the first logged step at or after x
         x0, x1 = xs[hi - 1], xs[hi]
         return known[x0] + (known[x1] - known[x0]) * (x - x0) / (x1 - x0)
 

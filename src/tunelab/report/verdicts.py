@@ -237,8 +237,9 @@ def recommendation(rows: list[Row], tolerance: float = 1.0) -> str:
         if not rows:
             return "No recommendation: no successful runs."
         text = "No recommendation: no method beat the majority-class baseline on validation."
-        if budget_limited(rows):
-            names = ", ".join(r.method for r in budget_limited(rows))
+        limited = budget_limited(rows)
+        if limited:
+            names = ", ".join(r.method for r in limited)
             runs = [run for r in rows for run in r.runs]
             text += f" Still learning when the budget ended: {names}; {settle_command(runs)}."
         return text

@@ -81,16 +81,13 @@ def prepare_data(cfg: RunConfig) -> Prepared:
     if key not in _CACHE:
         splits = load_splits(cfg.data)
         tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        how = "data.template"
         if not cfg.data.template:  # a decoder's prompt built from the data (data.py)
+            how = "built from the data; set data.template to change it"
             data = dataclasses.replace(cfg.data, template=splits.template)
             cfg = dataclasses.replace(cfg, data=data)
         task = build_task(cfg, splits.label_names)
         if task.template and is_main():
-            how = (
-                "data.template"
-                if key[0] == json.dumps(vars(cfg.data), sort_keys=True)
-                else ("built from the data; set data.template to change it")
-            )
             print(f"tunelab: prompt template ({how}): {task.template!r}", file=sys.stderr)
         enc = [
             task.encode(s, tok, cfg.data.max_length)
