@@ -11,6 +11,7 @@ from pathlib import Path
 # but keep each family's quirks: ELECTRA/ALBERT embeddings narrower than the hidden size,
 # ALBERT's one shared layer group, DeBERTa's relative attention, GQA in the Llama family,
 # Gemma's explicit head_dim, Phi-3's fused qkv_proj, GPT-2's Conv1D c_attn.
+MOE = {"num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2}
 FAMILIES: dict[str, tuple[str, dict]] = {
     "bert": ("encoder", {}),
     "roberta": ("encoder", {}),
@@ -28,7 +29,32 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "mistral": ("decoder", {"num_key_value_heads": 1}),
     "phi3": ("decoder", {"num_key_value_heads": 1}),
     "gemma": ("decoder", {"num_key_value_heads": 1, "head_dim": 16}),
-}
+    # the families people fine-tune this year (tests/data/published holds their full-size
+    # configs); mixture-of-experts ones with 4 experts, 2 a token
+    "mpnet": ("encoder", {}),
+    "xlm-roberta": ("encoder", {}),
+    "ernie": ("encoder", {}),
+    "roformer": ("encoder", {"embedding_size": 32}),
+    "qwen3": ("decoder", {"num_key_value_heads": 1, "head_dim": 16}),
+    "gemma2": ("decoder", {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16}),
+    "gemma3_text": ("decoder", {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16}),
+    "olmo2": ("decoder", {"num_key_value_heads": 1}),
+    "smollm3": ("decoder", {"num_key_value_heads": 1, "no_rope_layer_interval": 2}),
+    "granite": ("decoder", {"num_key_value_heads": 1}),
+    "mixtral": ("decoder", {"num_key_value_heads": 1, **MOE}),
+    "qwen3_moe": ("decoder", {"num_key_value_heads": 1, "head_dim": 16,
+                              "moe_intermediate_size": 32, **MOE}),
+    "olmoe": ("decoder", {"num_key_value_heads": 1, **MOE}),
+    "phimoe": ("decoder", {"num_key_value_heads": 1, **MOE}),
+    "deepseek_v2": ("decoder", {
+        "num_key_value_heads": 2, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "n_shared_experts": 1, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+        "kv_lora_rank": 16, "q_lora_rank": None, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+        "v_head_dim": 16, "n_group": 1, "topk_group": 1}),
+    "gpt_oss": ("decoder", {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16,
+                            "layer_types": ["sliding_attention", "full_attention"], **MOE}),
+}  # fmt: skip
+MOE_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "phimoe", "deepseek_v2", "gpt_oss")
 
 TINY = dict(
     hidden_size=32,

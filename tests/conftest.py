@@ -116,6 +116,9 @@ def tiny_overrides(model: str, data: str, out: Path, **extra) -> list[str]:
         "train.log_every": 5,
         "train.evals_per_epoch": 1,
         "train.mixed_precision": "no",
+        # no probe points between validations: the trend is tests/test_convergence.py's
+        # subject, elsewhere its evaluations only cost time
+        "train.trend_points": 0,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

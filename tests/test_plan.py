@@ -203,9 +203,17 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     assert precision.choose_precision("no", "cpu")[0] == "no"
 
 
-# Published config.json files (no weights, no tokenizer), copied from the Hub repositories
+# Published config.json files (no weights, no tokenizer), as the Hub repositories hold them:
 # mistralai/Mistral-7B-v0.1, Qwen/Qwen2.5-0.5B, openai-community/gpt2,
-# microsoft/Phi-3-mini-4k-instruct and google/gemma-2b; parameter counts as published.
+# microsoft/Phi-3-mini-4k-instruct, google/gemma-2b, and the families people fine-tune in 2025:
+# meta-llama/Llama-3.1-8B-Instruct, -3.2-1B-Instruct, -3.2-3B-Instruct, -3.3-70B-Instruct (eos a
+# list), Qwen/Qwen2.5-7B-Instruct, Qwen3-0.6B, Qwen3-8B, Qwen3-30B-A3B (MoE),
+# mistralai/Mixtral-8x7B-v0.1 (MoE), Mistral-7B-v0.3, google/gemma-2-2b, gemma-2-9b,
+# gemma-3-1b-it (eos a list), microsoft/phi-4, allenai/OLMo-2-1124-7B, OLMoE-1B-7B-0924 (MoE),
+# HuggingFaceTB/SmolLM3-3B, deepseek-ai/DeepSeek-V2-Lite (MoE, multi-head latent attention),
+# openai/gpt-oss-20b (MoE, attention sinks). Counts: the repositories' safetensors totals
+# (total_size / bytes per parameter), each also re-derived by hand from the config's shapes in
+# test_published_counts_follow_from_the_shapes (an independent check of these numbers).
 PUBLISHED = Path(__file__).parent / "data" / "published"
 PUBLISHED_PARAMS = {
     "gpt2": 124_439_808,
@@ -213,17 +221,49 @@ PUBLISHED_PARAMS = {
     "gemma-2b": 2_506_172_416,
     "phi-3-mini": 3_821_079_552,
     "mistral-7b": 7_241_732_096,
+    "llama-3.1-8b-instruct": 8_030_261_248,
+    "llama-3.2-1b-instruct": 1_235_814_400,
+    "llama-3.2-3b-instruct": 3_212_749_824,
+    "llama-3.3-70b-instruct": 70_553_706_496,
+    "qwen2.5-7b-instruct": 7_615_616_512,
+    "qwen3-0.6b": 596_049_920,
+    "qwen3-8b": 8_190_735_360,
+    "qwen3-30b-a3b": 30_532_122_624,
+    "mixtral-8x7b": 46_702_792_704,
+    "mistral-7b-v0.3": 7_248_023_552,
+    "gemma-2-2b": 2_614_341_888,
+    "gemma-2-9b": 9_241_705_984,
+    "gemma-3-1b-it": 999_885_952,
+    "phi-4": 14_659_507_200,
+    "olmo-2-7b": 7_298_617_344,
+    "olmoe-1b-7b": 6_919_161_856,
+    "smollm3-3b": 3_075_098_624,
+    "deepseek-v2-lite": 15_706_484_224,
+    "gpt-oss-20b": 20_914_757_184,
 }
+# Mixtures of experts: (experts, run per token, active parameters as the model card states
+# them, whether that figure leaves the input embedding out). Mistral and Qwen count every
+# parameter a token's forward holds (embeddings included); DeepSeek and OpenAI leave the
+# input embedding (a lookup) out.
+PUBLISHED_MOE = {
+    "mixtral-8x7b": (8, 2, 12.9e9, False),
+    "qwen3-30b-a3b": (128, 8, 3.3e9, False),
+    "olmoe-1b-7b": (64, 8, 1.3e9, False),
+    "deepseek-v2-lite": (64, 6, 2.4e9, True),
+    "gpt-oss-20b": (32, 4, 3.6e9, True),
+}
+FAST_PUBLISHED = ("gpt2", "phi-3-mini", "llama-3.2-1b-instruct", "mixtral-8x7b")
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=() if n in ("gpt2", "phi-3-mini") else pytest.mark.slow)
+    [pytest.param(n, marks=() if n in FAST_PUBLISHED else pytest.mark.slow)
      for n in PUBLISHED_PARAMS],
 )  # fmt: skip
 def test_plan_from_a_published_config_alone(name, tmp_path):
     folder = PUBLISHED / name
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    config = json.loads((folder / "config.json").read_text())
     rc, out, err = run_plan(
         "--model", str(folder), "task=causal-lm", "--methods", "full", "--json",
         "--out", str(tmp_path), "--batch-size", "2", "--max-length", "64",
@@ -231,14 +271,72 @@ def test_plan_from_a_published_config_alone(name, tmp_path):
     assert rc == 0, err
     p = json.loads(out)
     full = p["estimates"][0]
-    assert full["total"] == PUBLISHED_PARAMS[name]  # exact (the bar is 0.1%)
+    assert not full["error"] and full["total"] == PUBLISHED_PARAMS[name]  # exact
     # fp32 weights + gradients + AdamW's two moments: 16 bytes a parameter, whatever dtype
-    # the checkpoint is stored in (each of these configs but GPT-2's says bfloat16)
+    # the checkpoint is stored in (most of these configs say bfloat16)
     per_param = (full["weights"] + full["gradients"] + full["optimizer"]) / full["total"]
     assert 16.0 <= per_param < 16.0001
     assert p["weights_dtype"] == "float32"
-    assert p["stored_dtype"] == ("" if name == "gpt2" else "bfloat16")
+    assert p["stored_dtype"] == config.get("torch_dtype", "")
     assert (p["longest"], p["mean_tokens"]) == (64, 64.0) and "no tokenizer" in p["tokens_from"]
+    assert full["activations"] > 0 and full["flops_per_example"] > 0
+    if name not in PUBLISHED_MOE:
+        assert p["experts"] is None and full["active"] == full["total"]
+        return
+    n, k, stated, no_embedding = PUBLISHED_MOE[name]
+    assert p["experts"] == [n, k]
+    total, routed = moe_shapes(config)
+    assert full["active"] == total - routed * (n - k) // n  # the experts a token skips
+    embedding = config["vocab_size"] * config["hidden_size"]
+    active = full["active"] - (embedding if no_embedding else 0)
+    assert abs(active / stated - 1) < 0.03, (active, stated)  # the card's rounded figure
+    # FLOPs by the experts a token runs: 6 x the active non-embedding weights per token
+    assert full["flops_per_example"] == 64 * 6 * (full["active"] - embedding)
+
+
+def moe_shapes(c: dict) -> tuple[int, int]:
+    """(total, routed-expert) parameters of a published MoE decoder, by hand from its shapes."""
+    h, v, layers = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
+    heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+    d = c.get("head_dim") or h // heads
+    n = c.get("num_local_experts") or c.get("num_experts") or c["n_routed_experts"]
+    if c["model_type"] == "deepseek_v2":  # multi-head latent attention, one dense layer first
+        qk = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
+        attn = (h * heads * qk + h * (c["kv_lora_rank"] + c["qk_rope_head_dim"])
+                + c["kv_lora_rank"] + c["kv_lora_rank"] * heads * (c["qk_nope_head_dim"]
+                + c["v_head_dim"]) + heads * c["v_head_dim"] * h)  # fmt: skip
+        m = c["moe_intermediate_size"]
+        expert = 3 * h * m
+        shared = c["n_shared_experts"] * expert
+        dense = 3 * h * c["intermediate_size"]
+        moe_layers = layers - c["first_k_dense_replace"]
+        body = layers * (attn + 2 * h) + moe_layers * (n * expert + shared + n * h) + dense
+        return 2 * v * h + body + h, moe_layers * n * expert
+    bias = c.get("attention_bias", False)
+    attn = h * heads * d + 2 * h * kv * d + heads * d * h
+    attn += (heads * d + 2 * kv * d + h) if bias else 0
+    attn += heads if c["model_type"] == "gpt_oss" else 0  # attention sinks
+    attn += 2 * d if c["model_type"] == "qwen3_moe" else 0  # q and k norms
+    attn += (heads * d + kv * d) if c["model_type"] == "olmoe" else 0  # q and k norms, full width
+    m = c.get("moe_intermediate_size") or c["intermediate_size"]
+    expert = 3 * h * m + ((2 * m + h) if c["model_type"] == "gpt_oss" else 0)  # + biases
+    router = n * h + (n if c["model_type"] == "gpt_oss" else 0)
+    body = layers * (attn + n * expert + router + 2 * h)
+    return 2 * v * h + body + h, layers * n * expert
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_MOE))
+def test_published_counts_follow_from_the_shapes(name):
+    """The published totals above, re-derived by hand from each MoE config's shapes (no
+    transformers, no tunelab), and the active count of a token from them: total less the
+    routed experts it does not run."""
+    c = json.loads((PUBLISHED / name / "config.json").read_text())
+    total, routed = moe_shapes(c)
+    assert total == PUBLISHED_PARAMS[name]
+    n, k, stated, no_embedding = PUBLISHED_MOE[name]
+    embedding = c["vocab_size"] * c["hidden_size"] if no_embedding else 0
+    active = total - routed * (n - k) // n - embedding
+    assert abs(active / stated - 1) < 0.03, (active, stated)  # 2 significant digits
 
 
 def test_untraceable_forward_falls_back_to_real_shallow_copies():

@@ -182,7 +182,7 @@ def block_roles(block: nn.Module) -> dict[str, tuple[str, ...]]:
     back to the model width, mlp_in widens)."""
     roles: dict[str, list[str]] = {r: [] for r in (*_ROLE_NAMES, "attn_out", "mlp_in", "mlp_out")}
     for path, module in block.named_modules():
-        if not path or not is_linear(module):
+        if not path or not is_linear(module) or is_router(path, module):
             continue
         leaf = path.rsplit(".", 1)[-1]
         if _ATTENTION_PART.search(path):
@@ -195,6 +195,15 @@ def block_roles(block: nn.Module) -> dict[str, tuple[str, ...]]:
             role = "mlp_out" if n_in > n_out else "mlp_in"
         roles[role].append(path)
     return {r: tuple(paths) for r, paths in roles.items() if paths}
+
+
+def is_router(path: str, module: nn.Module) -> bool:
+    """A mixture of experts' router (a linear layer from the model width to a score per
+    expert, in some families a Linear subclass): no role, so no adapter reaches it."""
+    if "Router" in type(module).__name__:
+        return True
+    n_in, n_out = features(module)
+    return path.rsplit(".", 1)[-1] in ("gate", "router") and n_out * 4 <= n_in
 
 
 def head_modules(model: nn.Module) -> tuple[str, ...]:
@@ -234,3 +243,60 @@ def with_layers(config, n: int):
         if isinstance(getattr(text, name, None), list):
             setattr(text, name, getattr(text, name)[:n])
     return config
+
+
+# ------------------------------------------------------------------ mixture of experts
+
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+PER_TOKEN_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k")
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A mixture-of-experts model's routed experts: ``n`` per MoE layer, ``per_token`` run for
+    each token, their parameters (every MoE layer's, ids of the tensors) and the routers'
+    module paths. Shared experts (DeepSeek's) run for every token: they are not routed."""
+
+    n: int
+    per_token: int
+    params: frozenset[int]
+    routers: tuple[str, ...]
+    weights: tuple[str, ...]
+    """Block-relative names of the fused expert weights (3-D: expert x out x in), what peft's
+    ``target_parameters`` adapts."""
+
+    @property
+    def active_fraction(self) -> float:
+        return self.per_token / self.n
+
+
+def experts(model: nn.Module) -> Experts | None:
+    """The routed experts of ``model`` (a peft wrapper too), None for a dense model: modules
+    transformers names ``*Experts`` (fused, one 3-D weight per projection) or ``experts``
+    lists of expert MLPs, sized by the config's expert count and experts per token."""
+    base = unwrap(model)
+    text = base.config.get_text_config() if hasattr(base.config, "get_text_config") else None
+    text = text or base.config
+    n, k = _config_int(text, *EXPERT_KEYS), _config_int(text, *PER_TOKEN_KEYS)
+    if not n or not k:
+        return None
+    found = [(name, m) for name, m in base.named_modules()
+             if (type(m).__name__.endswith("Experts") and "Shared" not in type(m).__name__)
+             or (name.endswith(".experts") and isinstance(m, nn.ModuleList))]  # fmt: skip
+    if not found:
+        return None
+    params = frozenset(id(p) for _, m in found for p in m.parameters())
+    routers = tuple(
+        name for name, m in base.named_modules()
+        if "Router" in type(m).__name__ or (is_linear(m) and is_router(name, m))
+    )  # fmt: skip
+    a = anatomy(base)
+    weights = sorted({_relative(a, f"{name}.{pn}") for name, m in found
+                      for pn, p in m.named_parameters(recurse=False) if p.ndim == 3})  # fmt: skip
+    return Experts(n, k, params, routers, tuple(w for w in weights if w))
+
+
+def _relative(a: Anatomy, name: str) -> str:
+    """A parameter's path inside its block ("" outside the stack)."""
+    m = re.search(rf"(?:^|\.){re.escape(a.stack)}\.\d+\.(.+)$", name) if a.stack else None
+    return m.group(1) if m else ""

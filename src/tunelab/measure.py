@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tunelab import batches as B
-from tunelab.anatomy import anatomy
+from tunelab.anatomy import anatomy, experts
 from tunelab.loggers import EvalProgress
 from tunelab.precision import autocast
 from tunelab.results import Scores
@@ -28,10 +28,16 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab"
 
 
 def count_params(model: nn.Module) -> dict[str, float]:
-    """Trainable and total parameter counts (peft's copies of the head counted once each)."""
+    """Trainable and total parameter counts (peft's copies of the head counted once each);
+    ``active``: the parameters one token runs through, less than the total for a mixture of
+    experts (each token runs ``per_token`` of the ``n`` routed experts of a layer)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
+    moe = experts(model)
+    routed = sum(p.numel() for p in model.parameters() if moe and id(p) in moe.params)
+    active = total - round(routed * (1 - moe.active_fraction)) if moe else total
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
+            "active": active}  # fmt: skip
 
 
 def flops_per_token(model: nn.Module) -> dict[str, int]:
@@ -42,8 +48,9 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
     (nothing below it needs a gradient); weight gradients 2T for T trainable non-embedding
     weights. Attention-score FLOPs (4 L s d per token) are left out: under 2% for the short
     sequences here. Blocks shared across layers (ALBERT) count once per layer that runs them.
+    A mixture of experts' routed experts count for the share of them a token runs.
     """
-    a = anatomy(model)
+    a, moe = anatomy(model), experts(model)
     named = [(name, p, a.depth(name)) for name, p in model.named_parameters()]
     lowest = min((d for _, p, d in named if p.requires_grad), default=a.n_blocks + 1)
     reuse = a.n_layers / a.n_blocks if a.n_blocks else 1
@@ -52,6 +59,7 @@ def flops_per_token(model: nn.Module) -> dict[str, int]:
         if d == 0:  # embedding tables and soft prompts: lookups, no matmul
             continue
         size = round(p.numel() * reuse) if d <= a.n_blocks else p.numel()
+        size = round(size * moe.active_fraction) if moe and id(p) in moe.params else size
         n += size
         bwd += size if d >= lowest else 0
         trainable += size if p.requires_grad else 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tunelab.anatomy import anatomy, unwrap
+from tunelab.anatomy import anatomy, experts, unwrap
 from tunelab.assets import package_dir
 from tunelab.errors import ConfigError, NoTokenizer, TunelabError
 
@@ -255,19 +255,24 @@ def apply_method(method, model: nn.Module, frozen: torch.dtype) -> nn.Module:
 def store_frozen(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """The frozen weights of linear layers stored in ``dtype``: exactly what bf16 autocast
     casts to bf16 before every matmul, so the step computes the same numbers without holding
-    a bf16 copy next to an fp32 original. Embeddings (and a head tied to them), norms and
+    a bf16 copy next to an fp32 original. A mixture of experts' fused expert weights too
+    (transformers multiplies them in their own dtype, so stored in bf16 they compute in bf16
+    as a linear layer under autocast does). Embeddings (and a head tied to them), norms and
     every trained parameter stay fp32: the residual stream and AdamW's updates are unchanged."""
     if dtype == WEIGHTS_DTYPE:
         return model
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = {id(embed.weight)} if embed is not None else set()
+    moe = experts(model)
     cast: set[int] = set()
     for module in model.modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's
-            for p in module.parameters(recurse=False):
-                if not p.requires_grad and p.is_floating_point() and id(p) not in tied:
-                    p.data = p.data.to(dtype)
-                    cast.add(id(p))
+        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"  # GPT-2's
+        for p in module.parameters(recurse=False):
+            if not (linear or (moe and id(p) in moe.params)):
+                continue
+            if not p.requires_grad and p.is_floating_point() and id(p) not in tied:
+                p.data = p.data.to(dtype)
+                cast.add(id(p))
     if cast:
         own_memory(model, skip=cast)  # the cast weights are new tensors already
         from tunelab.fast import release_freed

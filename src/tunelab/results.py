@@ -32,6 +32,7 @@ class Params:
     trainable: int = 0
     total: int = 0
     trainable_pct: float = 0.0
+    active: int = 0  # a token's parameters (mixture of experts: < total); 0: older records
 
 
 @dataclass
@@ -46,8 +47,7 @@ class Timing:
     cpu_s: float = 0.0
     """This process's CPU time (all threads) during the training steps."""
     other_cpu_s: float = 0.0
-    """CPU time every other process on the machine used meanwhile (/proc/stat, steal
-    included)."""
+    """CPU time every other process on the machine used meanwhile (/proc/stat, + steal)."""
     threads: int = 0
     """CPU threads torch computed with (0: trained on a GPU, or not measured)."""
     cores: int = 0

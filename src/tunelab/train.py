@@ -26,10 +26,11 @@ from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, knobs
 from tunelab.models import apply_method, compile_model, frozen_dtype, load_model
 from tunelab.optim import make_optimizer, make_scheduler, step_budget
-from tunelab.precision import accelerator, autocast, choose_precision, device_type
+from tunelab.plan.trace import refuse_early
+from tunelab.precision import accelerator, autocast
 from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
 from tunelab.resume import Progress, Saver
-from tunelab.tasks import Prepared, check_task, data_info, prepare_data
+from tunelab.tasks import Prepared, data_info, prepare_data
 
 PAUSE = "pause"
 OnValidation = Callable[[int, Scores], bool | str | None]
@@ -78,8 +79,7 @@ def run(
     if done and done.ok:
         return done
     method = cfg.method  # built and checked with the config, before anything touches disk
-    check_task(cfg)
-    choose_precision(cfg.train.mixed_precision, device_type(cfg.train.device))  # or refused
+    refuse_early(cfg)  # the task, the precision here, the method on this model
     rundir.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (secrets redacted)
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
     record.tuning = tuning

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from tunelab.anatomy import Anatomy, NotApplicable, anatomy
+from tunelab.anatomy import Anatomy, NotApplicable, anatomy, experts
 from tunelab.models import is_causal_lm
 
 
@@ -80,7 +80,14 @@ def adapter_targets(model: nn.Module, table: dict, chosen: list[str] | None, met
     a = anatomy(model)
     if not chosen or chosen == ["all-linear"]:
         roles = ALL_LINEAR if chosen else DEFAULT_ROLES
-        return a.pattern(stack_targets(a, {} if chosen else table, roles, method))
+        hit = stack_targets(a, {} if chosen else table, roles, method)
+        moe = experts(model)  # a router stays frozen unless named
+        routers = (
+            {r.rsplit(f"{a.stack}.", 1)[-1].split(".", 1)[-1] for r in moe.routers}
+            if moe
+            else set()
+        )
+        return a.pattern([p for p in hit if p not in routers])
     clash = [n for n, _ in model.named_modules() if a.is_head(n + ".") and
              any(n == t or n.endswith("." + t) for t in chosen)]  # fmt: skip
     if clash:
@@ -89,6 +96,29 @@ def adapter_targets(model: nn.Module, table: dict, chosen: list[str] | None, met
             f"in full; name modules inside the transformer blocks"
         )
     return chosen
+
+
+def expert_targets(model: nn.Module, chosen: list[str] | None, method: str, dropout: float):
+    """peft's ``target_parameters`` for LoRA on a mixture of experts' fused expert weights:
+    ``[experts]`` = every routed expert weight the model has (``anatomy.experts``), else the
+    user's names; {} when unset. Refused on a model without fused experts, and with dropout
+    (peft applies none to a parameter it adapts)."""
+    from tunelab.errors import ConfigError
+
+    if not chosen:
+        return {}
+    moe = experts(model)
+    if not moe or not moe.weights:
+        raise NotApplicable(
+            f"method.target_parameters on {anatomy(model).model_type}: it has no fused routed "
+            f"expert weights to adapt; leave it unset"
+        )
+    if dropout:
+        raise ConfigError(
+            f"method.target_parameters: peft's LoRA on expert weights has no dropout; set "
+            f"method.dropout=0 (got {dropout:g}) ({method})"
+        )
+    return {"target_parameters": list(moe.weights) if chosen == ["experts"] else chosen}
 
 
 def peft_adapter(model: nn.Module, config_class, **knobs: Any) -> nn.Module:

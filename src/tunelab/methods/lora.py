@@ -31,7 +31,13 @@ from typing import Annotated, ClassVar, Literal
 from torch import nn
 
 from tunelab.fields import Positive, Range
-from tunelab.methods.base import Method, adamw_groups, adapter_targets, peft_adapter
+from tunelab.methods.base import (
+    Method,
+    adamw_groups,
+    adapter_targets,
+    expert_targets,
+    peft_adapter,
+)
 
 INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
@@ -59,6 +65,11 @@ class LoRA(Method):
     target_modules: list[str] | None = None
     """Module names to adapt; unset = query/value found in the model (peft's table first),
     [all-linear] = every linear layer of the transformer blocks."""
+    target_parameters: list[str] | None = None
+    """A mixture of experts' fused expert weights to adapt as well (peft's
+    ``target_parameters``: each expert gets its own low-rank update): [experts] = every routed
+    expert weight; unset = none (the experts stay frozen). Needs dropout=0. The routers are
+    never adapted unless named here."""
     dora: bool = False
     """DoRA: a trained magnitude per output, LoRA on the direction (arXiv:2402.09353)."""
     rslora: bool = False
@@ -84,6 +95,7 @@ class LoRA(Method):
             use_dora=self.dora,
             use_rslora=self.rslora,
             init_lora_weights=INITS[self.init],
+            **expert_targets(model, self.target_parameters, self.name, self.dropout),
         )
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:

@@ -17,6 +17,9 @@ class Cost:
     method: str
     trainable: int = 0
     total: int = 0
+    active: int = 0
+    """Parameters a token runs through: the total for a dense model, fewer for a mixture of
+    experts (its FLOPs count these; its memory holds every expert)."""
     weights: int = 0
     gradients: int = 0
     optimizer: int = 0
@@ -72,6 +75,8 @@ class Plan:
     labelled_tokens: float | None = None
     """A decoder's labelled tokens per training row (the answer, or an SFT response): the
     positions its LM head projects; None: every position (no tokenizer to count them)."""
+    experts: list[int] | None = None
+    """A mixture of experts: [routed experts per layer, experts run per token]; else None."""
     estimates: list[Cost] = field(default_factory=list)
     suggestion: str = ""
 

@@ -66,7 +66,8 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path, base: 
         return est
     if cfg.model.quantize != "none":  # the frozen linear weights stored in NF4 instead
         t = in_nf4(t, frozen)
-    est.trainable, est.total = t["trainable"], t["total"]
+    est.trainable, est.total, est.active = t["trainable"], t["total"], t["active"]
+    plan.experts = plan.experts or t["experts"]
     est.weights, est.gradients, est.optimizer = t["weights"], t["gradients"], t["optimizer"]
     est.activations, est.activations_from = t["activations"], t["activations_from"]
     est.temporaries, est.peak = t["temporaries"], t["peak"]

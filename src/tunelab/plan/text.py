@@ -62,7 +62,24 @@ def header(p: Plan) -> str:
         f" per example, from {p.tokens_from}); {p.examples:,} examples x {p.epochs:g} epoch(s)\n"
         f"memory budget: {gib(p.memory_budget) if p.memory_budget else 'none'} ({p.memory_from})"
         f"; time budget: {duration(p.time_budget) if p.time_budget else 'none'}; matmul peak "
-        f"{p.peak_flops / 1e9:,.0f} GFLOP/s ({p.peak_from})\n"
+        f"{p.peak_flops / 1e9:,.0f} GFLOP/s ({p.peak_from})\n" + experts_line(p)
+    )
+
+
+def experts_line(p: Plan) -> str:
+    """A mixture of experts' total and active parameters, and what each decides."""
+    from tunelab.methods import METHODS
+
+    every = [e for e in p.estimates if not e.error and METHODS[e.method].trains_every_weight]
+    full = every[0] if every else None
+    e = full or next((e for e in p.estimates if not e.error), None)
+    if not p.experts or e is None:
+        return ""
+    n, k = p.experts
+    return (
+        f"mixture of experts: {n} routed experts a layer, {k} run for each token: "
+        f"{e.total:,} parameters{'' if full else ' (with the adapter)'}, {e.active:,} active "
+        f"per token (FLOPs and time count the active ones; memory holds every expert)\n"
     )
 
 

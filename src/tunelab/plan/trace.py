@@ -5,11 +5,12 @@ cannot follow, real 1- and 2-layer copies scaled to the depth); evaluation's wor
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import torch
 
 from tunelab import measure
-from tunelab.anatomy import config_layers, with_layers
+from tunelab.anatomy import NotApplicable, config_layers, experts, with_layers
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
@@ -34,9 +35,9 @@ def model_config(name: str, task: str, n_labels: int):
         config.num_labels = n_labels
         config.problem_type = PROBLEM_TYPE
     if getattr(config, "pad_token_id", None) is None:  # decoders: classification needs one
-        config.pad_token_id = getattr(config, "eos_token_id", None) or 0
-        if isinstance(config.pad_token_id, list):
-            config.pad_token_id = config.pad_token_id[0]
+        eos = getattr(config, "eos_token_id", None)  # a list in Llama 3.x, Gemma 3 (-it), ...
+        config.pad_token_id = (eos[0] if eos else None) if isinstance(eos, list) else eos
+        config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
     return config
 
 
@@ -47,10 +48,68 @@ def build(config, task: str):
 
     logging.set_verbosity_error()
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    check_head(config, task)
     try:  # in the dtype runs train in, whatever dtype the checkpoint is stored in
         return cls.from_config(config, dtype=WEIGHTS_DTYPE)
     except Exception as e:
         raise TunelabError(f"cannot build {config.model_type} for {task}: {e}") from None
+
+
+def check_head(config, task: str) -> None:
+    """Refuse a task the installed transformers has no head class for, in one line."""
+    import transformers
+    from transformers.models.auto import modeling_auto as auto
+
+    table = (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if task == "causal-lm"
+             else auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)  # fmt: skip
+    if config.model_type in auto.MODEL_MAPPING_NAMES and config.model_type not in table:
+        head, other = (
+            ("causal-LM", "task=classification") if task == "causal-lm"
+            else ("sequence-classification", "task=causal-lm (the labels as words it writes)")
+        )  # fmt: skip
+        raise NotApplicable(
+            f"{config.model_type} has no {head} head in transformers "
+            f"{transformers.__version__}; use {other}"
+        )
+
+
+def refuse_early(cfg: RunConfig) -> None:
+    """Refuse a run that cannot work before anything is loaded or written: the task setting
+    (``tasks.check_task``), the precision on this device, and the method on this model,
+    applied to the model built from its config alone on the meta device (no weights read:
+    IA3 on a mixture of experts is refused in a second, not after loading 90 GB). A config
+    that cannot be read or built here (remote code, a name the Hub must resolve) is left to
+    the real load, which says why."""
+    from tunelab.precision import choose_precision, device_type
+    from tunelab.tasks import check_task
+
+    check_task(cfg)
+    choose_precision(cfg.train.mixed_precision, device_type(cfg.train.device))  # or refused
+    applies(cfg)
+
+
+def applies(cfg: RunConfig) -> None:
+    """The configured method applied to the model built from its config on the meta device:
+    raises ``NotApplicable`` (one line: why, and what can) if it cannot apply; a config this
+    cannot read or build is left to the real load."""
+    from accelerate import init_empty_weights
+
+    try:
+        config = model_config(cfg.model.name, cfg.task, 2)
+        with init_empty_weights():
+            model = build(config, cfg.task)
+    except NotApplicable:
+        raise
+    except Exception:  # remote code, no network, ...: the real load says why
+        return
+    with warnings.catch_warnings(), init_empty_weights():
+        warnings.simplefilter("ignore")
+        try:
+            apply_method(build_method(spec(cfg, cfg.method.name)), model, WEIGHTS_DTYPE)
+        except TunelabError:  # NotApplicable, or a target naming the task head
+            raise
+        except Exception:  # what only the meta device trips on: the real run will tell
+            return
 
 
 def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGHTS_DTYPE):
@@ -146,7 +205,7 @@ def trace(
     from tunelab import fast
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), traceable_experts():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations, not ours
         model = fake_model(config, task, knobs, mode, frozen)
         with mode:
@@ -156,6 +215,7 @@ def trace(
                 **measure.count_params(model),
                 **state_bytes(model),
                 "quantized": quantized_params(model),
+                "experts": [moe.n, moe.per_token] if (moe := experts(model)) else None,
                 "flops_per_token": measure.flops_per_token(model)["total"],
             }
             labelled = labelled if keeps_logits(model) else None
@@ -168,11 +228,54 @@ def trace(
                 return with_peak(out)
             except (DynamicOutputShapeException, DataDependentOutputException) as e:
                 why = f"{type(e).__name__} ({e}) under fake tensors"
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+                first = (str(e).strip().splitlines() or [""])[0][:200]  # an op without a
+                why = f"{type(e).__name__} ({first}) under fake tensors"  # fake kernel
+        check_copies_fit(config, out["weights"], why)
         out["activations"], out["largest"], n = layer_scaled_activations(
             config, task, knobs, batch, length, bf16, fast_cpu, frozen, labelled
         )
         out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
         return with_peak(out)
+
+
+@contextmanager
+def traceable_experts():
+    """While tracing, a mixture of experts' fused experts go through transformers' own
+    grouped-matmul fallback operator instead of torch's grouped matmul, whose meta kernel
+    (what fake tensors run) takes only bf16 inputs although the CPU and GPU kernels compute
+    float32 too. The fallback has a fake kernel and saves the same tensors for backward
+    (the input and the weight), so the activations traced are what a real run keeps."""
+    try:
+        from transformers.integrations import moe
+    except ImportError:
+        moe = None
+    if moe is None or not hasattr(moe, "_can_use_grouped_mm"):
+        yield  # another transformers: a failing op takes the real-copies route
+        return
+    saved = moe._can_use_grouped_mm
+    moe._can_use_grouped_mm = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        moe._can_use_grouped_mm = saved
+
+
+def check_copies_fit(config, weights: int, why: str) -> None:
+    """Refuse, in one line, real 1- and 2-layer copies that would not fit in half the free
+    memory (two blocks of a very wide model: the fallback is for what fake tensors miss,
+    never a reason to run out of memory)."""
+    import psutil
+
+    layers = config_layers(config) or 1
+    need = 2 * weights * min(1.0, 2 / layers)  # two blocks' weights, twice over (two copies)
+    free = psutil.virtual_memory().available
+    if need > free / 2:
+        raise TunelabError(
+            f"cannot plan {config.model_type}: its forward could not be traced, {why}, and real "
+            f"1- and 2-layer copies would need about {need / 2**30:.1f} GiB "
+            f"({free / 2**30:.1f} GiB free)"
+        )
 
 
 def in_nf4(t: dict, frozen: torch.dtype) -> dict:
