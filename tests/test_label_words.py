@@ -52,8 +52,11 @@ def batch(tok, n: int = 6):
 def wrap(model, how: str):
     import peft
 
-    if how == "lora":
-        cfg = peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules="all-linear")
+    from tunelab.methods.base import adapter_targets
+
+    if how == "lora":  # every linear layer of the blocks but a mixture of experts' routers
+        targets = adapter_targets(model, {}, ["all-linear"], "lora")
+        cfg = peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=targets)
         model = peft.get_peft_model(model, cfg)
         for n, p in model.named_parameters():  # LoRA B starts at zero: make it matter
             if "lora_B" in n:

@@ -30,11 +30,11 @@ class IA3(Method):
         from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TABLE
 
         a = anatomy(model)
-        if experts(model) and not a.roles.get("mlp_out"):
+        if experts(model):
             raise NotApplicable(
-                f"ia3 on {a.model_type}: its feed-forward layers are routed experts fused into "
-                f"3-D weights, which peft's IA3 cannot rescale; use lora "
-                f"(method.target_parameters=[experts] adapts them), full or bitfit"
+                f"ia3 on {a.model_type}: its feed-forward layers are routed experts (fused "
+                f"3-D weights), which peft's IA3 cannot rescale; use lora "
+                f"(method.target_parameters=[experts] adapts them) or full"
             )
         ff = stack_targets(a, FF_TABLE, [("mlp_out",)], "ia3")
         kv = stack_targets(a, TABLE, [("k", "v"), ("qkv",)], "ia3")

@@ -5,7 +5,6 @@ cannot follow, real 1- and 2-layer copies scaled to the depth); evaluation's wor
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 
 import torch
 
@@ -15,6 +14,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
 from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, apply_method, resolve
+from tunelab.plan import grouped
 from tunelab.quantize import NF4_BYTES, quantized_params
 from tunelab.tasks.causal_lm import keeps_logits
 
@@ -205,7 +205,7 @@ def trace(
     from tunelab import fast
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with warnings.catch_warnings(), traceable_experts():
+    with warnings.catch_warnings(), grouped.traceable():  # a mixture of experts' experts
         warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations, not ours
         model = fake_model(config, task, knobs, mode, frozen)
         with mode:
@@ -237,28 +237,6 @@ def trace(
         )
         out["activations_from"] = f"real 1- and 2-layer copies scaled to {n} layers: {why}"
         return with_peak(out)
-
-
-@contextmanager
-def traceable_experts():
-    """While tracing, a mixture of experts' fused experts go through transformers' own
-    grouped-matmul fallback operator instead of torch's grouped matmul, whose meta kernel
-    (what fake tensors run) takes only bf16 inputs although the CPU and GPU kernels compute
-    float32 too. The fallback has a fake kernel and saves the same tensors for backward
-    (the input and the weight), so the activations traced are what a real run keeps."""
-    try:
-        from transformers.integrations import moe
-    except ImportError:
-        moe = None
-    if moe is None or not hasattr(moe, "_can_use_grouped_mm"):
-        yield  # another transformers: a failing op takes the real-copies route
-        return
-    saved = moe._can_use_grouped_mm
-    moe._can_use_grouped_mm = lambda *args, **kwargs: False
-    try:
-        yield
-    finally:
-        moe._can_use_grouped_mm = saved
 
 
 def check_copies_fit(config, weights: int, why: str) -> None:

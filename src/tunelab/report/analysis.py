@@ -64,9 +64,18 @@ def model_short(r: RunRecord) -> str:
     return str(r.config.model.name).rstrip("/").split("/")[-1]
 
 
+# a mixture of experts also shows the parameters a token runs through, and all of them
+MOE_COLUMNS = [
+    Column("active", "active params / token", lambda r: r.params.active, "min", 0),
+    Column("total", "total params", lambda r: r.params.total, "min", 0),
+]
+
+
 def columns_for(records: list[RunRecord]) -> list[Column]:
     causal = any(r.config.task == "causal-lm" for r in records)
-    return COLUMNS + LM_COLUMNS if causal else COLUMNS
+    moe = any(0 < r.params.active < r.params.total for r in records)
+    cols = COLUMNS[:2] + MOE_COLUMNS + COLUMNS[2:] if moe else COLUMNS
+    return cols + LM_COLUMNS if causal else cols
 
 
 def row_label(records: list[RunRecord]) -> Callable[[RunRecord], str]:
@@ -212,7 +221,7 @@ def ranked(rows: list[Row]) -> list[Row]:
 def best_of(rows: list[Row]) -> dict[str, float]:
     """Best mean per column among the rows that learned."""
     best = {}
-    for col in COLUMNS + LM_COLUMNS:
+    for col in COLUMNS + LM_COLUMNS + MOE_COLUMNS:
         vals = [r[col.key].mean for r in ranked(rows) if col.key in r.values]
         if vals:
             best[col.key] = max(vals) if col.better == "max" else min(vals)

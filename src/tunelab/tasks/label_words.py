@@ -2,8 +2,11 @@
 is after each prompt, the way lm-eval-harness scores multiple choice, without ever holding
 logits over the whole vocabulary at every position.
 
-Each prompt (right-padded) runs once, without its last token, keeping the key/value cache and
-computing no logits. Then, per label word, one short forward of ``[last prompt token, word
+Each prompt runs once, without its last token, keeping the key/value cache and computing no
+logits. Prompts are left-padded there, so every row's last token sits at the same cache slot
+and the word tokens follow it directly: a sliding-window layer (Gemma 2 and 3, gpt-oss,
+Mistral) measures its window in cache slots, and right padding between a short prompt and its
+word would push real tokens out of the window (and out of a sliding cache). Then, per label word, one short forward of ``[last prompt token, word
 tokens but the last]`` on a copy of that cache gives the next-token logits exactly where the
 word's tokens are scored, and log-probabilities are taken there only (the token's logit minus
 a logsumexp over the vocabulary). Memory: the cache (and one copy) plus ``rows x word length
@@ -47,12 +50,15 @@ def _chunk(model, ids: torch.Tensor, starts: torch.Tensor, words: list[list[int]
     keep = torch.arange(prefix.shape[1], device=ids.device)[None, :] < (starts - 1)[:, None]
     mask = torch.cat([torch.ones(n, virtual.shape[1], dtype=torch.long, device=ids.device),
                       keep.long()], dim=1)  # fmt: skip
-    cache, few = None, _few_logits(lm)
+    shift = prefix.shape[1] - (starts - 1)  # each row's padding, moved to its left
+    mask, few = _left(mask, shift), _few_logits(lm)
+    where = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    cache = None
     if virtual.shape[1]:  # as peft's own forward does: virtual tokens, then the prompt
         embeds = torch.cat([virtual, lm.get_input_embeddings()(prefix).to(virtual.dtype)], 1)
-        cache = lm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **few)
+        cache = lm(inputs_embeds=_left(embeds, shift), use_cache=True, **where, **few)
     elif prefix.shape[1]:
-        cache = lm(input_ids=prefix, attention_mask=mask, use_cache=True, **few)
+        cache = lm(input_ids=_left(prefix, shift), use_cache=True, **where, **few)
     cache = cache.past_key_values if cache is not None else None
     last = ids[torch.arange(n, device=ids.device), starts - 1]
     result = []
@@ -70,6 +76,15 @@ def _chunk(model, ids: torch.Tensor, starts: torch.Tensor, words: list[list[int]
         picked = logits.gather(-1, target.expand(n, -1)[..., None])[..., 0]
         result.append(picked - logits.logsumexp(-1))
     return result
+
+
+def _left(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` ([rows, length, ...], its padding at the right end) rotated right by
+    its ``shift``: the padding moved to the left, the real part ending at the last slot."""
+    width = x.shape[1]
+    index = (torch.arange(width, device=x.device)[None, :] - shift[:, None]) % width
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return x.gather(1, index)
 
 
 def _language_model(model, rows: int) -> tuple[torch.nn.Module, torch.Tensor]:
