@@ -6,10 +6,11 @@ Each prompt runs once, without its last token, keeping the key/value cache and c
 logits. Prompts are left-padded there, so every row's last token sits at the same cache slot
 and the word tokens follow it directly: a sliding-window layer (Gemma 2 and 3, gpt-oss,
 Mistral) measures its window in cache slots, and right padding between a short prompt and its
-word would push real tokens out of the window (and out of a sliding cache). Then, per label word, one short forward of ``[last prompt token, word
-tokens but the last]`` on a copy of that cache gives the next-token logits exactly where the
-word's tokens are scored, and log-probabilities are taken there only (the token's logit minus
-a logsumexp over the vocabulary). Memory: the cache (and one copy) plus ``rows x word length
+word would push real tokens out of the window (and out of a sliding cache). Then, per label
+word, one short forward of ``[last prompt token, word tokens but the last]`` on a copy of
+that cache gives the next-token logits exactly where the word's tokens are scored, and
+log-probabilities are taken there only (the token's logit minus a logsumexp over the
+vocabulary). Memory: the cache (and one copy) plus ``rows x word length
 x vocabulary`` logits, instead of ``rows x prompt length x vocabulary`` per word. Rows are
 processed in chunks whose cache fits ``CACHE_BYTES``.
 
