@@ -52,6 +52,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
         "kv_lora_rank": 16, "q_lora_rank": None, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
         "v_head_dim": 16, "n_group": 1, "topk_group": 1}),
     "gpt_oss": ("decoder", {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16,
+                            "max_position_embeddings": 131072,  # its YaRN's 32 x 4096
                             "layer_types": ["sliding_attention", "full_attention"], **MOE}),
 }  # fmt: skip
 MOE_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "phimoe", "deepseek_v2", "gpt_oss")
