@@ -250,3 +250,20 @@ def test_a_tune_only_folder_says_what_the_trials_show():
     assert run_label(trials[1]) == "lora trial 1"
     text = markdown("tuned", a)
     assert "No recommendation yet" in text and "## Verdicts" in text
+
+
+def test_a_mixture_of_experts_shows_active_and_total_parameters():
+    """The table gains "active params / token" and "total params" when a compared model is a
+    mixture of experts (active below total), and only then."""
+    from tunelab.report.render import markdown_table
+
+    dense = [record("full", 0.8, 0.8), record("lora", 0.8, 0.79, trainable=10)]
+    a = analyse(dense)
+    assert "active params / token" not in markdown_table(a)
+    moe = [record("full", 0.8, 0.8), record("lora", 0.8, 0.79, trainable=10)]
+    for r in moe:
+        r.params.active = 2_500
+    table = markdown_table(analyse(moe))
+    head = table.splitlines()[0]
+    assert "active params / token" in head and "total params" in head
+    assert "2,500" in table and "10,000" in table

@@ -178,3 +178,13 @@ def test_expert_targets_are_refused_where_they_cannot_apply():
         )
     with pytest.raises(ConfigError, match="method.dropout=0"):
         build_method({"name": "lora", "target_parameters": ["experts"]}).prepare(causal("mixtral"))
+
+
+def test_a_comparison_refuses_a_method_the_model_cannot_take_before_any_run(moe_model, tmp_path):
+    make, data = moe_model
+    rc, err = cli("compare", "--methods", "lora,ia3", "--out", str(tmp_path),
+                  f"model.name={make('mixtral')}", f"data.dataset={data}", "task=causal-lm",
+                  "tracker=none")  # fmt: skip
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "ia3 on mixtral" in lines[0], err
+    assert not list(tmp_path.glob("*-seed0"))  # lora did not run first

@@ -12,6 +12,7 @@ from tunelab.config import RunConfig, for_method
 from tunelab.errors import RunFailed, TunelabError
 from tunelab.files import write_text
 from tunelab.methods import METHODS
+from tunelab.plan.trace import refuse_early_all
 from tunelab.report.render import csv_table, markdown_table
 from tunelab.report.summary import Analysis, analyse
 from tunelab.results import (
@@ -129,6 +130,7 @@ def run_configs(req: Request) -> list[RunConfig]:
                 cfg = for_method(base, method, {**params, "train.seed": seed}, **top)
                 cfg.data.max_train_examples = size
                 configs.append(cfg)
+    refuse_early_all(base, req.methods)  # a method this model cannot take: said at once
     return configs
 
 

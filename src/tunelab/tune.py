@@ -24,6 +24,7 @@ from tunelab.config import RunConfig, TuneConfig, for_method, redact, to_dict
 from tunelab.errors import ConfigError, RunFailed, TunelabError
 from tunelab.files import alive, write_text
 from tunelab.guard import fault
+from tunelab.plan.trace import refuse_early_all
 from tunelab.race import Standing, out_of_race
 from tunelab.results import (
     MethodTuning,
@@ -308,6 +309,7 @@ def tune(base: RunConfig, methods: list[str], workers: int = 1) -> TuningSummary
     import multiprocessing
 
     spaces = check_spaces(methods, base.tune)  # refuse a bad space before any process starts
+    refuse_early_all(base, methods)  # and a method this model cannot take
     if base.tune.pruner == "halving":  # each bracket asked once, before any worker starts
         storage = storage_for(base)
         for m in methods:

@@ -88,6 +88,14 @@ def refuse_early(cfg: RunConfig) -> None:
     applies(cfg)
 
 
+def refuse_early_all(base: RunConfig, methods: list[str]) -> None:
+    """``refuse_early`` for each method of a comparison or tuning, before its first run."""
+    from tunelab.config import for_method
+
+    for method in methods:
+        refuse_early(for_method(base, method, {}))
+
+
 def applies(cfg: RunConfig) -> None:
     """The configured method applied to the model built from its config on the meta device:
     raises ``NotApplicable`` (one line: why, and what can) if it cannot apply; a config this
