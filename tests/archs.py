@@ -34,7 +34,6 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "mpnet": ("encoder", {}),
     "xlm-roberta": ("encoder", {}),
     "ernie": ("encoder", {}),
-    "roformer": ("encoder", {"embedding_size": 32}),
     "qwen3": ("decoder", {"num_key_value_heads": 1, "head_dim": 16}),
     "gemma2": ("decoder", {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16}),
     "gemma3_text": ("decoder", {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16}),

@@ -32,7 +32,6 @@ EXPECTED = {
     "mpnet": ("mpnet.encoder.layer", {"attention.attn.q", "attention.attn.v"}, ("classifier",)),
     "xlm-roberta": ("roberta.encoder.layer", {"attention.self.query", "attention.self.value"}, ("classifier",)),
     "ernie": ("ernie.encoder.layer", {"attention.self.query", "attention.self.value"}, ("classifier",)),
-    "roformer": ("roformer.encoder.layer", {"attention.self.query", "attention.self.value"}, ("classifier",)),
     "qwen3": ("model.layers", {"self_attn.q_proj", "self_attn.v_proj"}, ("score",)),
     "gemma2": ("model.layers", {"self_attn.q_proj", "self_attn.v_proj"}, ("score",)),
     "gemma3_text": ("model.layers", {"self_attn.q_proj", "self_attn.v_proj"}, ("score",)),

@@ -135,7 +135,7 @@ def peft_adapter(model: nn.Module, config_class, **knobs: Any) -> nn.Module:
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
             return get_peft_model(model, cfg)
     except (ValueError, TypeError, NotImplementedError) as e:
-        name = config_class.__name__.removesuffix("Config")
+        name = config_class.__name__.removesuffix("Config").lower()  # the method's name
         raise NotApplicable(f"{name} on {a.model_type}: peft refuses it: {e}") from None
 
 
