@@ -130,7 +130,9 @@ def run_configs(req: Request) -> list[RunConfig]:
                 cfg = for_method(base, method, {**params, "train.seed": seed}, **top)
                 cfg.data.max_train_examples = size
                 configs.append(cfg)
-    refuse_early_all(base, req.methods)  # a method this model cannot take: said at once
+    failed = {m for m, t in (tuned.methods if tuned else {}).items() if t.best_value is None}
+    refuse_early_all(base, [m for m in req.methods if m not in failed])  # said at once (a
+    # method whose every trial failed still runs once: its failure recorded in the report)
     return configs
 
 
