@@ -144,10 +144,12 @@ def _rows(run_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, reason", [("bitfit", "has none"), ("prefix", "past_key_values")])
 def test_methods_that_cannot_work_on_llama_say_why(method, reason, tiny_llama, toy_csv, tmp_path):
-    from tunelab.errors import RunFailed
+    from tunelab.errors import RunFailed, TunelabError
 
-    with pytest.raises(RunFailed, match=reason):
+    with pytest.raises(TunelabError, match=reason) as refused:  # refused before the run starts
         run(llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": method}))
+    assert not isinstance(refused.value, RunFailed) and "\n" not in str(refused.value)
+    assert not list(tmp_path.glob(f"{method}*"))  # no run folder, nothing recorded
 
 
 @pytest.mark.slow
