@@ -61,7 +61,7 @@ def side(base: str, examples: int, out: Path) -> dict:
 
 def planned(base: str, examples: int) -> int:
     from tunelab.config import load_config
-    from tunelab.plan import plan
+    from tunelab.planning import plan
 
     cfg = load_config(
         str(ROOT / "configs" / "decoder-demo.yaml"),

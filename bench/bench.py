@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.plan import peak_flops
+from tunelab.planning import peak_flops
 from tunelab.results import read_record
 
 HERE = Path(__file__).parent

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tunelab import measure  # noqa: E402
 from tunelab.assets import package_dir  # noqa: E402
-from tunelab.compare import Request, compare, summarize  # noqa: E402
+from tunelab.comparison import Request, compare, summarize  # noqa: E402
 from tunelab.config import load_config  # noqa: E402
 from tunelab.report.convergence import diagnose  # noqa: E402
 from tunelab.results import load_records  # noqa: E402

@@ -116,7 +116,7 @@ class Check:
         return load_config(None, [f"{k}={v}" for k, v in over.items()] + list(extra))
 
     def run(self, model: str, task: str, method: str, *extra: str) -> dict:
-        from tunelab.predict import score_run
+        from tunelab.inference import score_run
         from tunelab.rundir import run_dir_for
         from tunelab.train import run
 
@@ -133,7 +133,7 @@ class Check:
         }  # fmt: skip
 
     def planned_vs_measured(self, method: str, *extra: str) -> dict:
-        from tunelab.plan import plan
+        from tunelab.planning import plan
 
         cfg = self.config(self.decoder, "causal-lm", method, *extra)
         est = plan(cfg, [method], device=self.device).estimates[0]

@@ -94,7 +94,7 @@ def one(way: str) -> dict:
 def plan_eval_peak() -> int:
     """What `tunelab plan` predicts for this evaluation: weights + one batch's working set."""
     from tunelab.models import load_model
-    from tunelab.plan import eval_working_set
+    from tunelab.planning import eval_working_set
 
     model = load_model("smollm2", WORDS, lm_head=True)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())

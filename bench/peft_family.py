@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunelab.compare import summarize  # noqa: E402
+from tunelab.comparison import summarize  # noqa: E402
 from tunelab.report.stats import same  # noqa: E402
 from tunelab.results import TuningSummary, load_records  # noqa: E402
 

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import sh, write_results  # noqa: E402
-from tunelab import fast, measure, plan  # noqa: E402
+from tunelab import fast, measure  # noqa: E402
+from tunelab import planning as plan  # noqa: E402
 from tunelab.config import load_config  # noqa: E402
 from tunelab.methods import METHODS, build_method  # noqa: E402
 from tunelab.optim import make_optimizer  # noqa: E402

@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunelab import measure, plan  # noqa: E402
+from tunelab import measure  # noqa: E402
+from tunelab import planning as plan  # noqa: E402
 from tunelab.methods import build_method  # noqa: E402
 from tunelab.optim import make_optimizer  # noqa: E402
 

@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from tunelab import plan  # noqa: E402
+from tunelab import planning as plan  # noqa: E402
 from tunelab.methods import METHODS  # noqa: E402
 from tunelab.models import frozen_dtype  # noqa: E402
-from tunelab.plan import gib  # noqa: E402
+from tunelab.planning import gib  # noqa: E402
 
 START, END = "<!-- plan-7b:start -->", "<!-- plan-7b:end -->"
 FOLDER = ROOT / "tests" / "data" / "published" / "llama-2-7b"

@@ -8,7 +8,7 @@ Each case here runs `tunelab run` in a fresh process for a few optimizer steps (
 and a test pass on a small subset included, as a run does) and reads its peak resident set
 (`getrusage(RUSAGE_SELF).ru_maxrss`, the whole process's high-water mark); the plan for the
 same config is computed in this process, from config.json and the data alone. The plan's
-overhead model (tunelab.plan.process) turns the tensor peak into a range; its constants were
+overhead model (tunelab.planning.process) turns the tensor peak into a range; its constants were
 fitted on a first pass of these cases and are printed beside each.
 
     .venv/bin/python bench/process_memory.py            # 8 cases, ~15 min on 2 cores

@@ -59,7 +59,7 @@ def one_case(case: str, warmup: int, steps: int) -> dict:
 
     from tunelab import measure, train
     from tunelab.config import load_config
-    from tunelab.plan import peak_flops
+    from tunelab.planning import peak_flops
     from tunelab.results import RunRecord
 
     model, method, prec, *batch = case.split(":")

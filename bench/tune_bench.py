@@ -42,7 +42,7 @@ def setup_result(
     from tunelab.methods import METHODS
     from tunelab.results import load_records, read_record
     from tunelab.train import run
-    from tunelab.tune import trial_config, tune
+    from tunelab.tuning import trial_config, tune
 
     over = [f"data.max_train_examples={train_examples}", "tracker=none"]
     base = load_config(None, [*over, f"out_dir={out / 'tune'}"])

@@ -97,6 +97,18 @@ def toy_csv(tmp_path_factory) -> str:
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # id -> train.mixed_precision
 
 
+# make test in 10 min: the slow cases of these tests run in bf16 in make test-extended only
+# (their fp32 cases, and their fast cases in both precisions, stay in make test)
+BF16_EXTENDED = {"test_trains_reloads_and_exports_on_an_encoder"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        bf16 = "[bf16-" in item.name or item.name.endswith("[bf16]")
+        if bf16 and item.originalname in BF16_EXTENDED and item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.extended)
+
+
 @pytest.fixture(params=list(PRECISIONS))
 def precision(request) -> str:
     """train.mixed_precision of the case: ``no`` (fp32) or ``bf16`` (autocast)."""

@@ -103,8 +103,8 @@ def names_architecture(message: str, family: str) -> bool:
 @pytest.mark.parametrize("family,task,method", cases(list(METHODS)))
 def test_every_method_runs_or_is_refused(built, family, task, method, precision, tmp_path):
     from tunelab.config import load_config
+    from tunelab.inference import score_run
     from tunelab.precision import RELOAD_RTOL
-    from tunelab.predict import score_run
     from tunelab.results import read_record
     from tunelab.rundir import run_dir_for
 

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_bert_config, tiny_overrides
 from test_plan import llama_config
 
-from tunelab import plan
+from tunelab import planning as plan
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS, build_method
 from tunelab.models import frozen_dtype, store_frozen

@@ -155,7 +155,7 @@ def test_methods_that_cannot_work_on_llama_say_why(method, reason, tiny_llama, t
 @pytest.mark.slow
 def test_predict_and_export_a_decoder_run(tiny_llama, toy_csv, tmp_path, capsys):
     from tunelab.cli import main
-    from tunelab.predict import load_run_model, predict
+    from tunelab.inference import load_run_model, predict
 
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, **{"method.name": "lora", "train.lr": 1e-2})
     run(cfg)
@@ -218,7 +218,7 @@ def test_instruction_data_trains_on_the_response(tiny_llama, tmp_path):
     text = md.read_text()
     assert "| full | 1 |" in text and "validation loss" in text
     assert "Generated samples" in html.read_text()
-    from tunelab.predict import predict
+    from tunelab.inference import predict
 
     (reply,) = predict(tmp_path / "runs" / "full-causal-lm-seed0", ["Repeat the word apple."], 4)
     assert reply["prompt"] == "Repeat the word apple." and isinstance(reply["response"], str)
@@ -268,7 +268,7 @@ def test_plan_traces_the_head_on_the_labelled_positions(tiny_llama, toy_csv, tmp
     """The plan's activations for classification as text (one answer token per row) equal
     what autograd keeps in the loop's real training forward (the LM head on the labelled
     positions), far below the head over every position, which it counted before."""
-    from tunelab import plan
+    from tunelab import planning as plan
     from tunelab.methods import build_method
 
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path)

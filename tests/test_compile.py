@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_bert_config, tiny_overrides
 from test_plan import llama_config
 
-from tunelab import plan
+from tunelab import planning as plan
 from tunelab.errors import ConfigError
 from tunelab.methods import build_method
 from tunelab.models import compile_model
@@ -68,7 +68,7 @@ def test_blocks_needs_a_stack_of_blocks():
 @pytest.mark.extended  # CI runs it after make test (issue 31: make test in 10 min)
 def test_a_run_with_compiled_blocks_trains_and_saves(tmp_path, tiny_model, toy_csv):
     from tunelab.config import load_config
-    from tunelab.predict import load_run_model
+    from tunelab.inference import load_run_model
     from tunelab.train import run
 
     over = tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 1})

@@ -165,7 +165,7 @@ def test_every_field_is_documented_and_the_docs_reach_the_cli(capsys):
 
 
 def test_methods_all_names_every_method():
-    from tunelab.compare import parse_methods
+    from tunelab.comparison import parse_methods
     from tunelab.errors import TunelabError
     from tunelab.methods import METHODS
 

@@ -181,7 +181,7 @@ def test_probes_fill_the_trend_and_until_converged_stops_on_its_own(tiny_model, 
 
 
 def test_tuning_trials_run_at_their_budget_and_final_runs_to_convergence():
-    from tunelab.tune import trial_config
+    from tunelab.tuning import trial_config
 
     base = load_config(overrides=["train.until=converged", "train.epochs=10"])
     trial = trial_config(base, "lora", {}, 0)

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test in 10 min: make test-extended (CI runs it after make test)
 def test_the_device_check_runs_on_the_cpu(tmp_path):
     import device_check
 

@@ -14,7 +14,7 @@ from tunelab.config import load_config
 from tunelab.halving import Trial, climbers, rungs
 from tunelab.results import RunRecord, Scores, load_records, validation_row
 from tunelab.train import run
-from tunelab.tune import storage_for, trial_config, tune
+from tunelab.tuning import storage_for, trial_config, tune
 
 
 @pytest.mark.parametrize(
@@ -114,6 +114,7 @@ def _straight(base, method: str, params: dict, out):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test in 10 min: make test-extended (CI runs it after make test)
 def test_a_tune_killed_mid_rung_finishes_with_the_same_command(tiny_model, toy_csv, tmp_path):
     """SIGKILL (no handler: an out-of-memory kill) while the winner climbs; the same command
     goes on from the paused checkpoints and trains exactly what an uninterrupted run would."""

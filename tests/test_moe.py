@@ -55,7 +55,7 @@ def test_lora_on_the_experts_trains_reloads_and_exports(family, moe_model, preci
     from transformers import AutoModelForCausalLM
 
     from tests.test_peft_family import check_roundtrip
-    from tunelab.predict import score_run
+    from tunelab.inference import score_run
     from tunelab.results import read_metrics, read_record
 
     make, data = moe_model
@@ -74,7 +74,7 @@ def test_lora_on_the_experts_trains_reloads_and_exports(family, moe_model, preci
         "mlp.experts.down_proj",
         "mlp.experts.gate_up_proj",
     ]
-    from tunelab.predict import load_run_model
+    from tunelab.inference import load_run_model
 
     model, _ = load_run_model(run_dir)
     names = [n for n, p in model.named_parameters() if "lora_" in n]
@@ -139,8 +139,9 @@ def test_the_plan_traces_what_a_real_step_keeps(family, method, monkeypatch):
     taken away (the op fake tensors cannot follow), the real-copies fallback answers too."""
     import contextlib
 
-    from tunelab import measure, plan
-    from tunelab.plan import grouped
+    from tunelab import measure
+    from tunelab import planning as plan
+    from tunelab.planning import grouped
 
     config = tiny_config(family, _Tok())
     t = plan.trace(config, "causal-lm", {"name": method}, 4, 24, False, False)

@@ -13,9 +13,9 @@ from conftest import tiny_overrides
 from test_causal_lm import llama_cfg
 
 from tunelab.config import load_config
+from tunelab.inference import export, load_run_model
 from tunelab.methods import build_method
 from tunelab.models import load_model
-from tunelab.predict import export, load_run_model
 from tunelab.results import read_metrics
 from tunelab.tasks import prepare_data
 from tunelab.train import run
@@ -90,8 +90,8 @@ def test_trains_reloads_and_exports_on_an_encoder(variant, precision, tiny_model
                                                   tmp_path):  # fmt: skip
     from transformers import AutoModelForSequenceClassification
 
+    from tunelab.inference import score_run
     from tunelab.precision import RELOAD_RTOL
-    from tunelab.predict import score_run
 
     extra = {**knob_overrides(VARIANTS[variant]), "train.epochs": 2, "train.lr": 1e-2,
              "train.mixed_precision": precision}  # fmt: skip
@@ -112,8 +112,8 @@ def test_trains_reloads_and_exports_on_a_decoder(variant, precision, tiny_llama,
                                                  tmp_path):  # fmt: skip
     from transformers import AutoModelForCausalLM
 
+    from tunelab.inference import score_run
     from tunelab.precision import RELOAD_RTOL
-    from tunelab.predict import score_run
 
     lr = 3e-2 if variant in ("vera", "lntuning") else 1e-2
     extra = {**knob_overrides(VARIANTS[variant]), "train.lr": lr,

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_bert_config
-from tunelab import fast, measure, plan
+from tunelab import fast, measure
+from tunelab import planning as plan
 from tunelab.cli import main
 from tunelab.methods import build_method
 from tunelab.optim import make_optimizer
@@ -429,7 +430,7 @@ def test_plan_counts_a_4bit_base_and_refuses_full(precision, tmp_path):
 def test_the_process_range_inverts_to_the_room_for_tensors():
     """fits compares the process peak's high end with the budget; the largest batch comes
     from the same model read backwards (plan.process.tensor_room)."""
-    from tunelab.plan.process import process_peak, tensor_room
+    from tunelab.planning.process import process_peak, tensor_room
 
     for device in ("cpu", "cuda"):
         room = tensor_room(device, 16 * 2**30, 2**30, 400 * 2**20)

@@ -92,7 +92,7 @@ def test_cuda_rng_is_restored_only_onto_as_many_gpus(monkeypatch):
 
 
 def test_planning_for_a_gpu_without_one_says_the_peak_is_assumed(tmp_path, monkeypatch):
-    from tunelab.plan import rate
+    from tunelab.planning import rate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     peak, where = rate.cuda_peak("bf16")

@@ -13,7 +13,7 @@ pytest.importorskip("bitsandbytes", reason="model.quantize=4bit needs tunelab[ql
 
 from tunelab.config import load_config  # noqa: E402
 from tunelab.errors import ConfigError  # noqa: E402
-from tunelab.predict import export, load_run_model  # noqa: E402
+from tunelab.inference import export, load_run_model  # noqa: E402
 from tunelab.tasks import prepare_data  # noqa: E402
 from tunelab.train import run  # noqa: E402
 
@@ -27,9 +27,9 @@ def four_bit_layers(model) -> int:
 def test_qlora_trains_reloads_and_exports(precision, tiny_model, toy_csv, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
+    from tunelab.inference import score_run
     from tunelab.measure import evaluate
     from tunelab.precision import RELOAD_RTOL
-    from tunelab.predict import score_run
 
     extra = {"model.quantize": "4bit", "train.epochs": 2, "train.lr": 1e-2,
              "train.mixed_precision": precision}  # fmt: skip
@@ -106,8 +106,8 @@ def test_qlora_on_a_decoder(precision, tiny_llama, toy_csv, tmp_path):
     embedding and LM head in fp32; the loss falls and predict reloads the run's own model."""
     from test_causal_lm import llama_cfg
 
+    from tunelab.inference import score_run
     from tunelab.precision import RELOAD_RTOL
-    from tunelab.predict import score_run
     from tunelab.results import read_metrics
 
     cfg = llama_cfg(tiny_llama, toy_csv, tmp_path, "method=lora", **{"model.quantize": "4bit",

@@ -10,7 +10,7 @@ import pytest
 from test_tune import base_cfg
 
 from tunelab.race import Standing, out_of_race
-from tunelab.tune import tune
+from tunelab.tuning import tune
 
 
 def test_only_a_method_outside_noise_is_stopped():
@@ -50,7 +50,7 @@ def test_a_tune_stops_the_method_that_cannot_catch_up(tiny_model, toy_csv, tmp_p
 
 
 def test_seeds_go_to_the_finalists(tiny_model, toy_csv, tmp_path):
-    from tunelab.compare import Request, run_configs
+    from tunelab.comparison import Request, run_configs
     from tunelab.results import MethodTuning, TuningSummary
 
     base = base_cfg(tiny_model, toy_csv, tmp_path)

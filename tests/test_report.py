@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from tunelab.compare import Request, compare, summarize
+from tunelab.comparison import Request, compare, summarize
 from tunelab.config import load_config
 from tunelab.report import build_report
 from tunelab.report.analysis import pareto_front

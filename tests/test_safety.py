@@ -72,7 +72,7 @@ def test_a_storage_password_never_reaches_disk(tiny_model, toy_csv, tmp_path):
 
 def test_the_storage_can_come_from_the_environment(tiny_model, toy_csv, tmp_path, monkeypatch):
     from tunelab.config import load_config
-    from tunelab.tune import storage_for
+    from tunelab.tuning import storage_for
 
     monkeypatch.setenv("TUNELAB_STORAGE", f"sqlite:///{tmp_path}/env.db")
     cfg = load_config(None, quick(tiny_model, toy_csv, tmp_path / "runs"))
@@ -253,6 +253,7 @@ def test_running_out_of_memory_stops_the_run_with_a_recorded_failure(
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test in 10 min: make test-extended (CI runs it after make test)
 def test_a_dead_tune_worker_fails_the_command(tiny_model, toy_csv, tmp_path):
     args = quick(tiny_model, toy_csv, tmp_path / "runs", **{"tune.trials": 2})
     proc = tunelab("tune", "--methods", "bitfit", "--workers", "2", *args,

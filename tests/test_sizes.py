@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import tiny_overrides
 from tunelab.cli import main
-from tunelab.compare import clip_sizes, parse_sizes
+from tunelab.comparison import clip_sizes, parse_sizes
 from tunelab.results import load_records
 
 

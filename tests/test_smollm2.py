@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
+# make test-extended (CI runs it after make test); make test runs SmolLM2 through the README's
+# decoder command (tests/test_readme.py)
+pytestmark = [pytest.mark.slow, pytest.mark.extended, pytest.mark.xdist_group("smollm2")]
 
 
 @pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt

@@ -87,7 +87,7 @@ UNTYPED = {".config.get(": "results", ".env.get(": "results", ".tuning[": "resul
 UNTYPED['f"val_'] = "results"
 # string literals that equal a method's name but mean something else: an instruction column
 # or a generation's field named "prompt" (data, tasks, predict, loggers)
-NOT_METHODS = {("data", "prompt"), ("tasks.instruction", "prompt"), ("predict", "prompt")}
+NOT_METHODS = {("data", "prompt"), ("tasks.instruction", "prompt"), ("inference", "prompt")}
 NOT_METHODS |= {("loggers", "prompt")}
 
 

@@ -15,7 +15,7 @@ from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.space import check_spaces
 from tunelab.train import Session, run
-from tunelab.tune import Reporter, open_study, storage_for, trial_config, tune
+from tunelab.tuning import Reporter, open_study, storage_for, trial_config, tune
 
 
 def base_cfg(tiny_model, toy_csv, out, **extra):

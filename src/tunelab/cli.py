@@ -8,21 +8,13 @@ import os
 import sys
 import traceback
 
+from tunelab.api import FLAGS
 from tunelab.errors import TunelabError
 
-# convenience flags -> dotted config keys; their help is the field's docstring (config.py)
-FLAGS = {
-    "model": "model.name",
-    "dataset": "data.dataset",
-    "text_column": "data.text_column",
-    "text_pair_column": "data.text_pair_column",
-    "label_column": "data.label_column",
-    "max_train_examples": "data.max_train_examples",
-    "epochs": "train.epochs",
-    "task": "task",
-    "out": "out_dir",
-    "tracker": "tracker",
-}
+# the convenience flags of run / compare / tune (their help is the config field's docstring)
+RUN_FLAGS = ["model", "dataset", "text_column", "text_pair_column", "label_column",
+             "max_train_examples", "epochs", "task", "out", "tracker"]  # fmt: skip
+PLAN_FLAGS = ["batch_size", "max_length", "precision"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,7 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "`tunelab config`; a leading *.yaml argument is read as the config file)",
     )
     p.add_argument("--config", help="YAML config file with overrides of the defaults")
-    for flag, key in FLAGS.items():
+    for flag in RUN_FLAGS:
+        key = FLAGS[flag]
         p.add_argument("--" + flag.replace("_", "-"), help=f"{describe(key)} [{key}]")
     p.add_argument("--overwrite", action="store_true", help="replace existing runs")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs, skip done")
@@ -52,13 +45,6 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-PLAN_FLAGS = {
-    "batch_size": "train.batch_size",
-    "max_length": "data.max_length",
-    "precision": "train.mixed_precision",
-}
-
-
 def _plan_flags(p: argparse.ArgumentParser) -> None:
     from tunelab.config import describe
     from tunelab.methods import METHODS
@@ -68,7 +54,8 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
     for flag in ("model", "dataset", "task", "epochs", "out"):
         key = FLAGS[flag]
         p.add_argument("--" + flag, help=f"{describe(key)} [{key}]")
-    for flag, key in PLAN_FLAGS.items():
+    for flag in PLAN_FLAGS:
+        key = FLAGS[flag]
         p.add_argument("--" + flag.replace("_", "-"), help=f"{describe(key)} [{key}]")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     p.add_argument("--examples", type=int, help="training examples (default: the data's)")
@@ -84,21 +71,12 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args) -> None:
-    from tunelab.compare import parse_methods
-    from tunelab.plan import parse_duration, parse_size, plan, table
+    from tunelab import api
+    from tunelab.planning import table
 
     cfg = _load(args)
-    if args.examples is not None and args.examples < 1:
-        raise TunelabError(f"--examples must be at least 1, got {args.examples}")
-    p = plan(
-        cfg,
-        parse_methods(args.methods),
-        examples=args.examples,
-        device=args.device,
-        memory=parse_size(args.memory) if args.memory else None,
-        seconds=parse_duration(args.time) if args.time else None,
-        calibrate_rate=args.calibrate,
-    )
+    p = api.plan_config(cfg, args.methods, args.examples, args.memory, args.time, args.device,
+                        args.calibrate)  # fmt: skip
     print(p.to_json() if args.json else table(p))
 
 
@@ -164,32 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from tunelab.config import load_config
-    from tunelab.tasks import check_task
+    """The configuration from the command line: api.load with the flags given."""
+    from tunelab import api
 
-    overrides = list(args.overrides)
-    path = args.config
-    if overrides and overrides[0].endswith((".yaml", ".yml")) and "=" not in overrides[0]:
-        path = overrides.pop(0)
-    for flag, key in (*FLAGS.items(), *PLAN_FLAGS.items()):
-        value = getattr(args, flag, None)
-        if flag == "precision" and value == "fp32":  # --precision fp32 = train.mixed_precision=no
-            value = "no"
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    for flag, key in (
-        ("trials", "tune.trials"),
-        ("tune", "tune.trials"),
-        ("storage", "tune.storage"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None and not (flag == "tune" and value == 0):  # bare --tune: as set
-            overrides.append(f"{key}={value}")
-    if getattr(args, "space", None):
-        overrides.append(f"tune.shared=[{args.space}]")
-    cfg = load_config(path, overrides)
-    check_task(cfg)
-    return cfg
+    flags = {flag: getattr(args, flag, None) for flag in api.FLAGS}
+    tune = getattr(args, "tune", None)
+    if tune:  # --tune N: N trials (a bare --tune: as configured)
+        flags["trials"] = tune
+    return api.load(args.overrides, config=args.config, **flags)
 
 
 def cmd_methods() -> None:
@@ -248,25 +208,17 @@ def _print_run(rec) -> None:
 
 def cmd_tune(args) -> dict:
     """Tune, print each method's best configuration, and (unless --no-report) the report."""
-    from pathlib import Path
-
-    from tunelab.compare import parse_methods
-    from tunelab.space import check_spaces
-    from tunelab.tune import reset, tune
+    from tunelab import api
+    from tunelab.comparison import parse_methods
 
     cfg = _load(args)
     methods = parse_methods(args.methods)
-    if args.workers < 1:
-        raise TunelabError(f"--workers must be at least 1, got {args.workers}")
-    check_spaces(methods, cfg.tune)
-    if args.overwrite:
-        reset(cfg, methods)
     tc = cfg.tune
     how = f"{tc.trials} trials each"
     if tc.pruner == "halving":
         how = f"a bracket of {tc.trials} configurations each (successive halving, eta {tc.eta})"
     print(f"tuning {', '.join(methods)}: {how} -> {cfg.out_dir}")
-    best = tune(cfg, methods, workers=args.workers)
+    best = api.tune_config(cfg, methods, args.workers, report=False, overwrite=args.overwrite)
     for method, b in best.methods.items():
         t = b.trials
         value = "-" if b.best_value is None else f"{b.best_value:.4f}"
@@ -276,51 +228,35 @@ def cmd_tune(args) -> dict:
             f"{b.examples:,} examples, {b.seconds:.0f} s)"
         )
     if args.cmd == "tune" and not args.no_report:
-        from tunelab.report import build_report
-
-        html, _ = build_report(Path(cfg.out_dir))
+        html, _ = api.build_report(cfg.out_dir)
         print(f"report: {html}")
     return best
 
 
 def cmd_compare(args) -> None:
-    from pathlib import Path
+    from tunelab import api
+    from tunelab.comparison import parse_methods, parse_sizes, runs_once
 
-    from tunelab.compare import (
-        Request,
-        compare,
-        parse_methods,
-        parse_sizes,
-        runs_once,
-        sizes_for,
-        summarize,
-    )
-
-    sizes = parse_sizes(args.train_sizes) if args.train_sizes else None
+    if args.train_sizes:
+        parse_sizes(args.train_sizes)  # a bad list is said before any tuning
     tuned = cmd_tune(args) if args.tune is not None else None
     cfg = _load(args)
     methods = parse_methods(args.methods)
-    if sizes:
-        sizes = sizes_for(cfg, sizes)
-    req = Request(cfg, methods, args.seeds, sizes, tuned, args.overwrite, args.resume)
     stopped = [m for m in methods if runs_once(tuned, m)]
     if stopped and args.seeds > 1:
         print(f"raced out or failed in tuning, run once: {', '.join(stopped)}")
-    recs = compare(req, on_run=_print_run)
-    md, analysis = summarize(Path(cfg.out_dir))
-    print(md)
-    print("\n" + analysis.recommendation)
-    print(f"\ntable: {Path(cfg.out_dir) / 'comparison.md'} (and .csv)")
-    if not args.no_report:
-        from tunelab.report import build_report
-
-        html, mdr = build_report(Path(cfg.out_dir))
-        print(f"report: {html} (and {mdr.name})")
-    failed = [r.name for r in recs if r.status == "failed"]
-    if failed:  # the others ran and are reported; the command still says it did not all work
+    c = api.compare_config(cfg, methods, args.seeds, args.train_sizes, tuned,
+                           not args.no_report, args.overwrite, args.resume, _print_run)  # fmt: skip
+    print(c.markdown)
+    print("\n" + c.recommendation)
+    print(f"\ntable: {c.out / 'comparison.md'} (and .csv)")
+    if c.report:
+        print(f"report: {c.report} (and report.md)")
+    if c.failed:  # the others ran and are reported; the command still says it did not all work
         raise TunelabError(
-            f"{len(failed)} of {len(recs)} runs failed ({', '.join(failed)}): the reasons are "
-            f"above, in the report and in each run's result.json and error.txt"
+            f"{len(c.failed)} of {len(c.records)} runs failed "
+            f"({', '.join(r.name for r in c.failed)}): the reasons are above, in the report "
+            f"and in each run's result.json and error.txt"
         )
 
 
@@ -337,24 +273,22 @@ def cmd_run(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tunelab.predict import predict
+    from tunelab import api
 
-    for row in predict(args.run_dir, args.texts, args.max_new_tokens, args.device):
+    for row in api.predict(args.run_dir, args.texts, args.max_new_tokens, args.device):
         print(json.dumps(row))
 
 
 def cmd_export(args) -> None:
-    from tunelab.predict import export
+    from tunelab import api
 
-    print(f"exported: {export(args.run_dir, args.out)}")
+    print(f"exported: {api.export(args.run_dir, args.out)}")
 
 
 def cmd_report(args) -> None:
-    from pathlib import Path
+    from tunelab import api
 
-    from tunelab.report import build_report
-
-    html, mdr = build_report(Path(args.runs_dir), Path(args.output) if args.output else None)
+    html, mdr = api.build_report(args.runs_dir, args.output)
     print(f"report: {html} (and {mdr.name})")
 
 

@@ -86,7 +86,7 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        if is_fake(x):  # tunelab.plan traces shapes: the same saved mask, no random draw
+        if is_fake(x):  # tunelab.planning traces shapes: the same saved mask, no random draw
             mask = torch.empty(x.shape, dtype=torch.float32 if x.dtype == torch.float32 else bool)
             ctx.save_for_backward(mask)
             ctx.scale = None

@@ -82,7 +82,7 @@ def saved_activations(
     saved by a differentiable op, counted once per storage (views and reuses share one), the
     model's own parameters left out (they are weights, not activations). ``autocast``
     ("cpu" / "cuda") runs the forward under bf16 autocast, whose cached bf16 weight copies
-    then count here. Works on real tensors and under FakeTensorMode (tunelab.plan).
+    then count here. Works on real tensors and under FakeTensorMode (tunelab.planning).
     Returns (total bytes, bytes of the largest saved storage)."""
     seen: dict[int, int] = {}
 
@@ -143,14 +143,16 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 1
 @torch.inference_mode()
 def evaluate(
     model, task, enc: B.Encoded, batch_size: int, pad_id: int, device, precision: str = "no",
-    what: str = "validation",
+    what: str = "validation", per_example: bool = False,
 ) -> Scores:  # fmt: skip
     """Mean loss and the task's metrics on a split; batches sorted by length, no autograd,
     every forward under the autocast of ``precision`` (a run's: ``env.precision``); ``what``
-    names the split in the progress line (loggers.EvalProgress)."""
+    names the split in the progress line (loggers.EvalProgress). ``per_example``: also which
+    examples were predicted right (``Scores.correct``, in the split's order: what a paired
+    test of two runs on the same rows reads), for tasks with an accuracy."""
     was_training = model.training
     model.eval()
-    preds, labels, loss_sum = [], [], 0.0
+    preds, labels, order, loss_sum = [], [], [], 0.0
     rank, world = _process()
     mine = B.eval_batches(enc.lengths, batch_size)[rank::world]  # this process's share
     with EvalProgress(what, sum(len(i) for i in mine), main_process=rank == 0) as shown:
@@ -161,12 +163,16 @@ def evaluate(
             loss_sum += loss.float().item() * len(idx)
             preds.append(pred.cpu())
             labels.append(task.targets(batch).cpu())
+            order.append(torch.as_tensor(idx, dtype=torch.long))
             shown.update(len(idx))
     model.train(was_training)
-    preds, labels, loss_sum = _gather(preds, labels, loss_sum, world)
+    preds, labels, order, loss_sum = _gather(preds, labels, order, loss_sum, world)
     scores = Scores.of({"loss": loss_sum / len(enc), **task.metrics(preds, labels)})
     if not task.has_accuracy:  # a language model's own quality
         scores.perplexity = math.exp(min(scores.loss, 50.0))
+    elif per_example:
+        right = (preds == labels)[torch.argsort(order)]
+        scores.correct = "".join("1" if x else "0" for x in right.tolist())
     return scores
 
 
@@ -179,22 +185,18 @@ def _process() -> tuple[int, int]:
     return 0, 1
 
 
-def _gather(preds: list, labels: list, loss_sum: float, world: int):
-    """Every process's predictions, labels and loss sum, joined: each example was scored by
-    exactly one process, and every process gets the same metrics."""
+def _gather(preds: list, labels: list, order: list, loss_sum: float, world: int):
+    """Every process's predictions, labels, example indices and loss sum, joined: each
+    example was scored by exactly one process, and every process gets the same metrics."""
     none = torch.empty(0, dtype=torch.long)  # a process that got no batch
-    mine = (torch.cat(preds) if preds else none, torch.cat(labels) if labels else none, loss_sum)
+    mine = (*(torch.cat(x) if x else none for x in (preds, labels, order)), loss_sum)
     if world == 1:
         return mine
     import torch.distributed as dist
 
     parts: list = [None] * world
     dist.all_gather_object(parts, mine)
-    return (
-        torch.cat([p[0] for p in parts]),
-        torch.cat([p[1] for p in parts]),
-        sum(p[2] for p in parts),
-    )
+    return (*(torch.cat([p[i] for p in parts]) for i in range(3)), sum(p[3] for p in parts))
 
 
 _ZERO_SHOT: dict[tuple, dict] = {}

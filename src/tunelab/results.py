@@ -3,8 +3,7 @@ folder, the metrics rows (``metrics.jsonl``) and the resumable checkpoint (``sta
 
 The record is one dataclass, ``RunRecord``: train fills it (``start`` -> ``fail`` / ``stop`` /
 ``finish``), and compare, report, cli and bench read its fields. Every file is written
-atomically (temporary file, fsync, rename), so a reader never sees half of one.
-"""
+atomically (temporary file, fsync, rename), so a reader never sees half of one."""
 
 from __future__ import annotations
 
@@ -115,6 +114,7 @@ class Scores:
     accuracy: float | None = None
     macro_f1: float | None = None
     perplexity: float | None = None
+    correct: str | None = None  # test only: per example in the split's order, 1 right 0 wrong
 
     @classmethod
     def of(cls, values: dict[str, float]) -> Scores:

@@ -13,7 +13,7 @@ import yaml
 
 from tunelab.config import RunConfig, check_run_name, public_dict
 from tunelab.errors import RunFailed, TunelabError, first_line
-from tunelab.files import alive, is_main, write_text
+from tunelab.files import is_main, write_text
 from tunelab.results import ERROR, RESULT, STATE, RunRecord, read_record
 
 
@@ -27,6 +27,8 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 
 CLAIM = ".claim"  # pid@host of the process running the folder; removed when it stops
+LOCK = ".claim.lock"  # the kernel lock behind the claim (the empty file stays)
+_HELD: dict[str, object] = {}  # folder -> this process's lock on it
 
 
 class RunClaimed(TunelabError):
@@ -34,37 +36,40 @@ class RunClaimed(TunelabError):
 
 
 def claim(run_dir: Path) -> None:
-    """Take the folder for this process, atomically (O_EXCL): two processes pointed at one
-    output folder never run the same run. A claim left by a dead process is taken over; this
-    process's own claim is kept (a caller may hold the folder around a run)."""
-    path = run_dir / CLAIM
-    me = f"{os.getpid()}@{socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = path.read_text().strip() if path.exists() else ""
-            if owner == me:
-                return
-            if owner and alive(owner):
-                raise RunClaimed(f"run {run_dir.name} is being run by process {owner}") from None
-            path.unlink(missing_ok=True)  # its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
+    """Take the folder for this process: a kernel lock (``filelock``) on a file in it, so two
+    processes pointed at one output folder never run the same run, and a process that dies
+    (killed, its machine rebooted) holds nothing: the kernel released its lock. The owner's
+    pid@host is written beside it for messages. This process's own claim is kept (a caller
+    may hold the folder around a run)."""
+    from filelock import FileLock, Timeout
+
+    key = str(Path(run_dir).resolve())
+    if key in _HELD:
         return
-    raise RunClaimed(f"run {run_dir.name}: could not claim {path}")
+    lock = FileLock(str(Path(run_dir) / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        owner = _owner(run_dir) or "another process"
+        raise RunClaimed(f"run {run_dir.name} is being run by process {owner}") from None
+    _HELD[key] = lock
+    write_text(run_dir / CLAIM, f"{os.getpid()}@{socket.gethostname()}")
+
+
+def _owner(run_dir: Path) -> str:
+    try:
+        return (run_dir / CLAIM).read_text().strip()
+    except OSError:
+        return ""
 
 
 def release_run_dir(run_dir: Path) -> None:
-    """Give the folder back (the claim file of this process only)."""
-    path = Path(run_dir) / CLAIM
-    me = f"{os.getpid()}@{socket.gethostname()}"
-    try:
-        if path.read_text().strip() == me:
-            path.unlink()
-    except OSError:
-        pass
+    """Give the folder back (this process's claim only)."""
+    lock = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if lock is None:
+        return
+    (Path(run_dir) / CLAIM).unlink(missing_ok=True)
+    lock.release()
 
 
 def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) -> None:
@@ -96,7 +101,7 @@ def _check_existing(run_dir: Path, overwrite: bool, resume: bool) -> None:
             pass  # its interrupted / paused record stays until the run writes the next one
         elif overwrite or _failed_without_progress(run_dir):
             for item in run_dir.iterdir():
-                if item.name != CLAIM:
+                if item.name not in (CLAIM, LOCK):
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
         elif not resume:
             raise TunelabError(

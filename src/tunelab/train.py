@@ -26,7 +26,7 @@ from tunelab.measure import PeakMemory, Window, evaluate, improved
 from tunelab.methods import Method, knobs
 from tunelab.models import apply_method, compile_model, frozen_dtype, load_model
 from tunelab.optim import make_optimizer, make_scheduler, step_budget
-from tunelab.plan.trace import refuse_early
+from tunelab.planning.trace import refuse_early
 from tunelab.precision import accelerator, autocast
 from tunelab.results import STATE, Env, RunRecord, Scores, Tuning, validation_row
 from tunelab.resume import Progress, Saver
@@ -62,7 +62,7 @@ class Session:
         pad_id, acc = self.data.tokenizer.pad_token_id, self.acc
         model = acc.unwrap_model(self.model)  # DDP: each process scores its own share
         args = (self.cfg.train.eval_batch_size, pad_id, acc.device, acc.mixed_precision, what)
-        return evaluate(model, self.data.task, split, *args)
+        return evaluate(model, self.data.task, split, *args, per_example=what == "test")
 
 
 def run(

@@ -22,6 +22,7 @@ from tunelab.report.convergence import (
     settle_command,
     still_learning,
 )
+from tunelab.report.paired import paired
 from tunelab.report.stats import Estimate, close, same
 
 
@@ -165,12 +166,7 @@ def qualify(text: str, rows: list[Row], pick: Row | None, top: Row | None) -> st
 
 def _against(r: Row, ref: Row) -> list[str]:
     name = method_class(ref.method).title or ref.method
-    a, b = r["test_acc"], ref["test_acc"]
-    diff, band = a.mean - b.mean, math.hypot(a.half, b.half)
-    if same(a, b):
-        parts = [f"the same test accuracy as {name} within noise ({diff:+.1f} pt, ±{band:.1f})"]
-    else:
-        parts = [f"{abs(diff):.1f} pt {'below' if diff < 0 else 'above'} {name} (±{band:.1f})"]
+    parts = _accuracy_against(r, ref, name)
     if not close(r["peak_mb"].mean, ref["peak_mb"].mean, memory_noise(r)):
         parts += _relative(r["peak_mb"].mean, ref["peak_mb"].mean, "memory")
     if not time_close(r, ref):
@@ -178,6 +174,24 @@ def _against(r: Row, ref: Row) -> list[str]:
     if not close(r["saved_mb"].mean, ref["saved_mb"].mean, DISK_NOISE):
         parts += _relative(r["saved_mb"].mean, ref["saved_mb"].mean, "disk space")
     return parts
+
+
+def _accuracy_against(r: Row, ref: Row, name: str) -> list[str]:
+    """Test accuracy against the reference's: by the paired test on the same test rows
+    (report.paired) where the records allow it, else by the two unpaired intervals."""
+    pair = paired(r.runs, ref.runs)
+    if pair is not None:
+        if not pair.differs:
+            return [f"the same test accuracy as {name} within noise ({pair.clause()})"]
+        where = "below" if pair.diff < 0 else "above"
+        return [f"{abs(pair.diff):.1f} pt {where} {name} ({pair.clause()})"]
+    a, b = r["test_acc"], ref["test_acc"]
+    diff, band = a.mean - b.mean, math.hypot(a.half, b.half)
+    if same(a, b):
+        return [f"the same test accuracy as {name} within noise ({diff:+.1f} pt, ±{band:.1f}, "
+                "unpaired intervals)"]  # fmt: skip
+    return [f"{abs(diff):.1f} pt {'below' if diff < 0 else 'above'} {name} (±{band:.1f}, "
+            "unpaired intervals)"]  # fmt: skip
 
 
 def _relative(value: float, base: float, noun: str) -> list[str]:

@@ -14,7 +14,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, build_method, knobs
 from tunelab.models import PROBLEM_TYPE, WEIGHTS_DTYPE, apply_method, resolve
-from tunelab.plan import grouped
+from tunelab.planning import grouped
 from tunelab.quantize import NF4_BYTES, quantized_params
 from tunelab.tasks.causal_lm import keeps_logits
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from tunelab.plan.process import ProcessPeak
+from tunelab.planning.process import ProcessPeak
 
 
 @dataclass

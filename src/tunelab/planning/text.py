@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tunelab.errors import ConfigError
-from tunelab.plan.costs import Plan
+from tunelab.planning.costs import Plan
 
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*$", re.I)
 _TIME = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)", re.I)
@@ -140,6 +140,6 @@ def table(p: Plan) -> str:
         f"temporaries (2x the largest saved tensor); eval peak = weights + one evaluation batch: "
         f"a layer's widest tensors, and a decoder's key/value cache for label words; process "
         f"peak = what the OS sees, expected (low-high): {kind}, from tensors by the overhead "
-        f"model of tunelab.plan.process; fits compares its high end with the budget){refused}"
+        f"model of tunelab.planning.process; fits compares its high end with the budget){refused}"
         + f"\n\nsuggestion: {p.suggestion}"
     )

@@ -24,7 +24,7 @@ from tunelab.config import RunConfig, TuneConfig, for_method, redact, to_dict
 from tunelab.errors import ConfigError, RunFailed, TunelabError
 from tunelab.files import alive, write_text
 from tunelab.guard import fault
-from tunelab.plan.trace import refuse_early_all
+from tunelab.planning.trace import refuse_early_all
 from tunelab.race import Standing, out_of_race
 from tunelab.results import (
     MethodTuning,

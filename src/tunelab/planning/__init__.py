@@ -3,11 +3,11 @@ training. ``trace`` (the model without weights), ``rate`` (time), ``estimate`` (
 cost, the whole plan, the suggestion), ``text`` (units and the table); ``costs`` holds the
 typed results."""
 
-from tunelab.plan.costs import Cost, Plan
-from tunelab.plan.estimate import plan, suggest
-from tunelab.plan.rate import peak_flops
-from tunelab.plan.text import gib, parse_duration, parse_size, table
-from tunelab.plan.trace import (
+from tunelab.planning.costs import Cost, Plan
+from tunelab.planning.estimate import plan, suggest
+from tunelab.planning.rate import peak_flops
+from tunelab.planning.text import gib, parse_duration, parse_size, table
+from tunelab.planning.trace import (
     build,
     eval_working_set,
     in_nf4,

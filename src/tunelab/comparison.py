@@ -12,7 +12,7 @@ from tunelab.config import RunConfig, for_method
 from tunelab.errors import RunFailed, TunelabError
 from tunelab.files import write_text
 from tunelab.methods import METHODS
-from tunelab.plan.trace import refuse_early_all
+from tunelab.planning.trace import refuse_early_all
 from tunelab.report.render import csv_table, markdown_table
 from tunelab.report.summary import Analysis, analyse
 from tunelab.results import (

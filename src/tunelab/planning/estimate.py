@@ -32,11 +32,11 @@ from tunelab.config import RunConfig
 from tunelab.errors import NoTokenizer, TunelabError
 from tunelab.methods import METHODS
 from tunelab.models import WEIGHTS_DTYPE, frozen_dtype
-from tunelab.plan.costs import Cost, Plan
-from tunelab.plan.process import process_peak, tensor_room
-from tunelab.plan.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
-from tunelab.plan.text import duration, gib
-from tunelab.plan.trace import eval_working_set, in_nf4, model_config, spec, trace
+from tunelab.planning.costs import Cost, Plan
+from tunelab.planning.process import process_peak, tensor_room
+from tunelab.planning.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
+from tunelab.planning.text import duration, gib
+from tunelab.planning.trace import eval_working_set, in_nf4, model_config, spec, trace
 from tunelab.precision import compute_dtype
 from tunelab.quantize import check_method
 

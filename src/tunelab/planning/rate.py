@@ -15,8 +15,8 @@ from tunelab.anatomy import with_layers
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import build_method
-from tunelab.plan.costs import Plan
-from tunelab.plan.trace import build, model_config, spec, training_batch
+from tunelab.planning.costs import Plan
+from tunelab.planning.trace import build, model_config, spec, training_batch
 
 ASSUMED_EFFICIENCY = 0.5  # bench/RESULTS.md: 54-71% of the fp32 matmul peak on MiniLM
 CALIBRATION = "plan-calibration.json"
