@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-extended test-fast bench lint clean browser
+.PHONY: setup demo test test-extended test-fast bench lint clean browser docs figures
 
 setup: $(STAMP)
 
@@ -42,6 +42,14 @@ test-extended: setup
 # the inner loop (~2 min): units and tiny-model cases in both precisions, no real models
 test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not slow"
+
+# the documentation as a site (site/), offline; CI builds it in make test (tests/test_figures.py)
+docs: setup
+	$(BIN)/mkdocs build --strict
+
+# every figure of README.md, docs/ and bench/RESULTS.md from its result file in bench/results/
+figures: setup
+	$(BIN)/python bench/figures.py
 
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'

@@ -14,7 +14,7 @@ search space, successive halving with racing; then each method's best configurat
 seeds, or once for a method the race stopped or whose trials all failed). The table is the
 report's (`comparison.md`, from the run records), with each method's best configuration and
 its tuning (trials, where the race stopped it) from OUT/tuning.json. Writes
-bench/results/peft-family-<date>.json and rewrites the README between the peft-family markers.
+bench/results/peft-family-<date>.json (bench/figures.py puts the table in the docs).
 """
 
 from __future__ import annotations
@@ -136,11 +136,6 @@ def main() -> None:
     path = HERE / "results" / f"peft-family-{date[:10]}.json"
     result["file"] = path.name
     path.write_text(json.dumps(result, indent=1) + "\n")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START in text:
-        i, j = text.index(START) + len(START), text.index(END)
-        readme.write_text(text[:i] + "\n" + readme_block(result) + "\n" + text[j:])
     print(readme_block(result))
     print(f"written: {path}")
 

@@ -120,3 +120,45 @@ def save_tiny(family: str, folder: Path, tok=None, seed: int = 0, tok_files=None
         for f in Path(tok_files).iterdir():
             shutil.copy(f, folder / f.name)
     return folder
+
+
+# What each case of the architecture matrix is expected to do: "ran", or "refused: <why>" (one
+# of REASONS' keys). tests/data/arch-expected.json holds the table; a case that changes in
+# either direction (ran -> refused or refused -> ran, or refused for another reason) fails
+# tests/test_architectures.py until the table is updated (`python bench/arch_table.py` writes
+# it from a full matrix run: review its diff).
+EXPECTED_FILE = Path(__file__).parent / "data" / "arch-expected.json"
+REASONS = {  # why, as the refusal says it
+    "no past_key_values": "past_key_values",
+    "no bias terms": "bias",
+    "fused experts": "routed experts",
+    "no classification head": "no sequence-classification head",
+    "shared layers": "share",
+}
+
+
+def outcome_key(outcome: str, detail: str) -> str:
+    """A case's outcome as the expected table writes it."""
+    if outcome == "ran":
+        return "ran"
+    why = next((k for k, needle in REASONS.items() if needle in detail), detail)
+    return f"refused: {why}"
+
+
+def expected_table() -> dict[str, str]:
+    import json
+
+    return json.loads(EXPECTED_FILE.read_text()) if EXPECTED_FILE.exists() else {}
+
+
+def check_expected(family: str, task: str, method: str, outcome: str, detail: str,
+                   table: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Fail when the case did not do what the expected table says (or is not in it)."""
+    table = expected_table() if table is None else table
+    key, got = f"{family} {task} {method}", outcome_key(outcome, detail)
+    want = table.get(key)
+    assert want is not None, f"{key}: no expected outcome in {EXPECTED_FILE.name} (it {got})"
+    assert got == want, (
+        f"{key}: expected {want!r}, got {got!r} ({detail}); if intended, update "
+        f"{EXPECTED_FILE.name} (python bench/arch_table.py)"
+    )

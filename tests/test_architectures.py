@@ -14,7 +14,15 @@ import re
 
 import pytest
 
-from tests.archs import FAMILIES, MOE_FAMILIES, save_tiny, tokenizer
+from tests.archs import (
+    FAMILIES,
+    MOE_FAMILIES,
+    check_expected,
+    expected_table,
+    outcome_key,
+    save_tiny,
+    tokenizer,
+)
 from tests.conftest import toy_rows, write_csv
 from tests.test_corpus import cli
 from tunelab.methods import METHODS
@@ -86,9 +94,12 @@ def built(tmp_path_factory, smollm2_tokenizer):
 
 
 def record(family: str, task: str, method: str, outcome: str, detail: str = "") -> None:
-    """Append this case's outcome to $TUNELAB_MATRIX (for bench/arch_table.py)."""
+    """Append this case's outcome to $TUNELAB_MATRIX (for bench/arch_table.py); else check it
+    against the expected table (tests/data/arch-expected.json)."""
     path = os.environ.get("TUNELAB_MATRIX")
-    if path:
+    if not path:
+        check_expected(family, task, method, outcome, detail)
+    else:
         row = {"family": family, "task": task, "method": method, "outcome": outcome}
         with open(path, "a") as f:
             f.write(json.dumps({**row, "detail": detail}) + "\n")
@@ -168,3 +179,26 @@ def test_plan_answers_for_every_architecture(built, family, task, method, precis
         assert e["error"] or e["activations"] > 0, e
     ok = [m for m, e in rows.items() if not e["error"]]
     record(family, task, "plan", "ran", f"{len(ok)} of {len(rows)} methods planned")
+
+
+def test_a_case_that_stops_running_fails_the_matrix():
+    """The expected table is enforced in both directions (a fabricated outcome each way)."""
+    table = expected_table()
+    ran = next(k for k, v in table.items() if v == "ran" and not k.endswith(" plan"))
+    refused = next(k for k, v in table.items() if v.startswith("refused"))
+    family, task, method = ran.split()
+    with pytest.raises(AssertionError, match="expected 'ran'"):
+        check_expected(family, task, method, "refused", f"{method} on {family}: has no bias")
+    check_expected(family, task, method, "ran", "")
+    family, task, method = refused.split()
+    with pytest.raises(AssertionError, match="got 'ran'"):
+        check_expected(family, task, method, "ran", "")
+    with pytest.raises(AssertionError, match="no expected outcome"):
+        check_expected("nofamily", task, method, "ran", "")
+    assert outcome_key("refused", "x has no bias terms") == "refused: no bias terms"
+
+
+def test_the_expected_table_covers_every_case():
+    table = expected_table()
+    cases_all = {f"{f} {t} {m}" for f in FAMILIES for t in tasks(f) for m in [*METHODS, "plan"]}
+    assert cases_all <= set(table), sorted(cases_all - set(table))[:10]

@@ -272,8 +272,8 @@ def test_bad_input(case, tiny_model, toy_csv, tmp_path):
     assert not list(out.rglob("state.pt"))
 
 
-def test_the_readme_states_the_corpus_size():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_docs_state_the_corpus_size():
+    readme = (Path(__file__).parent.parent / "docs" / "reliability.md").read_text()
     stated = re.search(r"a corpus of (\d+) cases", readme)
     assert stated and int(stated.group(1)) == len(CASES) >= 40
 

@@ -1,6 +1,6 @@
-"""Every `tunelab` command the README shows is parsed by the real CLI parser and its config
-built (unknown flags, keys or values fail here, not in a reader's terminal); those that need
-only the built-in model and data run at a tiny budget (slow)."""
+"""Every `tunelab` command the README and the docs show is parsed by the real CLI parser and
+its config built (unknown flags, keys or values fail here, not in a reader's terminal); those
+that need only the built-in model and data run at a tiny budget (slow)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from tunelab import cli
 
-README = Path(__file__).parent.parent / "README.md"
+ROOT = Path(__file__).parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TINY = [
     "train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=16",
     "data.max_train_examples=24", "data.max_eval_examples=12", "tracker=none",
@@ -23,10 +24,11 @@ OFFLINE_UNKNOWN = re.compile(r"bert-base|imdb|glue/|HuggingFaceTB/|meta-llama|re
 
 
 def readme_commands() -> list[str]:
-    """`tunelab ...` lines of the README's bash blocks, continuation lines joined, comments
-    dropped."""
+    """`tunelab ...` lines of the README's and the docs' bash blocks, continuation lines
+    joined, comments dropped."""
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+    blocks = [b for p in PAGES for b in re.findall(r"```bash\n(.*?)```", p.read_text(), re.S)]
+    for block in blocks:
         text = re.sub(r"\\\n\s*", " ", block)
         for line in text.splitlines():
             line = line.strip()
