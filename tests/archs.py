@@ -134,6 +134,7 @@ REASONS = {  # why, as the refusal says it
     "fused experts": "routed experts",
     "no classification head": "no sequence-classification head",
     "shared layers": "share",
+    "Conv1D layers": "Conv1D",  # GPT-2's attention and MLP: peft's LoHa, LoKr, OFT take none
 }
 
 
