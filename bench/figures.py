@@ -78,8 +78,8 @@ def machine(data) -> str:
         bf16 = m.get("native_bf16") or m.get("cpu_native_bf16") or "not recorded"
         gpu = m.get("gpu") or "no GPU"
         return f"{cpu}, {cores or '?'} cores, native bf16: {bf16}, {gpu}"
-    if isinstance(m, str):
-        return f"{m} (CPU model and bf16 support not recorded)"
+    if isinstance(m, str):  # older files: a line, which may lack the CPU model or bf16
+        return m if "bf16" in m else f"{m} (CPU model and bf16 support not recorded)"
     cores = data.get("cores") if isinstance(data, dict) else None
     return (f"not named in the file ({cores} cores recorded)" if cores
             else "not named in the file")  # fmt: skip
