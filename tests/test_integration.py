@@ -12,24 +12,20 @@ from tunelab.cli import main
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("integration")]
 
 
-@pytest.fixture(scope="session")  # session: xdist interleaves modules, a module one is rebuilt
+@pytest.fixture(scope="session")  # built once for both xdist workers (read only after)
 def compared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    rc = main(
-        [
-            "compare",
-            "--methods",
-            "full,llrd,lora,prompt",
-            "--out",
-            str(out),
-            "--max-train-examples",
-            "320",
-            "data.max_eval_examples=200",
-            "train.evals_per_epoch=2",
-            "train.log_every=2",
-        ]
-    )
-    assert rc == 0
+    from filelock import FileLock
+
+    from tests.conftest import shared_dir
+
+    out = shared_dir(tmp_path_factory, "integration-compare")
+    with FileLock(str(out) + ".lock"):
+        if not (out / ".done").exists():
+            rc = main(["compare", "--methods", "full,llrd,lora,prompt", "--out", str(out),
+                       "--max-train-examples", "320", "--overwrite", "data.max_eval_examples=200",
+                       "train.evals_per_epoch=2", "train.log_every=2"])  # fmt: skip
+            assert rc == 0
+            (out / ".done").touch()
     return out
 
 

@@ -23,8 +23,11 @@ pytestmark = pytest.mark.xdist_group("moe")
 FAST = ("mixtral", "gpt_oss")  # make test keeps these two; the other families: extended
 
 
-def families():
-    return [pytest.param(f, marks=() if f in FAST else (pytest.mark.slow, pytest.mark.extended))
+def families(slow: bool = False):
+    """The MoE families: FAST ones in make test (and test-fast unless ``slow``), the others in
+    make test-extended."""
+    keep = (pytest.mark.slow,) if slow else ()
+    return [pytest.param(f, marks=keep if f in FAST else (pytest.mark.slow, pytest.mark.extended))
             for f in MOE_FAMILIES]  # fmt: skip
 
 
@@ -50,7 +53,7 @@ def causal(family: str):
     return AutoModelForCausalLM.from_config(tiny_config(family, _Tok()))
 
 
-@pytest.mark.parametrize("family", families())
+@pytest.mark.parametrize("family", families(slow=True))  # ~20 s: make test (test-fast in 2 min)
 def test_lora_on_the_experts_trains_reloads_and_exports(family, moe_model, precision, tmp_path):
     from transformers import AutoModelForCausalLM
 
