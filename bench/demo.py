@@ -19,22 +19,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(HERE))
 
 METHODS = "full,llrd,lora,prompt"
 
 
 def machine() -> dict:
-    """CPU model, cores, native bf16 and GPU of this machine."""
-    import os
-
+    """suite_times' machine (CPU model, cores, native bf16) and the GPU, if any."""
     import torch
-
-    from tunelab.measure import cpu_model
-    from tunelab.precision import cpu_bf16_flag
+    from suite_times import machine as cpu
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(),
-            "native_bf16": cpu_bf16_flag() or "no", "gpu": gpu}  # fmt: skip
+    return {**cpu(), "gpu": gpu}
 
 
 def main() -> None:
