@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-extended test-fast bench lint clean browser docs figures
+.PHONY: setup demo test test-extended test-fast bench lint clean browser services docs figures
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml Makefile
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; browser test will skip"
 
+# PostgreSQL server binaries for the several-machines tune tests (tests/services.py starts a
+# throwaway server; best effort: the tests skip with a reason without them)
+services:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || echo "PostgreSQL could not be installed; the several-machines tests will skip"
+
 demo: setup
 	$(BIN)/tunelab compare --config configs/demo.yaml --methods full,llrd,lora,prompt --out runs/demo --overwrite
 
@@ -36,7 +41,7 @@ test: setup browser
 # the rest of the architecture matrix (13 families x every method x fp32 and bf16, plan for
 # each), the compile checks, multi-worker tunes and the fast-dropout statistics; CI runs it
 # after make test
-test-extended: setup
+test-extended: setup services
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m extended
 
 # the inner loop (~2 min): units and tiny-model cases in both precisions, no real models

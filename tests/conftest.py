@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -192,3 +193,26 @@ def tiny_llama(tmp_path_factory, smollm2_tokenizer) -> str:
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (tests/services.py) for this session's worker; the tests
+    that use it skip, with the reason, where no server can be started."""
+    import shutil
+    import tempfile
+
+    from tests.services import Postgres
+
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e .[dev])")
+    # not under pytest's own temp folder: its parents are private to root, the server runs as
+    # the postgres user
+    folder = Path(tempfile.mkdtemp(prefix="tunelab-pg-"))
+    try:
+        server = Postgres(folder).start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL server: {e}")
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)

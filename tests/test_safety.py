@@ -72,11 +72,11 @@ def test_a_storage_password_never_reaches_disk(tiny_model, toy_csv, tmp_path):
 
 def test_the_storage_can_come_from_the_environment(tiny_model, toy_csv, tmp_path, monkeypatch):
     from tunelab.config import load_config
-    from tunelab.tuning import storage_for
+    from tunelab.studies import storage_for, storage_name
 
     monkeypatch.setenv("TUNELAB_STORAGE", f"sqlite:///{tmp_path}/env.db")
     cfg = load_config(None, quick(tiny_model, toy_csv, tmp_path / "runs"))
-    assert storage_for(cfg) == f"sqlite:///{tmp_path}/env.db"
+    assert storage_name(cfg) == f"sqlite:///{tmp_path}/env.db"
     monkeypatch.delenv("TUNELAB_STORAGE")
     assert not isinstance(storage_for(cfg), str)  # the journal file in --out
 

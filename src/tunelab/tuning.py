@@ -36,11 +36,9 @@ from tunelab.results import (
     load_records,
 )
 from tunelab.space import check_spaces, suggest
+from tunelab.studies import bind, storage_for, storage_name, unbind
 from tunelab.tasks import task_class
 from tunelab.train import run
-
-JOURNAL = "tune.journal"
-STORAGE_ENV = "TUNELAB_STORAGE"  # an RDB URL for tune.storage kept out of config files
 
 
 def trial_config(base: RunConfig, method: str, params: dict, number: int) -> RunConfig:
@@ -106,26 +104,6 @@ def objective_metric(base: RunConfig) -> tuple[str, str]:
     return metric, "minimize" if metric == "loss" else "maximize"
 
 
-def storage_name(base: RunConfig) -> str:
-    """tune.storage, else $TUNELAB_STORAGE (a URL with a password need not be in any file),
-    else the output folder (its journal file)."""
-    return base.tune.storage or os.environ.get(STORAGE_ENV, "") or base.out_dir
-
-
-def storage_for(base: RunConfig):
-    """The study storage: tune.storage (an RDB URL) or the journal file in the output folder."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-
-    if storage_name(base) != base.out_dir:
-        return storage_name(base)
-    path = Path(base.out_dir) / JOURNAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a lock left by a killed process is released after 10 s (optuna issue #5921)
-    lock = JournalFileSymlinkLock(str(path), grace_period=10)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
-
-
 def open_study(base: RunConfig, method: str, storage, worker: int = 0):
     import optuna
 
@@ -164,6 +142,7 @@ def fingerprint(base: RunConfig) -> str:
     free = ("storage", "race") + (("trials",) if base.tune.pruner != "halving" else ())
     d["tune"] = {k: v for k, v in d["tune"].items() if k not in free}
     d.pop("name")
+    d.pop("out_dir")  # one folder may sit at other paths on other machines (studies.bind)
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -192,6 +171,7 @@ def reset(base: RunConfig, methods: list[str]) -> None:
             optuna.delete_study(study_name=method, storage=storage)
         except KeyError:
             pass
+        unbind(base, storage, method)
         shutil.rmtree(Path(base.out_dir) / "trials" / method, ignore_errors=True)
 
 
@@ -242,6 +222,7 @@ def optimize(base: RunConfig, methods: list[str], worker: int = 0) -> None:
     while racing:  # round-robin, one trial at a time: other workers add theirs
         for method in list(racing):
             study = studies[method]
+            fail_dead_trials(study)  # a worker of this machine killed mid-trial: run again
             if finished(study) >= base.tune.trials:
                 racing.remove(method)
                 continue
@@ -310,12 +291,16 @@ def tune(base: RunConfig, methods: list[str], workers: int = 1) -> TuningSummary
 
     spaces = check_spaces(methods, base.tune)  # refuse a bad space before any process starts
     refuse_early_all(base, methods)  # and a method this model cannot take
-    if base.tune.pruner == "halving":  # each bracket asked once, before any worker starts
-        storage = storage_for(base)
-        for m in methods:
-            halving.populate(
-                open_study(base, m, storage), spaces[m], base.tune.trials, base.tune.seed
-            )
+    storage = storage_for(base)
+    bind(base, storage, methods)  # a shared storage: one output folder per study, or refused
+    if base.tune.pruner == "halving":  # each bracket asked once, before any worker starts;
+        # a lock in the shared folder: two commands started together would both ask
+        from filelock import FileLock
+
+        with FileLock(str(Path(base.out_dir) / ".bracket.lock")):
+            for m in methods:
+                study = open_study(base, m, storage)
+                halving.populate(study, spaces[m], base.tune.trials, base.tune.seed)
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
     procs = [
