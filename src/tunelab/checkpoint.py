@@ -13,17 +13,24 @@ from tunelab.anatomy import unwrap
 from tunelab.errors import TunelabError, first_line
 from tunelab.files import _atomic
 from tunelab.results import STATE
+from tunelab.sharding import full, full_state_dict, like, optimizer_state, reshard_optimizer
 
 
-def save_model(model, tokenizer, folder: Path) -> None:
+def save_model(model, tokenizer, folder: Path, write: bool = True) -> None:
     """Standard formats: PEFT adapter (+ the base config with labels) or a full HF model;
-    written to a temporary folder renamed into place, so ``folder`` is whole or absent."""
+    written to a temporary folder renamed into place, so ``folder`` is whole or absent. A
+    sharded model's weights are gathered whole first (every process calls; ``write`` only
+    on the main one)."""
     from tunelab.guard import fault
 
+    state_dict = full_state_dict(model)  # None unless sharded
+    if not write:
+        return
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    whole = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(tmp, safe_serialization=True, **whole)
     base = unwrap(model)
     base.config.save_pretrained(tmp)  # id2label + num_labels for loading the adapter back
     tokenizer.save_pretrained(tmp)
@@ -33,9 +40,12 @@ def save_model(model, tokenizer, folder: Path) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """CPU copies of the trainable parameters (all a frozen-backbone method changes)."""
+    """CPU copies of the trainable parameters (all a frozen-backbone method changes), whole
+    (a sharded model's are gathered: every process must call)."""
     return {
-        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+        n: full(p).detach().to("cpu", copy=True)
+        for n, p in model.named_parameters()
+        if p.requires_grad
     }
 
 
@@ -43,24 +53,27 @@ def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in state.items():
-            params[n].copy_(t)
+            params[n].copy_(like(t, params[n]))  # a sharded parameter takes its shard
 
 
 def save_checkpoint(
-    run_dir: Path, model, optimizer, scheduler, progress: dict, best: dict[str, torch.Tensor]
-) -> None:
+    run_dir: Path, model, optimizer, scheduler, progress: dict, best: dict[str, torch.Tensor],
+    write: bool = True,
+) -> None:  # fmt: skip
     """The full training state, atomically: weights that train, optimizer, scheduler,
-    progress, the best validation's weights and the RNG streams."""
+    progress, the best validation's weights and the RNG streams. ``write`` False: gather
+    only (a sharded model's other processes; the main process writes)."""
     state = {
         "trainable": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state(optimizer),  # moments whole under FSDP
         "scheduler": scheduler.state_dict(),
         "progress": progress,
         "best_state": best,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    _atomic(Path(run_dir) / STATE, lambda f: torch.save(state, f), fault_point="checkpoint")
+    if write:
+        _atomic(Path(run_dir) / STATE, lambda f: torch.save(state, f), fault_point="checkpoint")
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
@@ -80,6 +93,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[dict, d
         ) from e
     load_trainable(model, st["trainable"])
     optimizer.load_state_dict(st["optimizer"])
+    reshard_optimizer(optimizer)
     scheduler.load_state_dict(st["scheduler"])
     torch.set_rng_state(st["rng"])
     restore_cuda_rng(st.get("cuda_rng"))

@@ -153,6 +153,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward instead of keeping them: less memory for a longer
     step (for large models or long texts)."""
+    fsdp: bool = False
+    """Under several processes (torchrun, accelerate launch), shard weights, gradients and
+    optimizer state across them (FSDP) instead of a full copy in each (DDP); also on when
+    accelerate's config says FSDP. Full fine-tuning and adapters on linear layers."""
     test: bool = True
     """Score the best validation checkpoint on the test split at the end (tuning trials do
     not: the test split never takes part in choosing)."""

@@ -23,6 +23,7 @@ from tunelab.anatomy import anatomy, experts
 from tunelab.loggers import EvalProgress
 from tunelab.precision import autocast
 from tunelab.results import Scores
+from tunelab.sharding import eval_share
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tunelab")
 
@@ -154,12 +155,14 @@ def evaluate(
     model.eval()
     preds, labels, order, loss_sum = [], [], [], 0.0
     rank, world = _process()
-    mine = B.eval_batches(enc.lengths, batch_size)[rank::world]  # this process's share
-    with EvalProgress(what, sum(len(i) for i in mine), main_process=rank == 0) as shown:
-        for idx in mine:
+    mine = eval_share(model, B.eval_batches(enc.lengths, batch_size), rank, world)
+    with EvalProgress(what, sum(len(i) for i, ok in mine if ok), main_process=rank == 0) as shown:
+        for idx, ok in mine:
             batch = {k: v.to(device) for k, v in task.collate(enc, idx, pad_id).items()}
             with autocast(precision, device):
                 loss, pred = task.forward(model, batch)
+            if not ok:  # a sharded model's extra forward, to keep pace with the others
+                continue
             loss_sum += loss.float().item() * len(idx)
             preds.append(pred.cpu())
             labels.append(task.targets(batch).cpu())

@@ -16,6 +16,7 @@ import contextlib
 import torch
 
 from tunelab.errors import ConfigError
+from tunelab.sharding import accelerate_without_fsdp
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -103,9 +104,11 @@ def accelerator(tc, trackers, project_dir):
     mode = choose_precision(tc.mixed_precision, device)[0]
     distributed = dist.is_available() and dist.is_initialized()
     AcceleratorState._reset_state(reset_partial_state=not distributed)
-    # cpu=True also lets torchrun's CPU processes form a gloo group
-    return Accelerator(mixed_precision=mode, log_with=trackers, project_dir=str(project_dir),
-                       cpu=device == "cpu")  # fmt: skip
+    # cpu=True also lets torchrun's CPU processes form a gloo group; FSDP is tunelab's own
+    # (tunelab.sharding), on CPUs and GPUs alike
+    with accelerate_without_fsdp():
+        return Accelerator(mixed_precision=mode, log_with=trackers,
+                           project_dir=str(project_dir), cpu=device == "cpu")  # fmt: skip
 
 
 def autocast(mode: str, device: torch.device | str):

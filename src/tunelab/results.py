@@ -235,10 +235,10 @@ class Env:
     cpu_count: int | None = None
     torch_threads: int = 0
     git_commit: str | None = None
-    precision: str = ""
-    """accelerate's mixed precision: no, bf16 or fp16."""
+    precision: str = ""  # accelerate's mixed precision: no, bf16 or fp16
     weights: str = ""
     """dtype of the weights that train (float32: master weights; bf16 runs via autocast)."""
+    parallel: str = ""  # "ddp x2", "fsdp x4"; "" for one process
 
 
 @dataclass

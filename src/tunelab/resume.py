@@ -16,6 +16,7 @@ from tunelab import checkpoint as checkpoint_file
 from tunelab import results
 from tunelab.measure import Window
 from tunelab.results import STATE, Scores
+from tunelab.sharding import sharded
 
 
 @dataclass
@@ -93,12 +94,13 @@ def checkpoint(s: Saver, pg: Progress, best: dict, win: Window | None = None) ->
     """Write the resumable state (main process only), atomically; mid-window, the window's
     examples, tokens and seconds so far are counted into the saved progress."""
     s.last_save = time.monotonic()
-    if pg.step >= s.total_steps or not s.acc.is_main_process:
-        return
+    model = s.acc.unwrap_model(s.model)
+    if pg.step >= s.total_steps or not (s.acc.is_main_process or sharded(model)):
+        return  # under FSDP every process gathers its shards, the main process writes
     progress = {**vars(pg), "best": pg.best.as_dict() if pg.best else None}
     if win is not None:
         progress["examples"] += win.examples
         progress["tokens"] += win.tokens
         progress["train_time"] += time.perf_counter() - win.start
-    model = s.acc.unwrap_model(s.model)
-    checkpoint_file.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, progress, best)
+    checkpoint_file.save_checkpoint(s.run_dir, model, s.optimizer, s.scheduler, progress, best,
+                                    write=s.acc.is_main_process)  # fmt: skip

@@ -1,4 +1,4 @@
-"""ONE explicit, method- and task-agnostic training loop (on accelerate: CPU, CUDA, several GPUs).
+"""ONE explicit, method- and task-agnostic training loop (on accelerate: CPU, CUDA, DDP, FSDP).
 
 ``run`` = ``setup`` (data, model, method, AdamW + schedule) -> ``restore`` (a checkpoint) ->
 ``train_loop`` (``train_step``; regularly ``validate``, which keeps the best weights, and the
@@ -16,7 +16,7 @@ import torch
 from accelerate.utils import set_seed
 
 from tunelab import checkpoint as ckpt
-from tunelab import fast, guard, measure, quantize, results, rundir, trend
+from tunelab import fast, guard, measure, quantize, results, rundir, sharding, trend
 from tunelab import resume as saving
 from tunelab.batches import optimizer_steps
 from tunelab.config import RunConfig
@@ -138,10 +138,10 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
     record.flops_per_token = results.Flops(**measure.flops_per_token(model))
     weights = ", ".join(sorted({str(p.dtype)[6:] for p in model.parameters()}))  # bf16 base
     record.env = Env(**measure.environment(acc.device), precision=mp, weights=weights)
-    optimizer = make_optimizer(method.param_groups(model, lr, tc.weight_decay), lr)
+    model, optimizer = sharding.prepare(acc, tc, model, record.env,  # DDP, FSDP or neither
+        lambda m: make_optimizer(method.param_groups(m, lr, tc.weight_decay), lr))  # fmt: skip
     per_epoch, total, eval_every = step_budget(tc, len(data.train), acc.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total)
-    model, optimizer = acc.prepare(model, optimizer)
     probes = trend.probe_every(tc, total, eval_every)
     parts = (acc, data, model, optimizer, scheduler, record, per_epoch, total, eval_every, probes)
     every = (tc.save_every_steps, tc.save_every_minutes)
@@ -273,8 +273,8 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         t0 = time.perf_counter()
         rec.test = s.evaluate(s.data.test, "test")
         test_s = time.perf_counter() - t0
-    if not stopped and s.cfg.train.save_model and main:
-        ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model")
+    if not stopped and s.cfg.train.save_model:  # every process: FSDP gathers, main writes
+        ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model", write=main)
     seen = torch.tensor([pg.examples, pg.tokens], device=s.acc.device)  # summed: parts differ
     seen = [int(x) for x in (s.acc.reduce(seen, "sum") if s.acc.num_processes > 1 else seen)]
     cpu = measure.cpu_usage(s.acc.device, pg.train_cpu, pg.train_other_cpu)

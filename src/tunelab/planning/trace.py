@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from tunelab import measure
+from tunelab import measure, sharding
 from tunelab.anatomy import NotApplicable, config_layers, experts, with_layers
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
@@ -113,11 +113,13 @@ def applies(cfg: RunConfig) -> None:
     with warnings.catch_warnings(), init_empty_weights():
         warnings.simplefilter("ignore")
         try:
-            apply_method(build_method(spec(cfg, cfg.method.name)), model, WEIGHTS_DTYPE)
+            model = apply_method(build_method(spec(cfg, cfg.method.name)), model, WEIGHTS_DTYPE)
         except TunelabError:  # NotApplicable, or a target naming the task head
             raise
         except Exception:  # what only the meta device trips on: the real run will tell
             return
+    if sharding.wanted(cfg.train):  # what FSDP cannot shard (train.fsdp)
+        sharding.refuse(model, cfg.model.quantize != "none")
 
 
 def fake_model(config, task: str, knobs: dict, mode, frozen: torch.dtype = WEIGHTS_DTYPE):
