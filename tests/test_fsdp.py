@@ -133,3 +133,17 @@ def test_accelerates_fsdp_switch_turns_it_on_and_prompt_tuning_is_refused(
     assert refused.stderr.count("tunelab: error: train.fsdp: prompt_tuning") == 2
     assert "[rank0]: Traceback" not in refused.stderr
     assert not os.path.exists(tmp_path / "prompt-seed0")  # refused before any run folder
+
+
+def test_plan_per_process_under_fsdp_is_within_15_percent_of_the_measured_peak(tmp_path):
+    """`tunelab plan --processes 2 --fsdp` against the main process's resident peak of a real
+    2-process FSDP run of MiniLM (full fine-tuning, a checkpoint gathered mid-run):
+    bench/fsdp_memory.py's own measurement (its result file holds LoRA and one process too)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from fsdp_memory import measured, planned
+
+    run, plan = measured("full", tmp_path, 2), planned("full", 2)
+    assert run["parallel"] == "fsdp x2"
+    assert plan["expected"] == pytest.approx(run["process_peak"], rel=0.15)
+    one = planned("full", 1)  # the sharded share is what the plan answers, not a whole copy
+    assert plan["weights"] * 2 == pytest.approx(one["weights"], abs=2)

@@ -209,16 +209,18 @@ def plan(
     time: str | float | None = None,
     device: str | None = None,
     calibrate: bool = False,
+    processes: int = 1,
     **kw,
 ):
     """``tunelab plan``: memory, time and FLOPs of each method before any run; a Plan
-    (``str(plan)`` is the command's table, ``plan.to_json()`` its JSON)."""
+    (``str(plan)`` is the command's table, ``plan.to_json()`` its JSON); ``processes``: one
+    process's share under DDP, or FSDP with ``fsdp=True``."""
     cfg = load(overrides, **kw)
-    return plan_config(cfg, methods, examples, memory, time, device, calibrate)
+    return plan_config(cfg, methods, examples, memory, time, device, calibrate, processes)
 
 
 def plan_config(cfg, methods=None, examples=None, memory=None, time=None, device=None,
-                calibrate=False):  # fmt: skip
+                calibrate=False, processes=1):  # fmt: skip
     """``plan`` from a loaded configuration (what the command calls)."""
     from tunelab.methods import METHODS
     from tunelab.planning import parse_duration, parse_size
@@ -226,6 +228,8 @@ def plan_config(cfg, methods=None, examples=None, memory=None, time=None, device
 
     if examples is not None and examples < 1:
         raise TunelabError(f"--examples must be at least 1, got {examples}")
+    if processes < 1:
+        raise TunelabError(f"--processes must be at least 1, got {processes}")
     return estimate(
         cfg,
         _methods(methods or ",".join(METHODS)),
@@ -234,6 +238,7 @@ def plan_config(cfg, methods=None, examples=None, memory=None, time=None, device
         memory=parse_size(memory) if isinstance(memory, str) else memory,
         seconds=parse_duration(time) if isinstance(time, str) else time,
         calibrate_rate=calibrate,
+        processes=processes,
     )
 
 

@@ -13,7 +13,7 @@ from tunelab.anatomy import unwrap
 from tunelab.errors import TunelabError, first_line
 from tunelab.files import _atomic
 from tunelab.results import STATE
-from tunelab.sharding import full, full_state_dict, like, optimizer_state, reshard_optimizer
+from tunelab.sharding import full_state_dict, like, optimizer_state, reshard_optimizer, whole
 
 
 def save_model(model, tokenizer, folder: Path, write: bool = True) -> None:
@@ -23,7 +23,7 @@ def save_model(model, tokenizer, folder: Path, write: bool = True) -> None:
     on the main one)."""
     from tunelab.guard import fault
 
-    state_dict = full_state_dict(model)  # None unless sharded
+    state_dict = full_state_dict(model, keep=write)  # None unless sharded
     if not write:
         return
     tmp = folder.with_name(f".{folder.name}.tmp")
@@ -40,10 +40,12 @@ def save_model(model, tokenizer, folder: Path, write: bool = True) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """CPU copies of the trainable parameters (all a frozen-backbone method changes), whole
-    (a sharded model's are gathered: every process must call)."""
+    """CPU copies of the trainable parameters (all a frozen-backbone method changes); of a
+    sharded model, copies of this process's shards (``whole`` gathers them for a file)."""
+    from torch.distributed.tensor import DTensor
+
     return {
-        n: full(p).detach().to("cpu", copy=True)
+        n: p.detach().clone() if isinstance(p, DTensor) else p.detach().to("cpu", copy=True)
         for n, p in model.named_parameters()
         if p.requires_grad
     }
@@ -64,11 +66,11 @@ def save_checkpoint(
     progress, the best validation's weights and the RNG streams. ``write`` False: gather
     only (a sharded model's other processes; the main process writes)."""
     state = {
-        "trainable": trainable_state(model),
-        "optimizer": optimizer_state(optimizer),  # moments whole under FSDP
+        "trainable": whole(trainable_state(model), keep=write),  # FSDP: gathered whole
+        "optimizer": optimizer_state(optimizer, keep=write),
         "scheduler": scheduler.state_dict(),
         "progress": progress,
-        "best_state": best,
+        "best_state": whole(best, keep=write),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }

@@ -62,6 +62,14 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", help="memory to fit in, e.g. 16GB (default: this machine's)")
     p.add_argument("--time", help="training time to fit in, e.g. 2h, 90m")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: this machine's")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="training processes (GPUs): memory per process, DDP unless --fsdp",
+    )
+    p.add_argument("--fsdp", action="store_true",
+                   help="the processes shard the model (train.fsdp=true)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument(
         "--calibrate",
@@ -75,8 +83,9 @@ def cmd_plan(args) -> None:
     from tunelab.planning import table
 
     cfg = _load(args)
+    cfg.train.fsdp = cfg.train.fsdp or args.fsdp
     p = api.plan_config(cfg, args.methods, args.examples, args.memory, args.time, args.device,
-                        args.calibrate)  # fmt: skip
+                        args.calibrate, args.processes)  # fmt: skip
     print(p.to_json() if args.json else table(p))
 
 

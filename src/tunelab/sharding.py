@@ -98,18 +98,27 @@ def like(t: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(t, param.device_mesh, param.placements, src_data_rank=None)
 
 
-def full_state_dict(model) -> dict[str, torch.Tensor] | None:
+def whole(tensors: dict, keep: bool = True) -> dict:
+    """Each tensor gathered whole onto the CPU, one at a time (every process must call); with
+    ``keep`` False (the processes that do not write) each is dropped as soon as gathered, so
+    only the writer ever holds the whole state."""
+    out = {}
+    for k, v in tensors.items():
+        v = full(v) if torch.is_tensor(v) else v
+        if keep:
+            out[k] = v.detach().cpu() if torch.is_tensor(v) else v
+    return out
+
+
+def full_state_dict(model, keep: bool = True) -> dict[str, torch.Tensor] | None:
     """The whole model's state on the CPU (every process gathers), or None unsharded."""
-    if not sharded(model):
-        return None
-    return {k: full(v).detach().cpu() for k, v in model.state_dict().items()}
+    return whole(model.state_dict(), keep) if sharded(model) else None
 
 
-def optimizer_state(optimizer) -> dict:
+def optimizer_state(optimizer, keep: bool = True) -> dict:
     """The optimizer's state_dict with sharded moments gathered whole."""
     sd = optimizer.state_dict()
-    state = {k: {n: full(v).detach().cpu() for n, v in st.items()} for k, st in sd["state"].items()}
-    return {**sd, "state": state}
+    return {**sd, "state": {k: whole(st, keep) for k, st in sd["state"].items()}}
 
 
 def reshard_optimizer(optimizer) -> None:
@@ -132,3 +141,21 @@ def eval_share(model, every: list, rank: int, world: int) -> list[tuple[list[int
     if sharded(model) and every:
         mine += [(every[0], False)] * (-(-len(every) // world) - len(mine))
     return mine
+
+
+def units(model) -> dict[str, int]:
+    """What FSDP gathers whole, in bytes, for ``plan``: the largest block's weights and its
+    trainable part (its gradients before they are reduce-scattered), and the weights outside
+    every block (the root's: embeddings, head), which stay gathered from forward to backward."""
+    blocks, inner = [], model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(inner, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in names and not any(module is b for b in blocks):
+            blocks.append(module)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    size = lambda ps: sum(p.numel() * p.element_size() for ps_ in [ps] for p in ps_)  # noqa: E731
+    each = [(size(b.parameters()), size(p for p in b.parameters() if p.requires_grad))
+            for b in blocks] or [(0, 0)]  # fmt: skip
+    root = size(p for p in model.parameters() if id(p) not in in_blocks)
+    return {"unit_weights": max(w for w, _ in each), "unit_gradients": max(g for _, g in each),
+            "root_weights": root}  # fmt: skip

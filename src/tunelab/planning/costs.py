@@ -75,6 +75,10 @@ class Plan:
     labelled_tokens: float | None = None
     """A decoder's labelled tokens per training row (the answer, or an SFT response): the
     positions its LM head projects; None: every position (no tokenizer to count them)."""
+    processes: int = 1
+    """Training processes (GPUs): the memory columns are one process's share."""
+    fsdp: bool = False
+    """Sharded (train.fsdp) rather than a full copy per process (DDP)."""
     experts: list[int] | None = None
     """A mixture of experts: [routed experts per layer, experts run per token]; else None."""
     estimates: list[Cost] = field(default_factory=list)

@@ -36,7 +36,14 @@ from tunelab.planning.costs import Cost, Plan
 from tunelab.planning.process import process_peak, tensor_room
 from tunelab.planning.rate import calibrate, cuda_peak, learned_efficiency, peak_flops
 from tunelab.planning.text import duration, gib
-from tunelab.planning.trace import eval_working_set, in_nf4, model_config, spec, trace
+from tunelab.planning.trace import (
+    eval_working_set,
+    in_nf4,
+    model_config,
+    per_process,
+    spec,
+    trace,
+)
 from tunelab.precision import compute_dtype
 from tunelab.quantize import check_method
 
@@ -66,13 +73,15 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path, base: 
         return est
     if cfg.model.quantize != "none":  # the frozen linear weights stored in NF4 instead
         t = in_nf4(t, frozen)
+    t = per_process(t, plan.processes, plan.fsdp)  # one process's share (DDP, FSDP)
     est.trainable, est.total, est.active = t["trainable"], t["total"], t["active"]
     plan.experts = plan.experts or t["experts"]
     est.weights, est.gradients, est.optimizer = t["weights"], t["gradients"], t["optimizer"]
     est.activations, est.activations_from = t["activations"], t["activations_from"]
     est.temporaries, est.peak = t["temporaries"], t["peak"]
     rows = cfg.train.eval_batch_size
-    est.eval_peak = est.weights + eval_working_set(config, plan.task, rows, plan.longest)
+    est.eval_peak = est.weights + t.get("gathered", 0)
+    est.eval_peak += eval_working_set(config, plan.task, rows, plan.longest)
     tensors = max(est.peak, est.eval_peak)
     est.process = process_peak(plan.device, tensors, est.weights + est.optimizer, base)
     est.flops_per_example = t["flops_per_token"] * plan.mean_tokens
@@ -81,6 +90,8 @@ def estimate(cfg: RunConfig, method: str, plan: Plan, config, runs: Path, base: 
         runs, cfg.model.name, method, plan.device, plan.precision, plan.peak_flops
     )
     est.seconds = est.flops_per_epoch * plan.epochs / (plan.peak_flops * est.efficiency)
+    if plan.device == "cuda":  # N GPUs share the examples (CPU processes share the cores)
+        est.seconds /= plan.processes
     est.saves_bytes = est.gradients if METHODS[method].saves_adapter else est.weights
     est.checkpoint_bytes = 2 * est.gradients + est.optimizer
     return est
@@ -95,6 +106,7 @@ def plan(
     memory: int | None = None,
     seconds: float | None = None,
     calibrate_rate: bool = False,
+    processes: int = 1,
 ) -> Plan:
     """Estimate every method for ``cfg``'s model, data shape and machine."""
     from tunelab.precision import choose_precision
@@ -134,17 +146,25 @@ def plan(
         memory_from=budget_from,
         time_budget=seconds,
         labelled_tokens=labelled if cfg.task == "causal-lm" else None,
+        processes=processes,
+        fsdp=processes > 1 and cfg.train.fsdp,
     )
     p.estimates = [estimate(cfg, m, p, config, runs, base) for m in methods]
     if calibrate_rate:
         calibrate(cfg, methods, p, runs)
         p.estimates = [estimate(cfg, m, p, config, runs, base) for m in methods]
-    for e in p.estimates:
-        if not e.error:  # the high end of what the OS sees: the number that kills a process
-            e.fits_memory = None if budget is None else e.process.high <= budget
-            e.fits_time = None if seconds is None else e.seconds <= seconds
+    fits(p, budget, seconds)
     p.suggestion = suggest(p)
     return p
+
+
+def fits(p: Plan, budget: int | None, seconds: float | None) -> None:
+    """Each estimate against the budgets: memory by the high end of what the OS sees (the
+    number that kills a process), time by the estimate."""
+    for e in p.estimates:
+        if not e.error:
+            e.fits_memory = None if budget is None else e.process.high <= budget
+            e.fits_time = None if seconds is None else e.seconds <= seconds
 
 
 def data_shape(cfg: RunConfig) -> tuple[float, int, int, int, str, float | None]:

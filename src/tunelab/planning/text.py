@@ -62,8 +62,20 @@ def header(p: Plan) -> str:
         f" per example, from {p.tokens_from}); {p.examples:,} examples x {p.epochs:g} epoch(s)\n"
         f"memory budget: {gib(p.memory_budget) if p.memory_budget else 'none'} ({p.memory_from})"
         f"; time budget: {duration(p.time_budget) if p.time_budget else 'none'}; matmul peak "
-        f"{p.peak_flops / 1e9:,.0f} GFLOP/s ({p.peak_from})\n" + experts_line(p)
+        f"{p.peak_flops / 1e9:,.0f} GFLOP/s ({p.peak_from})\n" + processes_line(p) + experts_line(p)
     )
+
+
+def processes_line(p: Plan) -> str:
+    """Several processes: the memory columns are one process's share."""
+    if p.processes == 1:
+        return ""
+    if p.fsdp:
+        return (
+            f"per process, FSDP over {p.processes} processes: weights, gradients and AdamW "
+            f"1/{p.processes} each, plus the root's and two blocks' weights gathered whole\n"
+        )
+    return f"per process, DDP over {p.processes} processes: a whole copy each + gradient buckets\n"
 
 
 def experts_line(p: Plan) -> str:

@@ -227,6 +227,7 @@ def trace(
                 "quantized": quantized_params(model),
                 "experts": [moe.n, moe.per_token] if (moe := experts(model)) else None,
                 "flops_per_token": measure.flops_per_token(model)["total"],
+                **sharding.units(model),
             }
             labelled = labelled if keeps_logits(model) else None
             data = training_batch(config, task, batch, length, labelled=labelled)
@@ -280,6 +281,29 @@ def with_peak(t: dict) -> dict:
     temporaries = 2 * t["largest"]
     peak = t["weights"] + t["optimizer"] + max(t["activations"], t["gradients"]) + temporaries
     return {**t, "temporaries": temporaries, "peak": peak}
+
+
+def per_process(t: dict, processes: int, fsdp: bool) -> dict:
+    """One of ``processes`` processes' share of a traced plan (the main one's: it writes).
+    FSDP: weights, gradients and AdamW state 1/N each, plus what is gathered whole at once
+    while training: the root's weights (kept from forward to backward, and the all-gather's
+    buffer), two blocks' (the one computing and the next, prefetched) and one block's
+    gradients before their reduce-scatter; the main process also gathers the whole resumable
+    checkpoint (trainable weights, best weights, AdamW state) and, at the end, the whole model
+    to save, next to its shards. DDP: the whole model in each process, plus its gradient
+    buckets (a second copy of the gradients)."""
+    n = processes
+    if n == 1:
+        return t
+    if not fsdp:
+        return {**t, "peak": t["peak"] + t["gradients"], "buckets": t["gradients"]}
+    shard = {k: -(-t[k] // n) for k in ("weights", "gradients", "optimizer")}
+    gathered = 2 * t["root_weights"] + 2 * t["unit_weights"] + t["unit_gradients"]
+    held = shard["weights"] + shard["optimizer"]
+    train = held + max(t["activations"], shard["gradients"]) + t["temporaries"] + gathered
+    write = held + shard["gradients"] + 2 * t["gradients"] + t["optimizer"]
+    peak = max(train, write, held + t["weights"])
+    return {**t, **shard, "gathered": gathered, "peak": peak}
 
 
 def layer_scaled_activations(
