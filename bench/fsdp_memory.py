@@ -77,10 +77,10 @@ def compare(method: str, tmp: Path) -> dict:
     rows = {}
     for n in (1, 2):
         run, plan = measured(method, tmp / f"{method}-{n}", n), planned(method, n)
-        rows[f"{n} process(es)"] = {
+        rows[f"processes_{n}"] = {
             "measured": run,
             "plan": plan,
-            "plan / measured": plan["expected"] / run["process_peak"],
+            "plan_over_measured": plan["expected"] / run["process_peak"],
         }
     return rows
 
@@ -100,7 +100,7 @@ def main() -> None:
         for k, r in rows.items():
             print(
                 f"{m} {k}: plan {r['plan']['expected'] / 2**20:.0f} MiB, measured "
-                f"{r['measured']['process_peak'] / 2**20:.0f} MiB ({r['plan / measured']:.2f})"
+                f"{r['measured']['process_peak'] / 2**20:.0f} MiB ({r['plan_over_measured']:.2f})"
             )
     print(path)
 
