@@ -18,6 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # no plain progress lines in tests that count a command's stderr lines (test_progress.py
 # turns them on where it checks them)
 os.environ.setdefault("TUNELAB_PROGRESS_SECONDS", "0")
+# 4 general-text passages for forgetting, not 200: scoring them is most of a tiny decoder's
+# run (tests/test_forgetting.py sets its own count)
+os.environ.setdefault("TUNELAB_FORGETTING_EXAMPLES", "4")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # thread each (and in their subprocesses)
 

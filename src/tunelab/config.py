@@ -21,6 +21,7 @@ import yaml
 
 from tunelab.errors import ConfigError
 from tunelab.fields import NonNegative, Positive, Range, apply_fields, field_docs
+from tunelab.forgetting import ForgettingConfig
 from tunelab.methods import METHODS, Method, build_method, knobs, method_dict
 
 
@@ -232,6 +233,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
 
     @property
     def method_name(self) -> str:
@@ -440,4 +442,5 @@ SECTIONS = {
     "model.": ModelConfig,
     "train.": TrainConfig,
     "tune.": TuneConfig,
+    "forgetting.": ForgettingConfig,
 }

@@ -18,6 +18,7 @@ from typing import Any
 from tunelab.config import RunConfig, config_from_dict, public_dict
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.files import is_main, write_json, write_text
+from tunelab.forgetting import Forgetting
 
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
@@ -286,10 +287,9 @@ class RunRecord:
     trend: list[dict[str, float]] = field(default_factory=list)  # probe points (tunelab.trend)
     best_step: int = -1
     best_validation: Scores | None = None
-    test: Scores | None = None
-    """None: not tested (a tuning trial, train.test=false, a run that did not finish)."""
-    tuning: Tuning | None = None
-    """Set for a tuning trial and for a run of a tuned configuration."""
+    test: Scores | None = None  # None: not tested (a trial, train.test=false, unfinished)
+    forgetting: Forgetting | None = None  # the general-text loss change (tunelab.forgetting)
+    tuning: Tuning | None = None  # set for a tuning trial and a tuned configuration's run
     # read back with the record, never written into result.json
     metrics: list[dict] = field(default_factory=list, repr=False, metadata={"disk": False})
     run_dir: str = field(default="", repr=False, metadata={"disk": False})

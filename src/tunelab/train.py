@@ -16,7 +16,7 @@ import torch
 from accelerate.utils import set_seed
 
 from tunelab import checkpoint as ckpt
-from tunelab import fast, guard, measure, quantize, results, rundir, sharding, trend
+from tunelab import fast, forgetting, guard, measure, quantize, results, rundir, sharding, trend
 from tunelab import resume as saving
 from tunelab.batches import optimizer_steps
 from tunelab.config import RunConfig
@@ -125,6 +125,7 @@ def setup(cfg: RunConfig, method: Method, run_dir: Path, record: RunRecord) -> S
         mc.trust_remote_code, mc.allow_pickle, quantize.quantization(mc, method, mp, acc.device),
         acc.device)  # fmt: skip
     record.data = data_info(data, measure.zero_shot(cfg, data, model, acc.device, mp))
+    record.forgetting = forgetting.before(cfg, model, data.tokenizer, acc.device, mp)  # base
     try:
         model = apply_method(method, model, frozen_dtype(mc.base_dtype, mp, method))
     except TunelabError as e:
@@ -273,22 +274,16 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         t0 = time.perf_counter()
         rec.test = s.evaluate(s.data.test, "test")
         test_s = time.perf_counter() - t0
+        forgetting.after(rec.forgetting, s.cfg, model, s.data.tokenizer, s.acc)  # after - base
     if not stopped and s.cfg.train.save_model:  # every process: FSDP gathers, main writes
         ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model", write=main)
     seen = torch.tensor([pg.examples, pg.tokens], device=s.acc.device)  # summed: parts differ
     seen = [int(x) for x in (s.acc.reduce(seen, "sum") if s.acc.num_processes > 1 else seen)]
     cpu = measure.cpu_usage(s.acc.device, pg.train_cpu, pg.train_other_cpu)
-    rec.finish(
-        stopped_early=outcome == "early",
-        steps=pg.step,
-        epochs=pg.step / s.per_epoch,
-        timing=results.Timing.of(pg.train_time, pg.eval_time, test_s, *seen, cpu),
-        saved_bytes=measure.weights_bytes(s.run_dir / "model"),
-        curve=pg.curve,
-        trend=pg.trend,
-        best_step=pg.best_step,
-        best_validation=pg.best,
-    )
+    rec.finish(stopped_early=outcome == "early", steps=pg.step, epochs=pg.step / s.per_epoch,
+               timing=results.Timing.of(pg.train_time, pg.eval_time, test_s, *seen, cpu),
+               saved_bytes=measure.weights_bytes(s.run_dir / "model"), curve=pg.curve,
+               trend=pg.trend, best_step=pg.best_step, best_validation=pg.best)  # fmt: skip
     if stopped:  # paused: its checkpoint stays for --resume
         rec.stop(outcome, f"{outcome} by its caller at step {pg.step}", pg.step, pg.curve)
     if main:

@@ -52,10 +52,12 @@ COLUMNS = [
     Column("test_acc", "test accuracy %", lambda r: 100 * r.test.accuracy, "max", 2, "test"),
     Column("test_f1", "test macro-F1 %", lambda r: 100 * r.test.macro_f1, "max", 2),
 ]
-# a causal-LM run also shows its answer-token loss and perplexity on validation
+# a causal-LM run also shows its answer-token loss and perplexity on validation, and what
+# it cost the model's general text (tunelab.forgetting: change of its loss, nats per token)
 LM_COLUMNS = [
     Column("val_loss", "val loss", lambda r: r.best_validation.loss, "min", 3),
     Column("val_ppl", "val perplexity", lambda r: math.exp(r.best_validation.loss), "min", 2),
+    Column("forgetting", "forgetting (Δ loss)", lambda r: float(r.forgetting.change), "min", 3),
 ]
 
 
@@ -120,6 +122,9 @@ def estimate(col: Column, runs: list[RunRecord]) -> Estimate:
     est = ci95(values)
     if len(values) == 1 and col.split:
         est = binomial(est.mean, getattr(runs[0].data, col.split))
+    if len(values) == 1 and col.key == "forgetting":  # its interval over the sample's passages
+        f = runs[0].forgetting
+        est = Estimate(f.change, (f.high - f.low) / 2, f.low, f.high)
     return est
 
 

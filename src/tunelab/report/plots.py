@@ -53,10 +53,12 @@ def pareto_plot(rows: list[Row], cost: str, xlabel: str, metric: str, log: bool)
     fig, ax = _figure()
     for i, r in enumerate(rows):
         x, y = r[cost].mean, r[metric]
+        c = r[cost]
         ax.errorbar(
             x,
             y.mean,
             yerr=[[y.mean - y.low], [y.high - y.mean]] if y.half else None,
+            xerr=[[c.mean - c.low], [c.high - c.mean]] if c.half else None,
             fmt="o" if r.learned else "x",
             color=COLORS[i % len(COLORS)],
             capsize=3,

@@ -160,6 +160,14 @@ PARETO = [
     ),
     ("pareto-time", "train_s", "training seconds", False, "Test accuracy vs training time."),
     ("pareto-memory", "peak_mb", "peak memory (MB)", False, "Test accuracy vs peak memory."),
+    (
+        "learning-forgetting",
+        "forgetting",
+        "forgetting: change of the general-text loss (nats/token)",
+        False,
+        "Learning against forgetting: test accuracy vs the change of the model's loss on a "
+        "general-text sample (tunelab.forgetting); bars: 95% intervals on both axes.",
+    ),
 ]
 # (id, x, y, y label, training rows, caption)
 CURVES = [
@@ -194,7 +202,7 @@ def figures(records: list[RunRecord], a: Analysis) -> dict:
     pareto = [
         _figure(fid, plots.pareto_plot(scored, cost, xlabel, "test_acc", log), caption)
         for fid, cost, xlabel, log, caption in PARETO
-        if scored
+        if scored and all(cost in r.values for r in scored)
     ]
     curves = [
         _figure(fid, plots.curve_plot(ok, methods, x, y, ylabel, train), caption)

@@ -1,0 +1,131 @@
+"""Forgetting (tunelab.forgetting): a decoder run records the change of its general-text loss
+with an interval; the before / after losses equal an independent computation (transformers' own
+loss of each passage, base model and saved model); a run trained on the general sample itself
+(negative control) forgets less than nothing, one at a destructive learning rate far more; an
+encoder classifier says why it is not measured."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from tests.conftest import tiny_overrides
+from tunelab.config import load_config
+from tunelab.forgetting import ForgettingConfig, builtin_text, passages
+from tunelab.train import run
+
+pytestmark = pytest.mark.slow  # real (tiny) training runs
+
+SAMPLE = 24  # passages of the general-text sample in these tests
+
+
+def sft_rows(texts: list[str]) -> list[dict]:
+    return [{"prompt": "Say:", "response": t} for t in texts]
+
+
+def decoder_run(tiny_llama, tmp_path, rows, lr: float, epochs: int = 2, **extra) -> object:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    over = [f"model.name={tiny_llama}", f"data.dataset={path}", "data.response_column=response",
+            "task=causal-lm", f"out_dir={tmp_path / 'runs'}", "tracker=none",
+            f"train.epochs={epochs}", "train.batch_size=8", f"train.lr={lr}", "method=full",
+            "train.mixed_precision=no", "train.trend_points=0", f"forgetting.examples={SAMPLE}",
+            "forgetting.max_length=64", *[f"{k}={v}" for k, v in extra.items()]]  # fmt: skip
+    return run(load_config(None, over))
+
+
+def hf_losses(folder: str, chunks: list[list[int]]) -> list[float]:
+    """Each passage's loss as transformers computes it (labels = the passage, one at a time:
+    no padding, no code of ours)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([c]), labels=torch.tensor([c])).loss.item()
+                for c in chunks]  # fmt: skip
+
+
+def test_losses_match_an_independent_computation(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    rows = sft_rows([f"the {w} is on the table" for w in ["cup", "pen", "book", "lamp"] * 12])
+    rec = decoder_run(tiny_llama, tmp_path, rows, lr=3e-3)
+    f = rec.forgetting
+    assert f.passages == SAMPLE and f.tokens == SAMPLE * 64 and not f.skipped
+    from transformers import AutoTokenizer
+
+    chunks = passages(ForgettingConfig(examples=SAMPLE, max_length=64),
+                      AutoTokenizer.from_pretrained(tiny_llama))  # fmt: skip
+    before = statistics.fmean(hf_losses(tiny_llama, chunks))
+    after = statistics.fmean(hf_losses(str(tmp_path / "runs" / rec.name / "model"), chunks))
+    assert f.before == pytest.approx(before, rel=1e-5)
+    assert f.after == pytest.approx(after, rel=1e-5)
+    assert f.change == pytest.approx(after - before, abs=1e-5)
+    assert f.low <= f.change <= f.high and f.high - f.low > 0
+    # the base model's losses were cached on disk: a second run reads them
+    assert len(list((tmp_path / "cache" / "forgetting").glob("*.json"))) == 1
+
+
+@pytest.fixture(scope="module")
+def small_llama(smollm2_tokenizer, tmp_path_factory) -> str:
+    """A 2-layer, hidden-64 Llama with random weights (the hidden-16 one learns text too slowly
+    for the controls)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer)
+    folder = tmp_path_factory.mktemp("small-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)  # fmt: skip
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_training_on_the_sample_forgets_less_than_nothing_and_a_huge_lr_far_more(
+    small_llama, tmp_path, monkeypatch
+):
+    """Negative control: SFT on the general sample itself lowers its loss (the whole interval
+    below zero); a destructive learning rate on unrelated data raises it far above (measured
+    here: about -3.9 and +50 nats per token)."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    lines = [x for x in builtin_text().splitlines() if len(x) > 30][:96]
+    sample = tmp_path / "sample.txt"
+    sample.write_text("\n".join(lines))
+    learned = decoder_run(small_llama, tmp_path / "a", sft_rows(lines), lr=3e-3, epochs=4,
+                          **{"forgetting.dataset": str(sample)})  # fmt: skip
+    assert learned.forgetting.high < -1.0, learned.forgetting
+    rows = sft_rows(["zq zq zq zq" for _ in range(48)])
+    wrecked = decoder_run(small_llama, tmp_path / "b", rows, lr=0.5, epochs=2,
+                          **{"train.grad_clip": 0})  # fmt: skip
+    assert wrecked.forgetting.low > 5.0, wrecked.forgetting  # nats per token
+
+
+def test_an_encoder_classifier_says_why_it_is_not_measured(tiny_model, toy_csv, tmp_path):
+    over = tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 1})
+    rec = run(load_config(None, over))
+    assert rec.forgetting.change is None
+    assert "no language-model head" in rec.forgetting.skipped
+
+
+def test_a_users_own_sample_and_a_bad_one(tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tunelab.errors import ConfigError
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    own = tmp_path / "own.jsonl"
+    own.write_text("\n".join(json.dumps({"text": f"line {i} of my own text"}) for i in range(30)))
+    got = passages(ForgettingConfig(dataset=str(own), examples=10), tok)
+    assert len(got) == 10 and got[0] == tok("line 0 of my own text", add_special_tokens=False)[
+        "input_ids"]  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "x"}))
+    with pytest.raises(ConfigError, match="no `text` column"):
+        passages(ForgettingConfig(dataset=str(bad)), tok)
