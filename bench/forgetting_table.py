@@ -27,6 +27,23 @@ SETUP = ["data.max_train_examples=320", "data.max_eval_examples=200", "train.epo
          "train.batch_size=16", "forgetting.examples=200"]  # fmt: skip
 
 
+def methods() -> str:
+    """Every method the model takes (the others are refused up front, with the reason)."""
+    from tunelab.config import for_method, load_config
+    from tunelab.errors import TunelabError
+    from tunelab.methods import METHODS
+    from tunelab.planning.trace import refuse_early
+
+    base, ok = load_config(str(ROOT / "configs" / "decoder-demo.yaml"), SETUP), []
+    for m in METHODS:
+        try:
+            refuse_early(for_method(base, m, {}))
+            ok.append(m)
+        except TunelabError as e:
+            print(f"{m}: refused: {e}")
+    return ",".join(ok)
+
+
 def main() -> None:
     from demo import machine
 
