@@ -139,6 +139,12 @@ def _decoder_bench(datas: list) -> str:
     return results_md(datas[0])
 
 
+def _forgetting(datas: list) -> str:
+    from forgetting_table import render
+
+    return render(datas[0])
+
+
 def _profile(datas: list) -> str:
     from profile_step import table
 
@@ -156,6 +162,7 @@ RENDERERS: dict[str, Callable[[list], str]] = {
     "plan-7b": _plan_7b,
     "plan-memory": _plan_memory,
     "demo": _demo,
+    "forgetting": _forgetting,
 }
 
 

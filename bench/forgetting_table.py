@@ -82,5 +82,35 @@ def main() -> None:
     print(f"written: {path}")
 
 
+def render(r: dict) -> str:
+    """The docs' table: each method's test accuracy (95% Wilson interval over the test
+    snippets), forgetting (95% interval over the passages) and trainable parameters."""
+    from tunelab.report.stats import binomial
+
+    lines = [
+        f"Every method SmolLM2-135M-Instruct takes, one budget ({r['command']}; "
+        f"{r['precision']}; {r['wall_s'] / 60:.0f} min in all):",
+        "",
+        "| method | trainable | test accuracy % | forgetting (nats/token) | train s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rows = [x for x in r["rows"] if x["status"] == "ok"]
+    for x in sorted(rows, key=lambda x: x["forgetting"]):
+        acc = binomial(x["test_accuracy"], x["test_examples"])
+        lines.append(
+            f"| {x['method']} | {x['trainable']:,} | {100 * acc.mean:.1f} "
+            f"[{100 * acc.low:.1f}, {100 * acc.high:.1f}] | {x['forgetting']:+.4f} "
+            f"[{x['low']:+.4f}, {x['high']:+.4f}] | {x['train_s']:.0f} |"
+        )
+    for x in r["rows"]:
+        if x["status"] != "ok":
+            lines.append(f"| {x['method']} | {x['status']}: {x['reason'][:80]} | | | |")
+    base = next((x["before"] for x in rows if x["before"] is not None), None)
+    if base is not None:
+        lines += ["", f"The base model's loss on the general-text sample: {base:.3f} nats/token "
+                  f"({rows[0]['passages']} passages)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

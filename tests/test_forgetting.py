@@ -129,3 +129,24 @@ def test_a_users_own_sample_and_a_bad_one(tiny_llama, tmp_path):
     bad.write_text(json.dumps({"body": "x"}))
     with pytest.raises(ConfigError, match="no `text` column"):
         passages(ForgettingConfig(dataset=str(bad)), tok)
+
+
+def test_the_comparison_shows_forgetting_its_interval_a_verdict_and_the_plot(
+    small_llama, toy_csv, tmp_path, monkeypatch
+):
+    import tunelab
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    over = tiny_overrides(small_llama, toy_csv, tmp_path / "runs", **{
+        "task": "causal-lm", "train.epochs": 3, "forgetting.examples": 8, "train.lr": 3e-3,
+        "data.max_train_examples": 160, "data.max_eval_examples": 64})  # fmt: skip
+    cmp = tunelab.compare("full,llrd", *over)
+    assert not cmp.failed
+    col = "forgetting (Δ loss)"
+    full = next(r for r in cmp.records if r.method == "full").forgetting
+    row = cmp.table.set_index("method").loc["full"]  # from the record, with its interval
+    assert row["forgetting"] == pytest.approx(full.change)
+    assert row["forgetting_ci95"] == pytest.approx((full.high - full.low) / 2)
+    assert any("forgetting" in v for v in cmp.analysis.verdicts), cmp.analysis.verdicts
+    html = (tmp_path / "runs" / "report.html").read_text()
+    assert "learning-forgetting" in html and col in html
