@@ -96,10 +96,10 @@ def render(r: dict) -> str:
     ]
     rows = [x for x in r["rows"] if x["status"] == "ok"]
     for x in sorted(rows, key=lambda x: x["forgetting"]):
-        acc = binomial(x["test_accuracy"], x["test_examples"])
+        acc = binomial(100 * x["test_accuracy"], x["test_examples"])  # in %
         lines.append(
-            f"| {x['method']} | {x['trainable']:,} | {100 * acc.mean:.1f} "
-            f"[{100 * acc.low:.1f}, {100 * acc.high:.1f}] | {x['forgetting']:+.4f} "
+            f"| {x['method']} | {x['trainable']:,} | {acc.mean:.1f} "
+            f"[{acc.low:.1f}, {acc.high:.1f}] | {x['forgetting']:+.4f} "
             f"[{x['low']:+.4f}, {x['high']:+.4f}] | {x['train_s']:.0f} |"
         )
     for x in r["rows"]:
