@@ -153,7 +153,10 @@ def units(model) -> dict[str, int]:
         if type(module).__name__ in names and not any(module is b for b in blocks):
             blocks.append(module)
     in_blocks = {id(p) for b in blocks for p in b.parameters()}
-    size = lambda ps: sum(p.numel() * p.element_size() for ps_ in [ps] for p in ps_)  # noqa: E731
+
+    def size(params) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+
     each = [(size(b.parameters()), size(p for p in b.parameters() if p.requires_grad))
             for b in blocks] or [(0, 0)]  # fmt: skip
     root = size(p for p in model.parameters() if id(p) not in in_blocks)
