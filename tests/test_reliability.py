@@ -212,6 +212,28 @@ def test_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
     assert not (run_dir / ".claim").exists()
 
 
+def test_a_run_finished_while_waiting_for_its_folder_is_not_run_again(tmp_path):
+    """compare --resume reads a run's record, finds it unfinished, then waits for the folder
+    the other process holds: once that process finished it, the claim returns its record."""
+    from tunelab.config import load_config
+    from tunelab.results import RunRecord, Scores
+    from tunelab.rundir import claim_run_dir
+
+    run_dir, cfg = tmp_path / "lora-seed0", load_config(None, ["method=lora"])
+    rec = RunRecord.start(run_dir, "lora", cfg)
+    rec.finish(test=Scores(accuracy=0.75), steps=7)
+    rec.write(run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+    done = claim_run_dir(run_dir, overwrite=False, resume=True, cfg=cfg)
+    assert done is not None and done.ok and done.test.accuracy == 0.75
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted({*before, ".claim.lock"})
+    claim(run_dir)  # released: free for anyone
+    release_run_dir(run_dir)
+    assert claim_run_dir(run_dir, overwrite=True, resume=False, cfg=cfg) is None  # replaced
+    assert not (run_dir / "result.json").exists()
+    release_run_dir(run_dir)
+
+
 RACE = """
 import json, sys, time
 from pathlib import Path

@@ -72,11 +72,13 @@ def release_run_dir(run_dir: Path) -> None:
     lock.release()
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) -> None:
+def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) -> RunRecord | None:
     """Claim the folder for this process; refuse to clobber a run unless told to overwrite;
-    resume keeps it. Writes the config (secrets redacted) to config.yaml."""
+    resume keeps it. Writes the config (secrets redacted) to config.yaml. With resume, a run
+    another process finished while this one waited for the folder is not run again: its
+    record is returned (the folder released)."""
     if not is_main():
-        return  # the main process of a multi-process run owns the folder
+        return None  # the main process of a multi-process run owns the folder
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         claim(run_dir)
@@ -87,12 +89,17 @@ def claim_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg: RunConfig) 
         ) from None
     try:
         _check_existing(run_dir, overwrite, resume)
+        done = read_record(run_dir) if resume else None
     except BaseException:
         release_run_dir(run_dir)
         raise
+    if done is not None and done.ok:  # checked under the claim: finished meanwhile
+        release_run_dir(run_dir)
+        return done
     for left in run_dir.glob(".*.tmp"):  # half-written files of a killed process (ours now)
         shutil.rmtree(left) if left.is_dir() else left.unlink()
     write_text(run_dir / "config.yaml", yaml.safe_dump(public_dict(cfg), sort_keys=False))
+    return None
 
 
 def _check_existing(run_dir: Path, overwrite: bool, resume: bool) -> None:

@@ -80,7 +80,9 @@ def run(
         return done
     method = cfg.method  # built and checked with the config, before anything touches disk
     refuse_early(cfg)  # the task, the precision here, the method on this model
-    rundir.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (secrets redacted)
+    done = rundir.claim_run_dir(run_dir, overwrite, resume, cfg)  # + config.yaml (redacted)
+    if done:  # another process finished it between the check above and the claim
+        return done
     record = RunRecord.start(run_dir, method.name, cfg, method_knobs=knobs(method))
     record.tuning = tuning
     pg, best, logger = Progress(), {}, None
