@@ -150,3 +150,79 @@ def test_the_comparison_shows_forgetting_its_interval_a_verdict_and_the_plot(
     assert any("forgetting" in v for v in cmp.analysis.verdicts), cmp.analysis.verdicts
     html = (tmp_path / "runs" / "report.html").read_text()
     assert "learning-forgetting" in html and col in html
+
+
+def forgetting_tune(tiny_llama, toy_csv, out, **extra):
+    over = tiny_overrides(tiny_llama, toy_csv, out, **{
+        "task": "causal-lm", "train.epochs": 1, "data.max_train_examples": 96,
+        "data.max_eval_examples": 32, "tune.trials": 5, "tune.pruner": "none", "tune.evals": 2,
+        "forgetting.examples": 6, "forgetting.max_length": 32,
+        "tune.space": "{full: {lr: [1.0e-4, 0.3]}}", **extra})  # fmt: skip
+    return load_config(None, over)
+
+
+def test_tune_against_forgetting_gives_the_front_and_chooses_within_a_limit(
+    tiny_llama, toy_csv, tmp_path, monkeypatch
+):
+    import optuna
+
+    from tunelab.api import tune_config
+    from tunelab.results import TuningSummary, load_records
+    from tunelab.tuning import storage_for
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    cfg = forgetting_tune(tiny_llama, toy_csv, tmp_path, **{"forgetting.objective": "true"})
+    tune_config(cfg, ["full"])
+    recs = {r.tuning.trial: r for r in load_records(tmp_path / "trials") if r.ok}
+    assert len(recs) == 5  # pruner none: every trial to the end, each measured its forgetting
+    pts = {n: (r.best_validation.accuracy, r.forgetting.change) for n, r in recs.items()}
+    assert all(f is not None for _, f in pts.values()) and len({f for _, f in pts.values()}) > 1
+    on_front = {  # by hand: no other trial as good on both and better on one
+        n for n, (v, f) in pts.items()
+        if not any(w >= v and g <= f and (w > v or g < f) for w, g in pts.values())
+    }  # fmt: skip
+    summary = TuningSummary.read(tmp_path)
+    full = summary.methods["full"]
+    assert summary.forgetting == "objective" and {p["trial"] for p in full.front} == on_front
+    assert full.best_trial == max(pts, key=lambda n: (pts[n][0], -pts[n][1], -n))
+    study = optuna.load_study(study_name="full", storage=storage_for(cfg))
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for t in study.trials:  # the study was told both values, as the records hold them
+        assert t.values == pytest.approx(list(pts[t.number]))
+    page = (tmp_path / "report.html").read_text()
+    assert "tune-forgetting" in page and "Pareto fronts (validation, forgetting)" in page
+
+    fs = sorted(f for _, f in pts.values())
+    limit = (fs[0] + fs[1]) / 2  # only the least-forgetting trial is within
+    again = forgetting_tune(tiny_llama, toy_csv, tmp_path, **{
+        "forgetting.objective": "true", "forgetting.limit": limit})  # fmt: skip
+    tune_config(again, ["full"])  # the same study, chosen again: no new trial
+    assert len([r for r in load_records(tmp_path / "trials") if r.ok]) == 5
+    chosen = TuningSummary.read(tmp_path).methods["full"]
+    assert chosen.best_trial == min(pts, key=lambda n: pts[n][1])
+    assert chosen.best_params["train.lr"] == recs[chosen.best_trial].tuning.params["train.lr"]
+    below = forgetting_tune(tiny_llama, toy_csv, tmp_path, **{
+        "forgetting.objective": "true", "forgetting.limit": fs[0] - 1.0})  # fmt: skip
+    tune_config(below, ["full"])  # none within: the one that comes closest, said so
+    assert TuningSummary.read(tmp_path).methods["full"].best_trial == chosen.best_trial
+    assert "no trial within the limit" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"forgetting.objective": "true", "tune.pruner": "halving"}, "needs tune.pruner=none"),
+        ({"forgetting.limit": "0.1", "tune.pruner": "halving"}, "too few to choose"),
+        ({"forgetting.objective": "true", "task": "classification"}, "classification head"),
+        ({"forgetting.limit": "0.1", "forgetting.enabled": "false"}, "forgetting.enabled"),
+    ],
+)
+def test_tuning_against_forgetting_refuses_what_cannot_work(
+    tiny_llama, toy_csv, tmp_path, extra, message
+):
+    from tunelab.errors import ConfigError
+    from tunelab.tuning import tune
+
+    with pytest.raises(ConfigError, match=message):
+        tune(forgetting_tune(tiny_llama, toy_csv, tmp_path, **extra), ["full"])
+    assert not (tmp_path / "trials").exists()  # refused before any trial

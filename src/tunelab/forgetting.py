@@ -42,6 +42,14 @@ class ForgettingConfig:
     EXAMPLES (the test suite sets 4: the sample's scoring is most of a tiny model's run)."""
     max_length: int = 128
     """Tokens per passage."""
+    objective: bool = False
+    """tune: forgetting as a second objective of each method's study (validation metric and
+    forgetting, Optuna multi-objective: TPE over the Pareto front); tuning.json and the report
+    hold each method's front. Needs tune.pruner=none (tunelab.tradeoff says why)."""
+    limit: float | None = None
+    """tune: a constraint, the most forgetting (nats/token) a trial may show to be chosen as
+    its method's best; compare --tune runs the best trial within it. Can be set after a tune
+    (the same command again: no new trials, the choice made again)."""
 
 
 @dataclass

@@ -183,10 +183,10 @@ class MethodTuning:
     examples: int = 0
     seconds: float = 0.0
     importances: dict[str, float] = field(default_factory=dict)
-    stopped: str = ""
-    """Why the race stopped giving this method trials ("" if it ran them all)."""
-    rungs: list[int] = field(default_factory=list)
-    """Successive halving: how many of its trials reached each rung."""
+    stopped: str = ""  # why the race stopped giving this method trials ("" if it ran them all)
+    rungs: list[int] = field(default_factory=list)  # halving: its trials that reached each rung
+    front: list[dict] = field(default_factory=list)
+    """Tuned against forgetting: the Pareto front of validation and forgetting (tradeoff)."""
 
 
 @dataclass
@@ -200,10 +200,10 @@ class TuningSummary:
     pruner: str = "hyperband"
     metric: str = "accuracy"
     methods: dict[str, MethodTuning] = field(default_factory=dict)
-    rungs: list[int] = field(default_factory=list)
-    """Successive halving: the validations where trials were compared (e.g. [1, 3, 9])."""
-    eta: int = 0
-    """Successive halving: the reduction factor between rungs."""
+    rungs: list[int] = field(default_factory=list)  # halving: validations compared at: [1, 3, 9]
+    eta: int = 0  # halving: the reduction factor between rungs
+    forgetting: str = ""  # how tuning used forgetting: "", "objective", "limit 0.05", both
+    forgetting_limit: float | None = None
 
     def write(self, root: Path) -> None:
         write_json(Path(root) / TUNING, dataclasses.asdict(self))

@@ -276,6 +276,7 @@ def finish(s: Session, pg: Progress, best: dict, outcome: str) -> RunRecord:
         t0 = time.perf_counter()
         rec.test = s.evaluate(s.data.test, "test")
         test_s = time.perf_counter() - t0
+    if not stopped:  # a tuning trial too, when tuned against it (tunelab.tradeoff)
         forgetting.after(rec.forgetting, s.cfg, model, s.data.tokenizer, s.acc)  # after - base
     if not stopped and s.cfg.train.save_model:  # every process: FSDP gathers, main writes
         ckpt.save_model(model, s.data.tokenizer, s.run_dir / "model", write=main)

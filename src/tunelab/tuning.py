@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab import halving
+from tunelab import halving, tradeoff
 from tunelab.config import RunConfig, TuneConfig, for_method, redact, to_dict
 from tunelab.errors import ConfigError, RunFailed, TunelabError
 from tunelab.files import alive, write_text
@@ -50,6 +50,7 @@ def trial_config(base: RunConfig, method: str, params: dict, number: int) -> Run
     cfg = for_method(base, method, params, name=str(number), out_dir=str(out))
     cfg.train.test = cfg.train.save_model = False
     cfg.train.until = "budget"
+    cfg.forgetting.enabled = tradeoff.on(base)  # measured at a trial's end only when tuned on
     if tc.eval_examples:
         cfg.data.max_eval_examples = min(cfg.data.max_eval_examples or math.inf, tc.eval_examples)
     if cfg.train.max_steps:
@@ -77,22 +78,26 @@ class Reporter:
 def objective(base: RunConfig, method: str, space: dict[str, tuple]) -> Callable:
     import optuna
 
-    metric = objective_metric(base)[0]
+    metric, limit = objective_metric(base)[0], base.forgetting.limit
+    one = not base.forgetting.objective  # Optuna's pruners hear one objective only
 
-    def run_trial(trial) -> float:
+    def run_trial(trial) -> float | list[float]:
         params = suggest(trial, space)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(base, method, params, trial.number)
         tag = Tuning(study=method, trial=trial.number, params=params)
+        report = Reporter(trial, metric) if one else None
         try:
-            rec = run(cfg, overwrite=True, on_validation=Reporter(trial, metric), tuning=tag)
+            rec = run(cfg, overwrite=True, on_validation=report, tuning=tag)
         except RunFailed as e:  # a failed trial counts (an interrupted one does not)
             trial.set_user_attr("failed", str(e))
             raise
         trial.set_user_attr("n_val", rec.data.validation)  # what the race's intervals need
         if rec.status == "pruned":
             raise optuna.TrialPruned()
-        return rec.best_validation.value(metric)
+        if limit is not None and tradeoff.forgetting_of(rec) is not None:  # TPE samples
+            trial.set_constraint("forgetting", tradeoff.forgetting_of(rec) - limit)  # within
+        return tradeoff.told(rec, base, metric)
 
     return run_trial
 
@@ -117,7 +122,7 @@ def open_study(base: RunConfig, method: str, storage, worker: int = 0):
     study = optuna.create_study(
         storage=storage,
         study_name=method,
-        direction=objective_metric(base)[1],
+        directions=tradeoff.directions(base, objective_metric(base)[1]),
         pruner=pruner,
         load_if_exists=True,
     )
@@ -136,13 +141,15 @@ def startup_trials(tc: TuneConfig) -> int:
 
 
 def fingerprint(base: RunConfig) -> str:
-    """The config a study belongs to (all but the storage, racing and, for the Optuna pruners,
-    the trial count: a successive-halving bracket is defined by its size)."""
+    """The config a study belongs to (all but the storage, racing, the forgetting limit (it
+    chooses among trials) and, for the Optuna pruners, the trial count: a successive-halving
+    bracket is defined by its size)."""
     d = to_dict(base)
     free = ("storage", "race") + (("trials",) if base.tune.pruner != "halving" else ())
     d["tune"] = {k: v for k, v in d["tune"].items() if k not in free}
     d.pop("name")
     d.pop("out_dir")  # one folder may sit at other paths on other machines (studies.bind)
+    d["forgetting"].pop("limit")
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -235,8 +242,8 @@ def race(base: RunConfig, studies: dict, racing: list[str], say) -> list[str]:
     """The methods still racing after a round (``tunelab.race``); a stopped one is marked
     on its study, so every worker and a resumed tune see it."""
     racing = [m for m in racing if not studies[m].user_attrs.get("stopped")]
-    if not base.tune.race or objective_metric(base)[1] != "maximize":
-        return racing  # the loss of instruction data has no interval to race on
+    if not base.tune.race or objective_metric(base)[1] != "maximize" or tradeoff.on(base):
+        return racing  # a loss has no interval to race on; forgetting is not raced on
     standings = []
     for m in racing:
         done = [t for t in studies[m].trials if t.state.name == "COMPLETE"]
@@ -291,6 +298,7 @@ def tune(base: RunConfig, methods: list[str], workers: int = 1) -> TuningSummary
 
     spaces = check_spaces(methods, base.tune)  # refuse a bad space before any process starts
     refuse_early_all(base, methods)  # and a method this model cannot take
+    tradeoff.check(base, task_class(base).lm_head)  # and tuning against forgetting, if asked
     storage = storage_for(base)
     bind(base, storage, methods)  # a shared storage: one output folder per study, or refused
     if base.tune.pruner == "halving":  # each bracket asked once, before any worker starts;
@@ -343,9 +351,10 @@ class TrialProgress:
 
 
 def trial_line(method: str, trial) -> str:
-    value = f"{trial.value:.4f}" if trial.value is not None else "-"
+    vals = trial.values or []  # two: validation and forgetting (tuned against it)
+    value = " ".join([f"{vals[0]:.4f}"] + [f"forgetting {f:+.4f}" for f in vals[1:]]) or "-"
     last = max(trial.intermediate_values.values(), default=None)
-    if trial.value is None and last is not None:
+    if not vals and last is not None:
         value = f"{last:.4f} (last validation)"
     params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.params.items())
     secs = trial.duration.total_seconds() if trial.duration else 0.0
@@ -377,40 +386,54 @@ def summarize(base: RunConfig, methods: list[str]) -> TuningSummary:
         metric=objective_metric(base)[0],
         rungs=at,
         eta=base.tune.eta if at else 0,
+        forgetting=tradeoff.setting(base),
+        forgetting_limit=base.forgetting.limit,
     )
     for method in methods:
         study = optuna.load_study(study_name=method, storage=storage)
         mine = [r for r in trials if r.tuning.study == method]
-        out.methods[method] = summary_of(study, spaces[method], mine, out.metric)
+        out.methods[method] = summary_of(study, spaces[method], mine, out.metric, base)
         out.methods[method].rungs = [sum(halving.reached(r, e) for r in mine) for e in at]
     out.write(Path(base.out_dir))
     return out
 
 
 def summary_of(
-    study, space: dict[str, tuple], records: list[RunRecord], metric: str = "accuracy"
-) -> MethodTuning:
-    """A study's summary. Its best trial is the best complete one; a method with none (the
-    race stopped it, or every trial was pruned) gets its best trial so far, by the best
-    validation each trial reached, so that `compare --tune` runs that configuration and not
-    the method's defaults."""
+    study, space: dict[str, tuple], records: list[RunRecord], metric: str = "accuracy",
+    base: RunConfig | None = None,
+) -> MethodTuning:  # fmt: skip
+    """A study's summary. Its best trial is the best complete one (tuned against forgetting:
+    the best within forgetting.limit, and the Pareto front, from the trials' records); a
+    method with none (the race stopped it, or every trial was pruned) gets its best trial so
+    far, by the best validation each trial reached, so that `compare --tune` runs that
+    configuration and not the method's defaults."""
     import optuna
 
+    maximize, against = metric != "loss", base is not None and tradeoff.on(base)
     states = [t.state.name for t in study.trials]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    best = study.best_trial if complete else None  # in the study's own direction
-    params, value, number = (best.params, best.value, best.number) if best else ({}, None, None)
+    params, value, number, front = {}, None, None, []
+    if against:
+        front = tradeoff.front(records, metric, maximize)
+        top, _ = tradeoff.best(records, metric, maximize, base.forgetting.limit)
+        if top is not None:
+            params, value = top.tuning.params, top.best_validation.value(metric)
+            number = top.tuning.trial
+    elif complete:
+        best = study.best_trial  # in the study's own direction
+        params, value, number = best.params, best.value, best.number
     scored = [r for r in records if r.best_validation is not None]
     scored = [r for r in scored if not math.isnan(r.best_validation.value(metric))]
-    if best is None and scored:
-        sign = 1 if study.direction.name == "MAXIMIZE" else -1
-        top = max(scored, key=lambda r: sign * r.best_validation.value(metric))
+    if number is None and scored:
+        top = max(scored, key=lambda r: (1 if maximize else -1) * r.best_validation.value(metric))
         params, value = top.tuning.params, top.best_validation.value(metric)
         number = top.tuning.trial
     importances = {}
     try:  # from three complete trials on (fewer: Optuna says "equal", which means nothing)
         if len(complete) >= 3:
-            importances = dict(optuna.importance.get_param_importances(study))
+            up = study.directions[0].name == "MAXIMIZE"  # PED-ANOVA: a target goes down
+            first = (lambda t: -t.values[0] if up else t.values[0]) if against else None
+            importances = dict(optuna.importance.get_param_importances(study, target=first))
     except (RuntimeError, ValueError):  # nothing varied
         pass
     return MethodTuning(
@@ -423,4 +446,5 @@ def summary_of(
         seconds=sum(r.timing.train_s + r.timing.eval_s for r in records),
         importances=importances,
         stopped=study.user_attrs.get("stopped", ""),
+        front=front,
     )

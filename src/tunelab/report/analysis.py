@@ -302,9 +302,10 @@ def failed_lines(records: list[RunRecord]) -> list[str]:
 # ---------------------------------------------------------------- tuning
 
 
-def tuning_points(trials: list[RunRecord]) -> dict[str, list[dict]]:
-    """Per method, its trials in order: lr, best validation accuracy reached, status, and
-    the training examples spent up to and including that trial."""
+def tuning_points(trials: list[RunRecord], metric: str = "accuracy") -> dict[str, list[dict]]:
+    """Per method, its trials in order: lr, best validation accuracy reached, status, the
+    training examples spent up to and including that trial; the tuning objective's value
+    (x100 unless a loss) and forgetting (when the trial measured it)."""
     out: dict[str, list[dict]] = {}
     for rec in sorted(trials, key=lambda r: (r.tuning.study, r.tuning.trial)):
         points = out.setdefault(rec.tuning.study, [])
@@ -317,9 +318,16 @@ def tuning_points(trials: list[RunRecord]) -> dict[str, list[dict]]:
                 "status": rec.status,
                 "val": None if val is None else 100 * val,
                 "examples": spent,
+                "value": _objective(rec, metric),
+                "forgetting": rec.forgetting.change if rec.forgetting else None,
             }
         )
     return out
+
+
+def _objective(rec: RunRecord, metric: str) -> float | None:
+    v = rec.best_validation.value(metric) if rec.best_validation else None
+    return None if v is None or math.isnan(v) else v * (1 if metric == "loss" else 100)
 
 
 def trial_leaders(trials: list[RunRecord]) -> list[Row]:

@@ -165,6 +165,22 @@ def progress_plot(points: dict[str, list[dict]]) -> str:
     return _finish(fig, ax, "training examples spent on trials", "best validation accuracy %")
 
 
+def front_plot(points: dict[str, list[dict]], fronts: dict[str, list[int]], ylabel: str) -> str:
+    """Validation value against forgetting per finished trial; each method's Pareto front
+    (``fronts``: its trial numbers) joined by a line."""
+    fig, ax = _figure()
+    for i, (method, pts) in enumerate(points.items()):
+        color = COLORS[i % len(COLORS)]
+        sel = [p for p in pts if p["forgetting"] is not None and p["value"] is not None]
+        ax.scatter([p["forgetting"] for p in sel], [p["value"] for p in sel], facecolors="none",
+                   edgecolors=color)  # fmt: skip
+        on = sorted((p for p in sel if p["trial"] in fronts.get(method, [])),
+                    key=lambda p: p["forgetting"])  # fmt: skip
+        ax.plot([p["forgetting"] for p in on], [p["value"] for p in on], marker="o",
+                color=color, label=method)  # fmt: skip
+    return _finish(fig, ax, "forgetting: change of the general-text loss (nats/token)", ylabel)
+
+
 def size_plot(points: dict) -> str:
     """Test accuracy against training examples per method (log x); the band is the 95%
     interval (seeds, or the test split's binomial interval for one seed)."""

@@ -14,7 +14,7 @@ import yaml
 from tunelab.config import public_dict
 from tunelab.errors import TunelabError
 from tunelab.files import write_text
-from tunelab.report import plots
+from tunelab.report import fronts, plots
 from tunelab.report.analysis import Row, best_of
 from tunelab.report.convergence import row_state
 from tunelab.report.stats import Estimate
@@ -224,6 +224,12 @@ def figures(records: list[RunRecord], a: Analysis) -> dict:
                 "Best validation accuracy so far against the training examples spent on trials.",
             ),
         ]
+    if a.tuning and any(m.front for m in a.tuning.methods.values()):
+        on = {k: [p["trial"] for p in m.front] for k, m in a.tuning.methods.items()}
+        label = f"validation {a.tuning.metric}" + ("" if a.tuning.metric == "loss" else " %")
+        tuning.append(
+            _figure("tune-forgetting", plots.front_plot(a.points, on, label), fronts.CAPTION)
+        )
     size = []
     if a.sizes:
         size = [_figure("size-curve", plots.size_plot(a.sizes.points), SIZE_CAPTION)]
@@ -300,14 +306,18 @@ def tuning_text(t: TuningSummary) -> str:
         how = (
             f"{t.trials_per_method} trials, each with the same step budget and {t.evals} "
             f"validations on the first {t.eval_examples or 'all'} validation examples (a fixed "
-            f"subset). Optuna's TPE sampler (seeded) chose the configurations and the "
-            f"{t.pruner} pruner stopped weak trials"
+            f"subset). Optuna's TPE sampler (seeded) chose the configurations and "
+            + (
+                f"the {t.pruner} pruner stopped weak trials"
+                if t.pruner != "none"
+                else "every trial trained to the end (no pruner)"
+            )
         )
     return (
         f"Every method had the same budget: {how} (objective: validation {t.metric}). The test "
         "split was never scored during tuning; the comparison reruns each method's best "
         "configuration on the full validation split and scores it on test once."
-    )
+    ) + fronts.text(t)
 
 
 def tuning_rows(t: TuningSummary) -> list[dict]:
