@@ -145,6 +145,12 @@ def _forgetting(datas: list) -> str:
     return render(datas[0])
 
 
+def _forgetting_tune(datas: list) -> str:
+    from forgetting_tune import render
+
+    return render(datas[0])
+
+
 def _profile(datas: list) -> str:
     from profile_step import table
 
@@ -163,6 +169,7 @@ RENDERERS: dict[str, Callable[[list], str]] = {
     "plan-memory": _plan_memory,
     "demo": _demo,
     "forgetting": _forgetting,
+    "forgetting-tune": _forgetting_tune,
 }
 
 
