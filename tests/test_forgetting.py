@@ -107,11 +107,73 @@ def test_training_on_the_sample_forgets_less_than_nothing_and_a_huge_lr_far_more
     assert wrecked.forgetting.low > 5.0, wrecked.forgetting  # nats per token
 
 
-def test_an_encoder_classifier_says_why_it_is_not_measured(tiny_model, toy_csv, tmp_path):
+def test_an_encoder_without_a_masked_lm_head_says_why_it_is_not_measured(
+    tiny_model, toy_csv, tmp_path
+):
     over = tiny_overrides(tiny_model, toy_csv, tmp_path, **{"train.epochs": 1})
-    rec = run(load_config(None, over))
+    rec = run(load_config(None, over))  # its checkpoint: a classifier, like MiniLM's
     assert rec.forgetting.change is None
-    assert "no language-model head" in rec.forgetting.skipped
+    assert "no masked-LM head (no cls weights" in rec.forgetting.skipped
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm_bert(tmp_path_factory) -> str:
+    """A tiny BERT saved with its masked-LM head (as bert-base-uncased is), random weights."""
+    from transformers import BertForMaskedLM
+
+    from tests.conftest import tiny_bert_config
+    from tunelab.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-mlm-bert")
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_an_encoder_is_measured_with_its_own_masked_lm_head(
+    tiny_mlm_bert, toy_csv, tmp_path, monkeypatch, method
+):
+    """The encoder's forgetting equals transformers' own masked-LM loss (labels=) of the same
+    masked passages, on the base model and on the base head over the trained backbone."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM
+
+    from tunelab.encoder_head import masked
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    over = tiny_overrides(tiny_mlm_bert, toy_csv, tmp_path / "runs", **{
+        "train.epochs": 2, "train.lr": 1e-2, "method.name": method,
+        "forgetting.examples": SAMPLE, "forgetting.max_length": 64})  # fmt: skip
+    rec = run(load_config(None, over))
+    f = rec.forgetting
+    assert f.kind == "masked" and not f.skipped and f.passages == SAMPLE
+    tok = AutoTokenizer.from_pretrained(tiny_mlm_bert)
+    chunks = passages(ForgettingConfig(examples=SAMPLE, max_length=62), tok)
+    items = [masked(c, tok, seed=i) for i, c in enumerate(chunks)]
+    assert all(sum(y != -100 for y in labels) >= 1 for _, labels in items)
+    assert all(x.count(tok.mask_token_id) == sum(y != -100 for y in ys) for x, ys in items)
+    mlm = BertForMaskedLM.from_pretrained(tiny_mlm_bert).eval()
+
+    def hf(model) -> float:
+        with torch.no_grad():
+            return statistics.fmean(
+                model(input_ids=torch.tensor([x]), labels=torch.tensor([y])).loss.item()
+                for x, y in items)  # fmt: skip
+
+    assert f.before == pytest.approx(hf(mlm), rel=1e-5)
+    saved = tmp_path / "runs" / rec.name / "model"
+    if method == "full":  # the trained backbone's weights under the base head
+        trained = AutoModelForSequenceClassification.from_pretrained(saved)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_mlm_bert, num_labels=2)
+        trained = PeftModel.from_pretrained(base, saved).merge_and_unload()
+    mlm.bert.load_state_dict(trained.bert.state_dict(), strict=False)  # (no pooler in the MLM)
+    assert f.after == pytest.approx(hf(mlm), rel=1e-4)
+    # random weights know no English (loss ~ ln 30522 either side): training moved it, no sign
+    assert abs(f.change) > 1e-4 and f.low <= f.change <= f.high
 
 
 def test_a_users_own_sample_and_a_bad_one(tiny_llama, tmp_path):

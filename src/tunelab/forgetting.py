@@ -10,12 +10,17 @@ paired changes: above zero the run made the model worse at general text; below z
 taught it something of that kind of text. The measure Hugging Face PEFT's method_comparison
 records ("forgetting": the change in cross-entropy on a general-text sample).
 
-Models without a language-model head (a classification head on an encoder or a decoder) are
-left out with the reason in the record: the head scores labels, not text.
+An encoder classifier is measured with its checkpoint's own masked-LM head where it has one
+(bert-base-uncased, RoBERTa, DistilBERT: ``encoder_head``): the same passages with a seeded 15%
+of their tokens masked (the same masks before and after), scored by the base model's MLM head
+reading the base backbone before and the trained backbone after (its last hidden states, its
+adapters or prompts active). A checkpoint without one (sentence-transformers' MiniLM, an
+ELECTRA discriminator) and a classification head on a decoder are left out with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -66,6 +71,7 @@ class Forgetting:
     tokens: int = 0
     dataset: str = ""
     skipped: str = ""  # why it was not measured
+    kind: str = "causal"  # causal: next-token loss; masked: an encoder's MLM loss
     per_passage: list[float] | None = None  # the base model's losses, until the run ends
 
 
@@ -162,27 +168,39 @@ def has_lm_head(model) -> bool:
 def before(cfg, model, tokenizer, device, precision: str) -> Forgetting:
     """The base model's losses on the sample (cached on disk per model, sample and
     precision), or why forgetting is not measured for this run."""
+    from tunelab import encoder_head
+
     fc = cfg.forgetting
     if not fc.enabled:
         return Forgetting(skipped="forgetting.enabled is false")
-    if not has_lm_head(model):
-        return Forgetting(
-            skipped="the model has no language-model head (a classification head scores "
-            "labels, not text): forgetting is measured for decoders trained as language models"
-        )
+    kind = "causal" if has_lm_head(model) else "masked"
+    why = "" if kind == "causal" else encoder_head.missing(cfg, model, tokenizer)
+    if why:
+        return Forgetting(skipped=why)
+    fc = fc if kind == "causal" else dataclasses.replace(fc, max_length=fc.max_length - 2)
     chunks = passages(fc, tokenizer)
-    key = _key(cfg.model.name, chunks, precision, str(device))
+    key = _key(cfg.model.name, chunks, precision, str(device), kind)
     path = _cache() / f"{key}.json"
     if path.exists():
         base = json.loads(path.read_text())
     else:
-        base = losses(model, chunks, tokenizer.pad_token_id or 0, device, precision)
+        base = _losses(kind, cfg, None, model, chunks, tokenizer, device, precision)
         from tunelab.files import write_text
 
         write_text(path, json.dumps(base))
     n_tokens = sum(map(len, chunks))
     return Forgetting(before=statistics.fmean(base), passages=len(chunks), tokens=n_tokens,
-                      dataset=fc.dataset, per_passage=base)  # fmt: skip
+                      dataset=fc.dataset, per_passage=base, kind=kind)  # fmt: skip
+
+
+def _losses(kind, cfg, trained, model, chunks, tokenizer, device, precision) -> list[float]:
+    """causal: the model's own LM head; masked: the checkpoint's MLM head reading ``trained``
+    (None: the base backbone)."""
+    if kind == "causal":
+        return losses(model, chunks, tokenizer.pad_token_id or 0, device, precision)
+    from tunelab import encoder_head
+
+    return encoder_head.losses(cfg, trained, chunks, tokenizer, device, precision)
 
 
 def after(f: Forgetting | None, cfg, model, tokenizer, acc) -> None:
@@ -190,8 +208,11 @@ def after(f: Forgetting | None, cfg, model, tokenizer, acc) -> None:
     precision (``acc``: the run's accelerator): the change and its interval."""
     if f is None or f.per_passage is None:
         return
-    chunks = passages(cfg.forgetting, tokenizer)
-    now = losses(model, chunks, tokenizer.pad_token_id or 0, acc.device, acc.mixed_precision)
+    fc = cfg.forgetting
+    fc = fc if f.kind == "causal" else dataclasses.replace(fc, max_length=fc.max_length - 2)
+    chunks = passages(fc, tokenizer)
+    trained = model if f.kind == "masked" else None
+    now = _losses(f.kind, cfg, trained, model, chunks, tokenizer, acc.device, acc.mixed_precision)
     d = [a - b for a, b in zip(now, f.per_passage, strict=True)]
     f.after, f.change = statistics.fmean(now), statistics.fmean(d)
     half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
@@ -204,12 +225,13 @@ def t975(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def _key(model: str, chunks: list[list[int]], precision: str, device: str) -> str:
+def _key(model: str, chunks: list[list[int]], precision: str, device: str, kind: str) -> str:
     where = Path(model)
     stamp = ""
     if where.is_dir():  # a local folder: its weights' sizes and times (a retrained one differs)
         stamp = str(sorted((p.name, p.stat().st_size, p.stat().st_mtime) for p in where.iterdir()))
-    text = json.dumps([model, stamp, chunks, precision, device.split(":")[0]])
+    text = json.dumps([model, stamp, chunks, precision, device.split(":")[0]]
+                      + ([kind] if kind != "causal" else []))  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -44,10 +44,11 @@ def check(base, lm_head: bool) -> None:
     what = "forgetting.objective" if fc.objective else "forgetting.limit"
     if not fc.enabled:
         raise ConfigError(f"{what} needs forgetting.enabled=true (trials measure forgetting)")
-    if not lm_head:
+    if not lm_head and _no_mlm_head(base):
         raise ConfigError(
-            f"{what}: forgetting is measured with the model's language-model head; this task "
-            f"trains a classification head (use task=causal-lm, or drop {what})"
+            f"{what}: forgetting is measured with the model's language-model head (or an "
+            f"encoder checkpoint's masked-LM head); this task trains a classification head on "
+            f"a model without one (use task=causal-lm, or drop {what})"
         )
     if fc.limit is not None and not math.isfinite(fc.limit):
         raise ConfigError(f"forgetting.limit must be a finite number (nats/token), got {fc.limit}")
@@ -61,6 +62,17 @@ def check(base, lm_head: bool) -> None:
                "successive halving finishes one or two trials per method, too few to choose "
                "from within a limit")
         )  # fmt: skip
+
+
+def _no_mlm_head(base) -> bool:
+    from transformers import AutoConfig
+
+    from tunelab.encoder_head import head_missing
+    from tunelab.models import resolve
+
+    mc = base.model
+    config = AutoConfig.from_pretrained(resolve(mc.name), trust_remote_code=mc.trust_remote_code)
+    return bool(head_missing(mc.name, config))
 
 
 def directions(base, direction: str) -> list[str]:

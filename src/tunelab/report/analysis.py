@@ -52,13 +52,15 @@ COLUMNS = [
     Column("test_acc", "test accuracy %", lambda r: 100 * r.test.accuracy, "max", 2, "test"),
     Column("test_f1", "test macro-F1 %", lambda r: 100 * r.test.macro_f1, "max", 2),
 ]
-# a causal-LM run also shows its answer-token loss and perplexity on validation, and what
-# it cost the model's general text (tunelab.forgetting: change of its loss, nats per token)
+# a causal-LM run also shows its answer-token loss and perplexity on validation; any run that
+# measured it, what it cost the model's general text (tunelab.forgetting: change of its loss,
+# nats per token; a decoder's next-token loss, an encoder's masked-LM loss)
 LM_COLUMNS = [
     Column("val_loss", "val loss", lambda r: r.best_validation.loss, "min", 3),
     Column("val_ppl", "val perplexity", lambda r: math.exp(r.best_validation.loss), "min", 2),
-    Column("forgetting", "forgetting (Δ loss)", lambda r: float(r.forgetting.change), "min", 3),
 ]
+FORGETTING = Column("forgetting", "forgetting (Δ loss)", lambda r: float(r.forgetting.change),
+                    "min", 3)  # fmt: skip
 
 
 def model_short(r: RunRecord) -> str:
@@ -77,7 +79,8 @@ def columns_for(records: list[RunRecord]) -> list[Column]:
     causal = any(r.config.task == "causal-lm" for r in records)
     moe = any(0 < r.params.active < r.params.total for r in records)
     cols = COLUMNS[:2] + MOE_COLUMNS + COLUMNS[2:] if moe else COLUMNS
-    return cols + LM_COLUMNS if causal else cols
+    forgot = any(measurable(FORGETTING, [r]) for r in records if r.ok)
+    return cols + (LM_COLUMNS if causal else []) + ([FORGETTING] if forgot else [])
 
 
 def row_label(records: list[RunRecord]) -> Callable[[RunRecord], str]:
@@ -226,7 +229,7 @@ def ranked(rows: list[Row]) -> list[Row]:
 def best_of(rows: list[Row]) -> dict[str, float]:
     """Best mean per column among the rows that learned."""
     best = {}
-    for col in COLUMNS + LM_COLUMNS + MOE_COLUMNS:
+    for col in COLUMNS + LM_COLUMNS + [FORGETTING] + MOE_COLUMNS:
         vals = [r[col.key].mean for r in ranked(rows) if col.key in r.values]
         if vals:
             best[col.key] = max(vals) if col.better == "max" else min(vals)

@@ -181,6 +181,8 @@ def _forgetting_against(r: Row, ref: Row, name: str) -> list[str]:
     nats/token)': only where both intervals lie above zero and apart; else said as it is."""
     if "forgetting" not in r.values or "forgetting" not in ref.values:
         return []
+    if r.runs[0].forgetting.kind != ref.runs[0].forgetting.kind:
+        return []  # a masked-LM loss and a next-token loss are not one scale
     a, b = r["forgetting"], ref["forgetting"]
     both = f"general-text loss {a.mean:+.3f} vs {b.mean:+.3f} nats/token"
     if a.high < b.low and a.low > 0:
