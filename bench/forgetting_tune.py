@@ -10,7 +10,8 @@ can be checked by hand; this script checks it too (``on_front`` below is written
 tunelab.tradeoff). Writes bench/results/forgetting-tune-<date>.json (machine named);
 docs/tuning.md renders it.
 
-    python bench/forgetting_tune.py        # ~20 min on 2 CPU cores
+    python bench/forgetting_tune.py        # ~25 min on 2 CPU cores
+    python bench/forgetting_tune.py --from-runs   # the result file again from runs/ (no tune)
 """
 
 from __future__ import annotations
@@ -48,16 +49,22 @@ def main() -> None:
     from demo import machine
 
     import tunelab
-    from tunelab.results import load_records
+    from tunelab.results import TuningSummary, load_records
 
-    out = ROOT / "runs" / "forgetting-tune"
+    out, old = ROOT / "runs" / "forgetting-tune", None
     t0 = time.perf_counter()
-    summary = tunelab.tune(METHODS, *SETUP, config="configs/decoder-demo.yaml", out=str(out),
-                           overwrite=True)  # fmt: skip
+    if "--from-runs" in sys.argv:  # a finished tune's records: its wall time, date and commit
+        old = json.loads(sorted((HERE / "results").glob("forgetting-tune-*.json"))[-1].read_text())
+        summary = TuningSummary.read(out)
+    else:
+        summary = tunelab.tune(METHODS, *SETUP, config="configs/decoder-demo.yaml",
+                               out=str(out), overwrite=True)  # fmt: skip
     wall = time.perf_counter() - t0
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    methods = {}
+    methods, zero_shot = {}, None
+    for r in load_records(out / "trials"):  # the untrained model on the same subset
+        zero_shot = zero_shot or r.data.zero_shot.get("validation")
     for method, m in summary.methods.items():
         recs = [r for r in load_records(out / "trials" / method) if r.ok]
         trials = [{"trial": r.tuning.trial, "params": r.tuning.params,
@@ -76,7 +83,10 @@ def main() -> None:
         "command": f"tunelab tune --config configs/decoder-demo.yaml --methods {METHODS} "
         + " ".join(f"'{s}'" if " " in s else s for s in SETUP), "wall_s": wall,
         "methods": methods,
+        "zero_shot_val": zero_shot.accuracy if zero_shot else None,
     }  # fmt: skip
+    if old:
+        result.update({k: old[k] for k in ("date", "commit", "machine", "wall_s")})
     path = HERE / "results" / f"forgetting-tune-{result['date'][:10]}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(render(result))
@@ -88,8 +98,10 @@ def render(r: dict) -> str:
     validation subset), forgetting (95% interval over the passages), on the front or not."""
     from tunelab.report.stats import binomial
 
+    z = r.get("zero_shot_val")
+    zero = f"; the untrained model's zero-shot validation accuracy: {100 * z:.1f}%" if z else ""
     lines = [
-        f"{r['command']} ({r['wall_s'] / 60:.0f} min):", "",
+        f"{r['command']} ({r['wall_s'] / 60:.0f} min{zero}):", "",
         "| method | trial | parameters | validation accuracy % | forgetting (nats/token) | "
         "Pareto front |", "|---|---:|---|---:|---:|---|",
     ]  # fmt: skip
