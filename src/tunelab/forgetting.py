@@ -177,8 +177,7 @@ def before(cfg, model, tokenizer, device, precision: str) -> Forgetting:
     why = "" if kind == "causal" else encoder_head.missing(cfg, model, tokenizer)
     if why:
         return Forgetting(skipped=why)
-    fc = fc if kind == "causal" else dataclasses.replace(fc, max_length=fc.max_length - 2)
-    chunks = passages(fc, tokenizer)
+    chunks = _sample(cfg, kind, tokenizer)
     key = _key(cfg.model.name, chunks, precision, str(device), kind)
     path = _cache() / f"{key}.json"
     if path.exists():
@@ -191,6 +190,13 @@ def before(cfg, model, tokenizer, device, precision: str) -> Forgetting:
     n_tokens = sum(map(len, chunks))
     return Forgetting(before=statistics.fmean(base), passages=len(chunks), tokens=n_tokens,
                       dataset=fc.dataset, per_passage=base, kind=kind)  # fmt: skip
+
+
+def _sample(cfg, kind: str, tokenizer) -> list[list[int]]:
+    """The passages; an encoder's 2 tokens shorter (its special tokens go around them)."""
+    fc = cfg.forgetting
+    fc = fc if kind == "causal" else dataclasses.replace(fc, max_length=fc.max_length - 2)
+    return passages(fc, tokenizer)
 
 
 def _losses(kind, cfg, trained, model, chunks, tokenizer, device, precision) -> list[float]:
@@ -208,9 +214,7 @@ def after(f: Forgetting | None, cfg, model, tokenizer, acc) -> None:
     precision (``acc``: the run's accelerator): the change and its interval."""
     if f is None or f.per_passage is None:
         return
-    fc = cfg.forgetting
-    fc = fc if f.kind == "causal" else dataclasses.replace(fc, max_length=fc.max_length - 2)
-    chunks = passages(fc, tokenizer)
+    chunks = _sample(cfg, f.kind, tokenizer)
     trained = model if f.kind == "masked" else None
     now = _losses(f.kind, cfg, trained, model, chunks, tokenizer, acc.device, acc.mixed_precision)
     d = [a - b for a, b in zip(now, f.per_passage, strict=True)]
