@@ -89,11 +89,12 @@ def head_parameters(config) -> dict[str, list[str]]:
             if c != prefix and any(True for _ in m.parameters())}  # fmt: skip
 
 
-def masked(chunk: list[int], tokenizer, seed: int) -> tuple[list[int], list[int]]:
-    """A passage with its special tokens and 15% of its tokens (at least one, a seeded draw:
-    the same before and after) replaced by the mask token: (input ids, labels; -100 where
-    nothing is scored)."""
-    before, after = around(tokenizer)
+def masked(chunk: list[int], tokenizer, seed: int, special=None) -> tuple[list[int], list[int]]:
+    """A passage with its special tokens (``special``: ``around(tokenizer)``, found once by a
+    caller that masks many) and 15% of its tokens (at least one, a seeded draw: the same
+    before and after) replaced by the mask token: (input ids, labels; -100 where nothing is
+    scored)."""
+    before, after = special or around(tokenizer)
     ids, start = before + list(chunk) + after, len(before)
     picked = random.Random(seed).sample(range(len(chunk)), max(1, round(MASK_RATE * len(chunk))))
     labels = [-100] * len(ids)
@@ -145,7 +146,8 @@ def losses(cfg, trained, chunks, tokenizer, device, precision: str) -> list[floa
         trained.eval()
     out, pad = [], tokenizer.pad_token_id or 0
     try:
-        items = [masked(c, tokenizer, seed=i) for i, c in enumerate(chunks)]
+        special = around(tokenizer)
+        items = [masked(c, tokenizer, seed=i, special=special) for i, c in enumerate(chunks)]
         for i in range(0, len(items), 8):
             part = items[i : i + 8]
             width = max(len(x) for x, _ in part)

@@ -101,25 +101,23 @@ def finished(records: list[RunRecord], metric: str) -> list[tuple[RunRecord, flo
     """Trials that trained to the end with a validation value and a forgetting."""
     out = []
     for r in records:
-        if r.ok and r.best_validation is not None and forgetting_of(r) is not None:
+        f = forgetting_of(r)
+        if r.ok and r.best_validation is not None and f is not None:
             v = r.best_validation.value(metric)
             if v is not None and not math.isnan(v):
-                out.append((r, v, forgetting_of(r)))
+                out.append((r, v, f))
     return sorted(out, key=lambda x: x[0].tuning.trial)
 
 
 def front(records: list[RunRecord], metric: str, maximize: bool) -> list[dict]:
     """The Pareto front: the finished trials no other finished trial beats on both validation
     and forgetting (as good on one, better on the other), least forgetting first."""
+    from tunelab.report.analysis import pareto_front
+
     sign = 1 if maximize else -1
     pts = finished(records, metric)
-
-    def beaten(v: float, f: float) -> bool:
-        return any(
-            sign * w >= sign * v and g <= f and (sign * w > sign * v or g < f) for _, w, g in pts
-        )
-
-    keep = [(r, v, f) for r, v, f in pts if not beaten(v, f)]
+    on = set(pareto_front([(f, sign * v) for _, v, f in pts]))  # cost: forgetting
+    keep = [(r, v, f) for r, v, f in pts if (f, sign * v) in on]
     return [
         {"trial": r.tuning.trial, "params": r.tuning.params, "value": v, "forgetting": f,
          "low": r.forgetting.low, "high": r.forgetting.high}
